@@ -1,0 +1,38 @@
+"""The FastAPI application: routers under /api/v1, Segment-compatible tracking under /v1, local docs."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from orchard import __version__
+from orchard.api import api_router
+from orchard.docs_ui import install_docs
+from orchard.errors import install_handlers
+from orchard.idempotency.middleware import IdempotencyMiddleware
+
+DESCRIPTION = """Orchard 会员运营 CRM 的开放接口。
+
+认证：`Authorization: Bearer <access token 或 API key>`。金额单位为分（fen）；时间为 ISO 8601，
+不带时区的时间按租户时区（默认 Asia/Shanghai）解释。错误为 RFC 9457 `application/problem+json`。
+写操作支持 `Idempotency-Key` 头。"""
+
+
+def create_app() -> FastAPI:
+    app = FastAPI(title="Orchard", version=__version__, description=DESCRIPTION, docs_url=None, redoc_url=None,
+                  openapi_url="/openapi.json")
+    install_handlers(app)
+    app.include_router(api_router)
+    try:
+        from orchard.tracking.endpoints import router as tracking_router
+
+        app.include_router(tracking_router)
+    except ImportError:  # pragma: no cover - tracking lands separately
+        pass
+    install_docs(app)
+    app.add_middleware(IdempotencyMiddleware)
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app

@@ -1,0 +1,49 @@
+"""Roles and what each may do. Pure data: one table read by `deps.require`.
+
+Store-scoped roles (store_manager, clerk) see only members whose home store is in their scope, and
+like customer service they see phone numbers masked. HQ roles and integrators see every member.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Role(StrEnum):
+    admin = "admin"
+    hq_ops = "hq_ops"
+    store_manager = "store_manager"
+    clerk = "clerk"
+    service = "service"
+    integrator = "integrator"
+
+
+class Perm(StrEnum):
+    members_read = "members:read"
+    members_write = "members:write"
+    members_merge = "members:merge"
+    members_consent = "members:consent"
+    members_notes = "members:notes"
+    members_tags = "members:tags"
+    events_ingest = "events:ingest"
+    events_read = "events:read"
+    org_read = "org:read"
+    org_write = "org:write"
+    staff_manage = "staff:manage"
+
+
+_FRONT_LINE = {Perm.members_read, Perm.members_write, Perm.members_consent, Perm.members_notes,
+               Perm.members_tags, Perm.events_read, Perm.org_read}
+
+ROLE_PERMS: dict[Role, frozenset[Perm]] = {
+    Role.admin: frozenset(Perm),
+    Role.hq_ops: frozenset(_FRONT_LINE | {Perm.members_merge, Perm.events_ingest}),
+    Role.store_manager: frozenset(_FRONT_LINE),
+    Role.clerk: frozenset(_FRONT_LINE),
+    Role.service: frozenset(_FRONT_LINE - {Perm.members_write}),
+    Role.integrator: frozenset({Perm.members_read, Perm.members_write, Perm.members_consent,
+                                Perm.events_ingest, Perm.events_read, Perm.org_read}),
+}
+
+STORE_SCOPED = frozenset({Role.store_manager, Role.clerk})
+MASKED = frozenset({Role.store_manager, Role.clerk, Role.service})

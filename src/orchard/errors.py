@@ -1,0 +1,121 @@
+"""Business errors and the one place that turns every error into an RFC 9457 problem response.
+
+A service raises an `OrchardError` subclass carrying its HTTP status and a machine `code`; handlers
+here render `application/problem+json` with `type`, `title`, `status`, `detail`, `code` and, for
+input errors, `errors: [{"field": "...", "reason": "..."}]`. Nothing else renders errors.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("orchard")
+
+PROBLEM = "application/problem+json"
+
+
+class OrchardError(Exception):
+    status_code = 400
+    code = "bad_request"
+    title = "请求无效"
+
+    def __init__(self, detail: str | None = None, *, errors: list[dict[str, Any]] | None = None,
+                 **extra: Any) -> None:
+        super().__init__(detail or self.title)
+        self.detail = detail or self.title
+        self.errors = errors or []
+        self.extra = extra
+
+    def to_problem(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "type": f"https://orchard.dev/problems/{self.code}",
+            "title": self.title,
+            "status": self.status_code,
+            "detail": self.detail,
+            "code": self.code,
+        }
+        if self.errors:
+            body["errors"] = self.errors
+        body.update(self.extra)
+        return body
+
+
+class InvalidInput(OrchardError):
+    status_code = 422
+    code = "invalid_input"
+    title = "输入无效"
+
+    @classmethod
+    def field(cls, field: str, reason: str) -> InvalidInput:
+        return cls(f"{field}: {reason}", errors=[{"field": field, "reason": reason}])
+
+
+class NotFound(OrchardError):
+    status_code = 404
+    code = "not_found"
+    title = "未找到"
+
+
+class Conflict(OrchardError):
+    status_code = 409
+    code = "conflict"
+    title = "冲突"
+
+
+class Unauthorized(OrchardError):
+    status_code = 401
+    code = "unauthorized"
+    title = "未认证"
+
+
+class Forbidden(OrchardError):
+    status_code = 403
+    code = "forbidden"
+    title = "无权限"
+
+
+def problem_response(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
+
+
+def _loc_to_field(loc: tuple | list) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    return ".".join(parts) or (str(loc[0]) if loc else "")
+
+
+def validation_errors(exc_errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"field": _loc_to_field(e.get("loc", ())), "reason": e.get("msg", "invalid"),
+             "in": str(e.get("loc", ("body",))[0])} for e in exc_errors]
+
+
+def install_handlers(app: FastAPI) -> None:
+    @app.exception_handler(OrchardError)
+    async def _orchard(_req: Request, exc: OrchardError):
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+        return problem_response(exc.status_code, exc.to_problem(), headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_req: Request, exc: RequestValidationError):
+        errors = validation_errors(list(exc.errors()))
+        detail = "; ".join(f"{e['field']}: {e['reason']}" for e in errors[:5])
+        return problem_response(422, InvalidInput(detail, errors=errors).to_problem())
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_req: Request, exc: StarletteHTTPException):
+        code = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized"}.get(exc.status_code, "http_error")
+        body = {"type": f"https://orchard.dev/problems/{code}", "title": str(exc.detail),
+                "status": exc.status_code, "detail": str(exc.detail), "code": code}
+        return problem_response(exc.status_code, body, getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_req: Request, exc: Exception):
+        log.exception("unhandled error", exc_info=exc)
+        body = {"type": "https://orchard.dev/problems/internal", "title": "内部错误", "status": 500,
+                "detail": "internal error", "code": "internal"}
+        return problem_response(500, body)

@@ -1,0 +1,1 @@
+"""Small shared tools: phone numbers, clock and zones, hashing, pagination."""

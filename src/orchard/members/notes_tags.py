@@ -1,0 +1,63 @@
+"""Staff notes and manual tags on a member (SPEC M6). Tags are created on first use."""
+
+from __future__ import annotations
+
+from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from orchard.auth.service import Principal
+from orchard.errors import NotFound
+from orchard.kit.clock import utcnow
+from orchard.members import scope
+from orchard.members.models import MemberNote, MemberTag, Tag
+
+
+def add_note(session: Session, *, principal: Principal, member_id: int, body: str) -> MemberNote:
+    member = scope.get_visible(session, principal, member_id)
+    note = MemberNote(member_id=member.id, author=principal.actor, body=body, created_at=utcnow())
+    session.add(note)
+    session.flush()
+    return note
+
+
+def list_notes(session: Session, *, principal: Principal, member_id: int) -> list[MemberNote]:
+    member = scope.get_visible(session, principal, member_id)
+    return list(session.scalars(select(MemberNote).where(MemberNote.member_id == member.id)
+                                .order_by(MemberNote.id.desc())))
+
+
+def tag_by_name(session: Session, name: str, *, create: bool, kind: str = "manual") -> Tag | None:
+    tag = session.scalar(select(Tag).where(Tag.name == name))
+    if tag is None and create:
+        try:
+            with session.begin_nested():
+                tag = Tag(name=name, kind=kind)
+                session.add(tag)
+                session.flush()
+        except IntegrityError:
+            tag = session.scalar(select(Tag).where(Tag.name == name))
+    return tag
+
+
+def add_tag(session: Session, *, principal: Principal, member_id: int, name: str) -> list[str]:
+    member = scope.get_visible(session, principal, member_id)
+    tag = tag_by_name(session, name, create=True)
+    if session.get(MemberTag, (member.id, tag.id)) is None:
+        session.add(MemberTag(member_id=member.id, tag_id=tag.id, added_by=principal.actor, added_at=utcnow()))
+        session.flush()
+    return member_tags(session, member.id)
+
+
+def remove_tag(session: Session, *, principal: Principal, member_id: int, name: str) -> list[str]:
+    member = scope.get_visible(session, principal, member_id)
+    tag = tag_by_name(session, name, create=False)
+    if tag is None or session.get(MemberTag, (member.id, tag.id)) is None:
+        raise NotFound("the member has no such tag", code="tag.not_on_member")
+    session.execute(delete(MemberTag).where(MemberTag.member_id == member.id, MemberTag.tag_id == tag.id))
+    return member_tags(session, member.id)
+
+
+def member_tags(session: Session, member_id: int) -> list[str]:
+    return list(session.scalars(select(Tag.name).join(MemberTag, MemberTag.tag_id == Tag.id)
+                                .where(MemberTag.member_id == member_id).order_by(Tag.name)))

@@ -1,0 +1,217 @@
+"""Member profile operations: create, read (batched for lists), update, list with filters."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import Select, and_, select, tuple_
+from sqlalchemy.orm import Session
+
+from orchard.auth.service import Principal
+from orchard.errors import Conflict, InvalidInput
+from orchard.identity import resolve as identity_resolve
+from orchard.identity.models import Identity
+from orchard.identity.normalize import InvalidIdentity, normalize
+from orchard.kit.clock import as_utc, utcnow
+from orchard.kit.pagination import decode_cursor, encode_cursor
+from orchard.kit.phone import mask_phone
+from orchard.members import scope
+from orchard.members.models import Consent, Member, MemberAggregate, MemberTag, Tag
+from orchard.members.schemas import (
+    Aggregates,
+    IdentityIn,
+    IdentityRead,
+    MemberCreate,
+    MemberRead,
+    MemberUpdate,
+    StoreRef,
+)
+from orchard.org import service as org
+from orchard.org.models import OrgUnit
+
+_MASKED_KINDS = {"phone", "email", "wechat_openid", "wechat_unionid", "card_no"}
+
+
+def normalize_keys(identities: list[IdentityIn] | list[tuple[str, str]], *, field: str = "identities"
+                   ) -> list[tuple[str, str]]:
+    keys = []
+    for i, item in enumerate(identities):
+        kind, value = (item.kind, item.value) if isinstance(item, IdentityIn) else item
+        try:
+            keys.append(normalize(kind, value))
+        except InvalidIdentity as exc:
+            raise InvalidInput.field(f"{field}[{i}].value", f"{exc.kind}: {exc.reason}") from None
+    return keys
+
+
+def create(session: Session, *, principal: Principal, data: MemberCreate) -> Member:
+    keys = normalize_keys(data.identities)
+    store_id = org.store_id_for_code(session, data.home_store_code, field="home_store_code")
+    scope.check_store_assignable(principal, store_id)
+    if keys:
+        taken = session.execute(select(Identity.kind, Identity.member_id)
+                                .where(tuple_(Identity.kind, Identity.value).in_(keys))).first()
+        if taken:
+            member = session.get(Member, taken.member_id)
+            extra = {"member_id": member.id} if member and scope.can_see(principal, member) else {}
+            raise Conflict(f"identity {taken.kind} already belongs to a member",
+                           code="member.identity_taken", **extra)
+    profile = data.model_dump(exclude={"identities", "home_store_code", "joined_at"})
+    profile["home_store_id"] = store_id
+    profile["joined_at"] = as_utc(data.joined_at) if data.joined_at else utcnow()
+    if keys:
+        res = identity_resolve.resolve(session, keys=keys, source=data.source_channel or "api", profile=profile)
+        if not res.created:  # lost a race with another writer of the same key
+            raise Conflict("identity already belongs to a member", code="member.identity_taken")
+        return session.get(Member, res.member_id)
+    member = Member(**profile)
+    session.add(member)
+    session.flush()
+    session.add(MemberAggregate(member_id=member.id))
+    session.flush()
+    return member
+
+
+def update(session: Session, *, principal: Principal, member_id: int, data: MemberUpdate) -> Member:
+    member = scope.get_visible(session, principal, member_id)
+    changes = data.model_dump(exclude_unset=True)
+    if "home_store_code" in changes:
+        code = changes.pop("home_store_code")
+        store_id = org.store_id_for_code(session, code, field="home_store_code")
+        scope.check_store_assignable(principal, store_id)
+        member.home_store_id = store_id
+    for key in ("gender", "attributes", "reduce_disturbance"):
+        if key in changes and changes[key] is None:
+            raise InvalidInput.field(key, "may not be null")
+    for key, value in changes.items():
+        setattr(member, key, value)
+    member.updated_at = utcnow()
+    session.flush()
+    return member
+
+
+def add_identity(session: Session, *, principal: Principal, member_id: int, data: IdentityIn) -> Identity:
+    member = scope.get_visible(session, principal, member_id)
+    kind, value = normalize_keys([data], field="identity")[0]
+    owner = session.scalar(select(Identity).where(Identity.kind == kind, Identity.value == value))
+    if owner is not None:
+        if owner.member_id == member.id:
+            return owner
+        raise Conflict(f"this {kind} belongs to another member", code="identity.taken")
+    identity = Identity(member_id=member.id, kind=kind, value=value, source=f"staff:{principal.actor}")
+    session.add(identity)
+    session.flush()
+    if kind == "anonymous_id":
+        identity_resolve.attach_anonymous_events(session, member_id=member.id, anonymous_id=value)
+    return identity
+
+
+def remove_identity(session: Session, *, principal: Principal, member_id: int, identity_id: int) -> None:
+    member = scope.get_visible(session, principal, member_id)
+    identity = session.get(Identity, identity_id)
+    if identity is None or identity.member_id != member.id:
+        from orchard.errors import NotFound
+
+        raise NotFound("identity not found", code="identity.not_found")
+    session.delete(identity)
+    session.flush()
+
+
+# ---- reading -------------------------------------------------------------------------------
+
+def _mask_identity(kind: str, value: str) -> str:
+    if kind == "phone":
+        return mask_phone(value) or value
+    if kind == "email":
+        local, _, domain = value.partition("@")
+        return f"{local[:1]}***@{domain}"
+    return value[:3] + "***" + value[-2:] if len(value) > 6 else "***"
+
+
+def read_many(session: Session, principal: Principal, members: list[Member],
+              resolved_from: dict[int, int] | None = None) -> list[MemberRead]:
+    """Serialise members with their identities, tags, aggregates and store in four queries."""
+    ids = [m.id for m in members]
+    if not ids:
+        return []
+    idents: dict[int, list[Identity]] = {i: [] for i in ids}
+    for ident in session.scalars(select(Identity).where(Identity.member_id.in_(ids)).order_by(Identity.id)):
+        idents[ident.member_id].append(ident)
+    tags: dict[int, list[str]] = {i: [] for i in ids}
+    for mid, name in session.execute(select(MemberTag.member_id, Tag.name).join(Tag, Tag.id == MemberTag.tag_id)
+                                     .where(MemberTag.member_id.in_(ids)).order_by(Tag.name)):
+        tags[mid].append(name)
+    aggs = {a.member_id: a for a in session.scalars(select(MemberAggregate).where(MemberAggregate.member_id.in_(ids)))}
+    store_ids = {m.home_store_id for m in members if m.home_store_id}
+    stores = {s.id: s for s in session.scalars(select(OrgUnit).where(OrgUnit.id.in_(store_ids)))} if store_ids else {}
+    out = []
+    for m in members:
+        ids_read = []
+        phone = None
+        for ident in idents[m.id]:
+            value = _mask_identity(ident.kind, ident.value) if principal.masked and ident.kind in _MASKED_KINDS \
+                else ident.value
+            if ident.kind == "phone" and phone is None:
+                phone = value
+            ids_read.append(IdentityRead(id=ident.id, kind=ident.kind, value=value, source=ident.source,
+                                         created_at=ident.created_at))
+        agg = aggs.get(m.id)
+        store = stores.get(m.home_store_id)
+        out.append(MemberRead(
+            id=m.id, status=m.status, name=m.name, gender=m.gender, birthday=m.birthday, region=m.region,
+            source_channel=m.source_channel,
+            home_store=StoreRef(id=store.id, code=store.code, name=store.name) if store else None,
+            joined_at=m.joined_at, attributes=m.attributes or {}, reduce_disturbance=m.reduce_disturbance,
+            phone=phone, identities=ids_read, tags=tags[m.id],
+            aggregates=Aggregates.model_validate(agg, from_attributes=True) if agg else Aggregates(),
+            resolved_from=(resolved_from or {}).get(m.id), created_at=m.created_at, updated_at=m.updated_at,
+        ))
+    return out
+
+
+def read_one(session: Session, principal: Principal, member_id: int) -> MemberRead:
+    member = scope.get_visible(session, principal, member_id)
+    return read_many(session, principal, [member], {member.id: member_id} if member.id != member_id else None)[0]
+
+
+def list_members(session: Session, *, principal: Principal, phone: str | None = None,
+                 identity: str | None = None, store: str | None = None, tag: str | None = None,
+                 consent: str | None = None, joined_from: dt.datetime | None = None,
+                 joined_to: dt.datetime | None = None, q: str | None = None, limit: int = 50,
+                 cursor: str | None = None) -> tuple[list[MemberRead], str | None]:
+    stmt: Select = select(Member).where(Member.status == "active", scope.visible(principal))
+    if phone is not None:
+        _, value = normalize_keys([("phone", phone)], field="phone")[0]
+        stmt = stmt.where(Member.id.in_(select(Identity.member_id).where(Identity.kind == "phone",
+                                                                          Identity.value == value)))
+    if identity is not None:
+        kind, sep, raw = identity.partition(":")
+        if not sep:
+            raise InvalidInput.field("identity", "use kind:value, e.g. card_no:A001")
+        kind, value = normalize_keys([(kind, raw)], field="identity")[0]
+        stmt = stmt.where(Member.id.in_(select(Identity.member_id).where(Identity.kind == kind,
+                                                                          Identity.value == value)))
+    if store is not None:
+        unit = org.get_by_code(session, store, field="store")
+        stmt = stmt.where(Member.home_store_id.in_(sorted(org.stores_under(session, [unit.id]))))
+    if tag is not None:
+        stmt = stmt.where(Member.id.in_(select(MemberTag.member_id).join(Tag, Tag.id == MemberTag.tag_id)
+                                        .where(Tag.name == tag)))
+    if consent is not None:
+        channel, sep, purpose = consent.partition(":")
+        if channel not in ("sms", "wechat", "app_push", "email", "wecom") or purpose not in ("marketing", "service"):
+            raise InvalidInput.field("consent", "use channel:purpose, e.g. sms:marketing")
+        stmt = stmt.where(Member.id.in_(select(Consent.member_id).where(
+            and_(Consent.channel == channel, Consent.purpose == purpose, Consent.granted.is_(True)))))
+    if joined_from is not None:
+        stmt = stmt.where(Member.joined_at >= as_utc(joined_from))
+    if joined_to is not None:
+        stmt = stmt.where(Member.joined_at < as_utc(joined_to))
+    if q:
+        stmt = stmt.where(Member.name.contains(q, autoescape=True))
+    after = decode_cursor(cursor)
+    if after is not None:
+        stmt = stmt.where(Member.id > after)
+    rows = list(session.scalars(stmt.order_by(Member.id).limit(limit + 1)))
+    nxt = encode_cursor(rows[limit - 1].id) if len(rows) > limit else None
+    return read_many(session, principal, rows[:limit]), nxt

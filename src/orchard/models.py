@@ -1,0 +1,20 @@
+"""Imports every domain's models so `Base.metadata` is complete (Alembic, tests)."""
+
+from orchard.audit.models import AuditEntry  # noqa: F401
+from orchard.auth.models import AccessToken, ApiKey, Staff, StaffScope  # noqa: F401
+from orchard.db import Base  # noqa: F401
+from orchard.events.models import Event, Order, OrderLine, Refund, RefundLine  # noqa: F401
+from orchard.idempotency.models import IdempotencyRecord  # noqa: F401
+from orchard.identity.models import Identity  # noqa: F401
+from orchard.members.models import (  # noqa: F401
+    Consent,
+    ConsentChange,
+    Member,
+    MemberAggregate,
+    MemberMerge,
+    MemberNote,
+    MemberTag,
+    MergeCandidate,
+    Tag,
+)
+from orchard.org.models import OrgUnit  # noqa: F401
