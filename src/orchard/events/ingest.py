@@ -91,7 +91,7 @@ def _write(session: Session, *, principal: Principal, kind: str, data: Any, body
     return Outcome(type="event", status="created", id=event.id, member_id=member_id, member_created=created)
 
 
-def ingest_batch(session: Session, *, principal: Principal, items: list[dict[str, Any]]) -> BatchOut:
+def ingest_batch(session: Session, *, principal: Principal, items: list[Any]) -> BatchOut:
     results = []
     for index, raw in enumerate(items):
         try:

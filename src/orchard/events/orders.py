@@ -131,6 +131,8 @@ def _line_refund(item: RefundLineIn, lines: dict[int, OrderLine], by_sku: dict[s
             raise InvalidInput.field(f"{field}.sku", f"no refundable line with sku {item.sku!r}")
         line = found[0]
     open_qty = line.quantity - line.refunded_quantity
+    if open_qty == 0:
+        raise InvalidInput.field(f"{field}", f"line {line.line_no} is already fully refunded")
     qty = item.quantity if item.quantity is not None else open_qty
     if qty > open_qty:
         raise InvalidInput.field(f"{field}.quantity", f"only {open_qty} unit(s) of line {line.line_no} are refundable")

@@ -142,7 +142,7 @@ class Outcome(BaseModel):
 class BatchIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     #: Each item is an order, refund or event object with `"type": "order" | "refund" | "event"`.
-    items: list[dict[str, Any]] = Field(min_length=1, max_length=1000)
+    items: list[Any] = Field(min_length=1, max_length=1000)
 
 
 class ItemResult(BaseModel):
