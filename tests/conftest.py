@@ -71,7 +71,7 @@ def clean_db(database) -> Iterator[str]:
 
 @pytest.fixture
 def session(clean_db):
-    s = db.new_session()
+    s = db.new_session(readonly=True)
     yield s
     s.rollback()
     s.close()

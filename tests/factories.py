@@ -47,8 +47,8 @@ def headers(token: str, **extra: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}", **extra}
 
 
-def order(external_id: str, phone: str = "13812341234", *, lines=None, amount_fen=None, paid_at="2026-10-01T10:00:00+08:00",
-          store_code: str | None = "SH001", source: str = "pos", **member) -> dict:
+def order(external_id: str, phone: str = "13812341234", *, lines=None, amount_fen=None,
+          paid_at="2026-10-01T10:00:00+08:00", store_code: str | None = "SH001", source: str = "pos", **member) -> dict:
     body = {"source": source, "external_id": external_id, "paid_at": paid_at, "store_code": store_code,
             "member": {"identities": {"phone": phone}, **member},
             "lines": lines if lines is not None else [

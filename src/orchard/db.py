@@ -71,7 +71,8 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
 
 
 def _sqlite_begin(conn) -> None:
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
+    # Read-only sessions (GET requests) begin deferred so they never wait for the write lock.
+    conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get("orchard_readonly") else "BEGIN IMMEDIATE")
 
 
 def make_engine(url: str | None = None) -> Engine:
@@ -92,12 +93,15 @@ def get_engine() -> Engine:
 
 
 @lru_cache
-def _factory() -> sessionmaker[Session]:
-    return sessionmaker(bind=get_engine(), expire_on_commit=False)
+def _factory(readonly: bool = False) -> sessionmaker[Session]:
+    engine = get_engine().execution_options(orchard_readonly=True) if readonly else get_engine()
+    return sessionmaker(bind=engine, expire_on_commit=False)
 
 
-def new_session() -> Session:
-    return _factory()()
+def new_session(*, readonly: bool = False) -> Session:
+    """A new session. `readonly` only changes how SQLite begins (deferred, not IMMEDIATE); it is
+    for requests that do not write."""
+    return _factory(readonly)()
 
 
 @contextmanager

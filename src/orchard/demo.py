@@ -75,8 +75,9 @@ def load_demo(*, members: int = 200, seed: int = 7) -> list[str]:
             n_orders = min(int(rng.paretovariate(1.6)) - 1 + (rng.random() < 0.45), 12)
             for k in range(n_orders):
                 paid = joined + dt.timedelta(days=rng.randint(0, max((end - joined).days, 1)), hours=rng.randint(9, 21))
+                picked = rng.sample(PRODUCTS, rng.randint(1, 3))
                 lines = [{"sku": sku, "name": pname, "category": cat, "quantity": rng.randint(1, 2),
-                          "unit_price_fen": price} for sku, pname, cat, price in rng.sample(PRODUCTS, rng.randint(1, 3))]
+                          "unit_price_fen": price} for sku, pname, cat, price in picked]
                 oid = f"DEMO-{seed}-{i}-{k}"
                 ingest.ingest(session, principal=system, kind="order", data=OrderIn(
                     source="demo", external_id=oid, member={"identities": {"phone": phone}}, store_code=store,

@@ -16,8 +16,8 @@ from orchard.db import new_session
 from orchard.errors import Forbidden, Unauthorized
 
 
-def get_session() -> Iterator[Session]:
-    session = new_session()
+def get_session(request: Request) -> Iterator[Session]:
+    session = new_session(readonly=request.method in ("GET", "HEAD"))
     try:
         yield session
         session.commit()

@@ -1,8 +1,9 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Annotated
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Path
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
@@ -110,10 +111,12 @@ def create_api_key(body: ApiKeyIn, session: SessionDep, principal: Actor(Perm.st
 
 @router.get("/api-keys", response_model=list[ApiKeyOut], operation_id="listApiKeys")
 def list_api_keys(session: SessionDep, principal: Actor(Perm.staff_manage)) -> list[ApiKeyOut]:
-    return [ApiKeyOut.model_validate(k, from_attributes=True) for k in session.scalars(select(ApiKey).order_by(ApiKey.id))]
+    keys = session.scalars(select(ApiKey).order_by(ApiKey.id))
+    return [ApiKeyOut.model_validate(k, from_attributes=True) for k in keys]
 
 
 @router.delete("/api-keys/{key_id}", response_model=ApiKeyOut, operation_id="revokeApiKey")
-def revoke_api_key(key_id: int, session: SessionDep, principal: Actor(Perm.staff_manage)) -> ApiKeyOut:
+def revoke_api_key(key_id: Annotated[int, Path(ge=1, le=2**62)], session: SessionDep,
+                   principal: Actor(Perm.staff_manage)) -> ApiKeyOut:
     return ApiKeyOut.model_validate(service.revoke_api_key(session, key_id=key_id, actor=principal.actor),
                                     from_attributes=True)

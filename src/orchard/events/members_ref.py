@@ -11,8 +11,8 @@ from orchard.auth.service import Principal
 from orchard.errors import InvalidInput
 from orchard.events.schemas import MemberRef
 from orchard.identity import resolve as identity_resolve
-from orchard.identity.normalize import InvalidIdentity, normalize
 from orchard.identity.models import Identity
+from orchard.identity.normalize import InvalidIdentity, normalize
 from orchard.members import candidates, scope
 from orchard.members.models import Member
 from orchard.org import service as org

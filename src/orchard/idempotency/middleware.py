@@ -82,7 +82,7 @@ class IdempotencyMiddleware:
 
 
 def _actor(credential: str) -> str | None:
-    session = new_session()
+    session = new_session(readonly=True)
     try:
         return principal_for(session, credential).actor
     except OrchardError:

@@ -59,7 +59,7 @@ def _resolve_once(session: Session, *, keys, source, create, profile) -> Resolut
     if not members:
         if not create or all(k == "anonymous_id" for k, _ in keys):
             return res
-        member = Member(source_channel=source, **profile)
+        member = Member(**{**profile, "source_channel": profile.get("source_channel") or source})
         session.add(member)
         session.flush()
         session.add(MemberAggregate(member_id=member.id))

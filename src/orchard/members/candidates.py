@@ -36,4 +36,4 @@ def scan_name_birthday(session: Session) -> int:
     )
     stmt = insert(MergeCandidate).from_select(
         ["member_a_id", "member_b_id", "reason", "status", "created_at"], pairs)
-    return session.execute(stmt).rowcount or 0
+    return len(session.execute(stmt.returning(MergeCandidate.id)).all())
