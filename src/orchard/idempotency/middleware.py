@@ -10,6 +10,7 @@ worker thread so the event loop never blocks on them.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import random
 
@@ -24,7 +25,6 @@ from orchard.db import new_session
 from orchard.errors import PROBLEM, OrchardError
 from orchard.idempotency.models import IdempotencyRecord
 from orchard.kit.clock import utcnow
-from orchard.kit.hashing import sha256_hex
 
 _METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 
@@ -59,9 +59,9 @@ class IdempotencyMiddleware:
         actor = await to_thread.run_sync(_actor, auth[7:].strip())
         if actor is None:
             return await self.app(scope, _replay_receive(body), send)
-        fp = sha256_hex(f"{scope['method']} {scope['path']}?{scope.get('query_string', b'').decode('latin-1')}\n") \
-            + sha256_hex(body.decode("utf-8", "replace"))
-        claim = await to_thread.run_sync(_claim, actor, key, fp[:64])
+        target = f"{scope['method']} {scope['path']}?{scope.get('query_string', b'').decode('latin-1')}\n"
+        fp = hashlib.sha256(target.encode() + body).hexdigest()
+        claim = await to_thread.run_sync(_claim, actor, key, fp)
         if claim is not None:
             return await _send(send, *claim, replayed=True)
 

@@ -1,0 +1,78 @@
+"""The CLI contract, run as a real subprocess against the test database."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import httpx
+
+from tests.conftest import _free_port
+from tests.factories import make_org
+
+ORCHARD = [sys.executable, "-m", "orchard.cli"]
+
+
+def run(*args, stdin: str = "", check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "COLUMNS": "200"}
+    p = subprocess.run([*ORCHARD, *args], input=stdin, capture_output=True, text=True, env=env, timeout=120)
+    if check:
+        assert p.returncode == 0, p.stdout + p.stderr
+    return p
+
+
+def test_db_upgrade_is_idempotent(clean_db):
+    assert "up to date" in run("db", "upgrade").stdout
+
+
+def test_users_create_reads_the_password_from_stdin_and_it_logs_in(client):
+    make_org()
+    run("users", "create", "--username", "clerk1", "--role", "clerk", "--store", "SH001", stdin="correct horse\n")
+    r = client.post("/api/v1/auth/token", json={"username": "clerk1", "password": "correct horse"})
+    assert r.status_code == 200
+    bad = run("users", "create", "--username", "x", "--role", "emperor", stdin="correct horse\n", check=False)
+    assert bad.returncode != 0 and "role" in bad.stderr
+
+
+def test_apikeys_create_prints_the_key_alone_on_the_last_line(client):
+    out = run("apikeys", "create", "--name", "POS").stdout
+    key = out.strip().splitlines()[-1]
+    assert key.startswith("ork_") and " " not in key
+    assert client.get("/api/v1/members", headers={"Authorization": f"Bearer {key}"}).status_code == 200
+
+
+def test_members_show_by_id_and_phone(client):
+    out = run("apikeys", "create", "--name", "POS").stdout.strip().splitlines()[-1]
+    m = client.post("/api/v1/events", headers={"Authorization": f"Bearer {out}"}, json={
+        "source": "app", "external_id": "e1", "name": "sign_up", "occurred_at": "2026-10-01T00:00:00Z",
+        "member": {"identities": {"phone": "13812341234"}, "profile": {"name": "王芳"}}}).json()
+    by_id = json.loads(run("members", "show", str(m["member_id"])).stdout)
+    by_phone = json.loads(run("members", "show", "--phone", "138 1234 1234").stdout)
+    assert by_id["name"] == by_phone["name"] == "王芳"
+    assert by_id["aggregates"]["order_count"] == 0
+    assert run("members", "show", "999999", check=False).returncode == 1
+
+
+def test_serve_answers_on_the_given_port_with_local_docs(clean_db):
+    port = _free_port()
+    proc = subprocess.Popen([*ORCHARD, "serve", "--host", "127.0.0.1", "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 30
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.time() < deadline, "server did not come up"
+            time.sleep(0.2)
+        docs = httpx.get(f"http://127.0.0.1:{port}/docs")
+        assert docs.status_code == 200 and "/static/swagger-ui/swagger-ui-bundle.js" in docs.text
+        spec = httpx.get(f"http://127.0.0.1:{port}/openapi.json").json()
+        assert "/api/v1/members/{member_id}" in spec["paths"]
+        assert httpx.get(f"http://127.0.0.1:{port}/api/v1/members").status_code == 401
+    finally:
+        proc.terminate()
+        proc.wait(10)
