@@ -9,6 +9,7 @@ from orchard.api import api_router
 from orchard.docs_ui import install_docs
 from orchard.errors import install_handlers
 from orchard.idempotency.middleware import IdempotencyMiddleware
+from orchard.tracking.endpoints import router as tracking_router
 
 DESCRIPTION = """Orchard 会员运营 CRM 的开放接口。
 
@@ -22,12 +23,7 @@ def create_app() -> FastAPI:
                   openapi_url="/openapi.json")
     install_handlers(app)
     app.include_router(api_router)
-    try:
-        from orchard.tracking.endpoints import router as tracking_router
-
-        app.include_router(tracking_router)
-    except ImportError:  # pragma: no cover - tracking lands separately
-        pass
+    app.include_router(tracking_router)
     install_docs(app)
     app.add_middleware(IdempotencyMiddleware)
 

@@ -13,6 +13,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger("orchard")
@@ -90,8 +91,8 @@ def _loc_to_field(loc: tuple | list) -> str:
 
 
 def validation_errors(exc_errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{"field": _loc_to_field(e.get("loc", ())), "reason": e.get("msg", "invalid"),
-             "in": str(e.get("loc", ("body",))[0])} for e in exc_errors]
+    return [{"field": _loc_to_field(e.get("loc") or ()), "reason": e.get("msg", "invalid"),
+             "in": str((e.get("loc") or ("body",))[0])} for e in exc_errors]
 
 
 def install_handlers(app: FastAPI) -> None:
@@ -105,6 +106,14 @@ def install_handlers(app: FastAPI) -> None:
         errors = validation_errors(list(exc.errors()))
         detail = "; ".join(f"{e['field']}: {e['reason']}" for e in errors[:5])
         return problem_response(422, InvalidInput(detail, errors=errors).to_problem())
+
+    @app.exception_handler(DataError)
+    async def _data(_req: Request, exc: DataError):
+        # The database refused a value the schemas let through (a NUL character in text, a number
+        # out of the column's range): the client's input, not a server fault.
+        log.info("database rejected a value: %s", exc.orig)
+        return problem_response(422, InvalidInput("a value cannot be stored (e.g. it contains a NUL character "
+                                                  "or is out of range)", code="invalid_input.unstorable").to_problem())
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_req: Request, exc: StarletteHTTPException):

@@ -179,3 +179,43 @@ def test_malformed_orders_get_a_problem_naming_the_field(client, body):
     assert r.headers["content-type"].startswith("application/problem+json")
     assert r.json()["errors"][0]["field"]
     assert client.get("/api/v1/members", headers=headers(key)).json()["items"] == []
+
+
+def test_a_batch_item_with_a_model_level_error_is_reported_not_a_500(client):
+    key = api_key()
+    bad = {"type": "order", "source": "pos", "external_id": "X", "paid_at": "2026-10-01T00:00:00Z",
+           "member": {"identities": {"phone": "13812341234"}}}
+    r = client.post("/api/v1/ingest", json={"items": [bad]}, headers=headers(key))
+    assert r.status_code == 200
+    assert r.json()["results"][0]["error"]["status"] == 422
+
+
+def test_an_order_from_an_unknown_anonymous_id_alone_is_refused(client):
+    key = api_key()
+    body = {**order("O1"), "member": {"anonymous_id": "anon-x"}}
+    r = client.post("/api/v1/orders", json=body, headers=headers(key))
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "member"
+
+
+def test_a_store_bound_key_enrols_new_members_into_its_store(client):
+    key = api_key(role="clerk", name="pad", store="HZ001")
+    clerk_key_events = client.post("/api/v1/events", json={
+        "source": "pad", "external_id": "e1", "name": "sign_up", "occurred_at": "2026-10-01T00:00:00Z",
+        "member": {"identities": {"phone": "13812341234"}}}, headers=headers(key))
+    assert clerk_key_events.status_code == 403  # clerks do not ingest
+    pos = api_key(role="integrator", name="pos-hz", store="HZ001")
+    r = client.post("/api/v1/orders", json=order("O1", store_code="HZ001"), headers=headers(pos))
+    assert r.status_code == 201, r.text
+    m = client.get(f"/api/v1/members/{r.json()['member_id']}", headers=headers(pos)).json()
+    assert m["home_store"]["code"] == "HZ001"
+
+
+def test_an_unstorable_value_fails_only_its_own_batch_item(client):
+    key = api_key()
+    nul = {"type": "event", "source": "app", "external_id": "E1", "name": "login",
+           "occurred_at": "2026-10-01T00:00:00Z", "properties": {"note": "a\u0000b"},
+           "member": {"identities": {"phone": "13812341234"}}}
+    good = {**nul, "external_id": "E2", "properties": {}}
+    r = client.post("/api/v1/ingest", json={"items": [nul, good]}, headers=headers(key))
+    assert r.status_code == 200
+    assert [x["ok"] for x in r.json()["results"]][1] is True

@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.orm import Session
 
 from orchard.auth.service import Principal
@@ -69,6 +69,9 @@ def _write(session: Session, *, principal: Principal, kind: str, data: Any, body
         store_id = org.store_id_for_code(session, data.store_code)
         member_id, created = resolve_ref(session, principal=principal, ref=data.member, source=data.source,
                                          at=as_utc(data.paid_at))
+        if member_id is None:
+            raise InvalidInput.field("member", "an order needs a member: give an id or an identity other than an "
+                                               "anonymous id that is not linked yet")
         order = orders.insert_order(session, data=data, member_id=member_id, store_id=store_id, body_hash=body_hash)
         return Outcome(type="order", status="created", id=order.id, member_id=member_id, member_created=created)
     if kind == "refund":
@@ -108,5 +111,11 @@ def ingest_batch(session: Session, *, principal: Principal, items: list[Any]) ->
             results.append(ItemResult(index=index, ok=True, outcome=outcome))
         except OrchardError as exc:
             results.append(ItemResult(index=index, ok=False, error=exc.to_problem()))
+        except DataError:
+            # The database refused a value the schemas let through (e.g. a NUL character on
+            # PostgreSQL); the item's savepoint is already rolled back.
+            problem = InvalidInput("a value cannot be stored (e.g. it contains a NUL character)",
+                                   code="invalid_input.unstorable").to_problem()
+            results.append(ItemResult(index=index, ok=False, error=problem))
     ok = sum(r.ok for r in results)
     return BatchOut(accepted=ok, rejected=len(results) - ok, results=results)

@@ -39,7 +39,7 @@ def resolve_ref(session: Session, *, principal: Principal, ref: MemberRef, sourc
             else:
                 _link(session, member.id, keys, source)
         return member.id, False
-    profile = {"joined_at": at}
+    profile = new_member_profile(principal, at)
     if ref.profile is not None:
         p = ref.profile.model_dump(exclude_none=True)
         if "home_store_code" in p:
@@ -53,6 +53,15 @@ def resolve_ref(session: Session, *, principal: Principal, ref: MemberRef, sourc
         if not scope.can_see(principal, member):
             raise InvalidInput.field("member", "this member belongs to a store outside your scope")
     return res.member_id, res.created
+
+
+def new_member_profile(principal: Principal, at: dt.datetime) -> dict:
+    """Defaults for a member created by ingestion: joined when the event happened, and, for a key
+    bound to one store (a POS), enrolled in that store so the caller can still see it."""
+    profile: dict = {"joined_at": at}
+    if principal.store_ids is not None and len(principal.store_ids) == 1:
+        profile["home_store_id"] = next(iter(principal.store_ids))
+    return profile
 
 
 def _link(session: Session, member_id: int, keys: list[tuple[str, str]], source: str) -> None:

@@ -35,7 +35,7 @@ class MemberRef(BaseModel):
     """Who did it: a member id, and/or identity keys (kind → value), and/or an anonymous id."""
 
     model_config = ConfigDict(extra="forbid")
-    id: int | None = Field(default=None, ge=1)
+    id: int | None = Field(default=None, ge=1, le=2**62)
     identities: dict[str, Annotated[str, Field(min_length=1, max_length=255)]] = Field(
         default_factory=dict, max_length=10, examples=[{"phone": "13812341234"}])
     anonymous_id: Annotated[str, Field(min_length=1, max_length=128)] | None = None

@@ -113,10 +113,9 @@ def update_member(member_id: MemberId, body: MemberUpdate, session: SessionDep,
              operation_id="addMemberIdentity")
 def add_identity(member_id: MemberId, body: IdentityIn, session: SessionDep,
                  principal: Actor(Perm.members_write)) -> IdentityRead:
-    service.add_identity(session, principal=principal, member_id=member_id, data=body)
+    identity = service.add_identity(session, principal=principal, member_id=member_id, data=body)
     read = service.read_one(session, principal, member_id)
-    kind, value = service.normalize_keys([body], field="identity")[0]
-    return next(i for i in read.identities if i.kind == kind and (i.value == value or principal.masked))
+    return next(i for i in read.identities if i.id == identity.id)
 
 
 @router.delete("/members/{member_id}/identities/{identity_id}", status_code=204, operation_id="removeMemberIdentity")

@@ -138,7 +138,7 @@ class TagIn(BaseModel):
 class MergeIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     #: The member to fold into the one in the path; it keeps its id, which resolves to the survivor.
-    merge_id: int = Field(ge=1)
+    merge_id: int = Field(ge=1, le=2**62)
     reason: str = Field(min_length=1, max_length=500)
 
 
