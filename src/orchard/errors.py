@@ -91,8 +91,15 @@ def _loc_to_field(loc: tuple | list) -> str:
 
 
 def validation_errors(exc_errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{"field": _loc_to_field(e.get("loc") or ()), "reason": e.get("msg", "invalid"),
-             "in": str((e.get("loc") or ("body",))[0])} for e in exc_errors]
+    out = []
+    for e in exc_errors:
+        loc = e.get("loc") or ("body",)
+        if e.get("type") == "json_invalid":  # loc is ("body", <character offset>)
+            reason = f"invalid JSON at character {loc[-1]}: {(e.get('ctx') or {}).get('error', 'decode error')}"
+            out.append({"field": "body", "reason": reason, "in": "body"})
+        else:
+            out.append({"field": _loc_to_field(loc), "reason": e.get("msg", "invalid"), "in": str(loc[0])})
+    return out
 
 
 def install_handlers(app: FastAPI) -> None:

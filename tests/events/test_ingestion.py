@@ -219,3 +219,22 @@ def test_an_unstorable_value_fails_only_its_own_batch_item(client):
     r = client.post("/api/v1/ingest", json={"items": [nul, good]}, headers=headers(key))
     assert r.status_code == 200
     assert [x["ok"] for x in r.json()["results"]][1] is True
+
+
+def test_a_member_first_seen_at_a_store_belongs_to_that_store(client):
+    from tests.factories import token_for
+
+    key = api_key()
+    m = client.post("/api/v1/orders", json=order("O1", store_code="HZ001"), headers=headers(key)).json()
+    client.post("/api/v1/orders", json=order("O2", store_code="SH001"), headers=headers(key))
+    assert _member(client, key, m["member_id"])["home_store"]["code"] == "HZ001"
+    clerk = token_for(client, "clerk", ["HZ001"])
+    assert client.get(f"/api/v1/members/{m['member_id']}", headers=headers(clerk)).status_code == 200
+
+
+def test_malformed_json_is_a_problem_naming_the_body(client):
+    key = api_key()
+    r = client.post("/api/v1/orders", content=b"{bad json", headers={**headers(key), "content-type": "application/json"})
+    assert r.status_code == 422
+    assert r.json()["errors"][0]["field"] == "body"
+    assert "invalid JSON" in r.json()["errors"][0]["reason"]

@@ -68,7 +68,7 @@ def _write(session: Session, *, principal: Principal, kind: str, data: Any, body
         _check_time(data.paid_at, "paid_at")
         store_id = org.store_id_for_code(session, data.store_code)
         member_id, created = resolve_ref(session, principal=principal, ref=data.member, source=data.source,
-                                         at=as_utc(data.paid_at))
+                                         at=as_utc(data.paid_at), store_id=store_id)
         if member_id is None:
             raise InvalidInput.field("member", "an order needs a member: give an id or an identity other than an "
                                                "anonymous id that is not linked yet")
@@ -83,7 +83,7 @@ def _write(session: Session, *, principal: Principal, kind: str, data: Any, body
     store_id = org.store_id_for_code(session, data.store_code)
     occurred = as_utc(data.occurred_at)
     member_id, created = resolve_ref(session, principal=principal, ref=data.member, source=data.source,
-                                     at=occurred, create_anonymous=False)
+                                     at=occurred, store_id=store_id, create_anonymous=False)
     event = Event(source=data.source, external_id=data.external_id, body_hash=body_hash, member_id=member_id,
                   anonymous_id=data.member.anonymous_id, name=data.name, store_id=store_id, occurred_at=occurred,
                   properties=data.properties)

@@ -19,8 +19,9 @@ from orchard.org import service as org
 
 
 def resolve_ref(session: Session, *, principal: Principal, ref: MemberRef, source: str, at: dt.datetime,
-                create_anonymous: bool = True) -> tuple[int | None, bool]:
-    """(member_id, created). A new member's join time is the time of the event that created it."""
+                store_id: int | None = None, create_anonymous: bool = True) -> tuple[int | None, bool]:
+    """(member_id, created). A new member's join time is the time of the event that created it, and
+    its home store (归属门店), unless the profile names one, the store where that event happened."""
     keys = []
     for kind, value in ref.identities.items():
         try:
@@ -40,6 +41,8 @@ def resolve_ref(session: Session, *, principal: Principal, ref: MemberRef, sourc
                 _link(session, member.id, keys, source)
         return member.id, False
     profile = new_member_profile(principal, at)
+    if store_id is not None:
+        profile["home_store_id"] = store_id
     if ref.profile is not None:
         p = ref.profile.model_dump(exclude_none=True)
         if "home_store_code" in p:
