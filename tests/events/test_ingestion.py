@@ -234,7 +234,8 @@ def test_a_member_first_seen_at_a_store_belongs_to_that_store(client):
 
 def test_malformed_json_is_a_problem_naming_the_body(client):
     key = api_key()
-    r = client.post("/api/v1/orders", content=b"{bad json", headers={**headers(key), "content-type": "application/json"})
+    h = {**headers(key), "content-type": "application/json"}
+    r = client.post("/api/v1/orders", content=b"{bad json", headers=h)
     assert r.status_code == 422
     assert r.json()["errors"][0]["field"] == "body"
     assert "invalid JSON" in r.json()["errors"][0]["reason"]
