@@ -16,6 +16,8 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from orchard.kit import i18n
+
 log = logging.getLogger("orchard")
 
 PROBLEM = "application/problem+json"
@@ -81,7 +83,10 @@ class Forbidden(OrchardError):
     title = "无权限"
 
 
-def problem_response(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> JSONResponse:
+def problem_response(status: int, body: dict[str, Any], headers: dict[str, str] | None = None,
+                     request: Request | None = None) -> JSONResponse:
+    if request is not None and "title" in body:
+        body = {**body, "title": i18n.title(body["title"], request.headers.get("accept-language"))}
     return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
 
 
@@ -104,34 +109,35 @@ def validation_errors(exc_errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(OrchardError)
-    async def _orchard(_req: Request, exc: OrchardError):
+    async def _orchard(req: Request, exc: OrchardError):
         headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
-        return problem_response(exc.status_code, exc.to_problem(), headers)
+        return problem_response(exc.status_code, exc.to_problem(), headers, req)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_req: Request, exc: RequestValidationError):
+    async def _validation(req: Request, exc: RequestValidationError):
         errors = validation_errors(list(exc.errors()))
         detail = "; ".join(f"{e['field']}: {e['reason']}" for e in errors[:5])
-        return problem_response(422, InvalidInput(detail, errors=errors).to_problem())
+        return problem_response(422, InvalidInput(detail, errors=errors).to_problem(), None, req)
 
     @app.exception_handler(DataError)
-    async def _data(_req: Request, exc: DataError):
+    async def _data(req: Request, exc: DataError):
         # The database refused a value the schemas let through (a NUL character in text, a number
         # out of the column's range): the client's input, not a server fault.
         log.info("database rejected a value: %s", exc.orig)
         return problem_response(422, InvalidInput("a value cannot be stored (e.g. it contains a NUL character "
-                                                  "or is out of range)", code="invalid_input.unstorable").to_problem())
+                                                  "or is out of range)", code="invalid_input.unstorable").to_problem(),
+                                None, req)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_req: Request, exc: StarletteHTTPException):
+    async def _http(req: Request, exc: StarletteHTTPException):
         code = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized"}.get(exc.status_code, "http_error")
         body = {"type": f"https://orchard.dev/problems/{code}", "title": str(exc.detail),
                 "status": exc.status_code, "detail": str(exc.detail), "code": code}
-        return problem_response(exc.status_code, body, getattr(exc, "headers", None))
+        return problem_response(exc.status_code, body, getattr(exc, "headers", None), req)
 
     @app.exception_handler(Exception)
-    async def _unexpected(_req: Request, exc: Exception):
+    async def _unexpected(req: Request, exc: Exception):
         log.exception("unhandled error", exc_info=exc)
         body = {"type": "https://orchard.dev/problems/internal", "title": "内部错误", "status": 500,
                 "detail": "internal error", "code": "internal"}
-        return problem_response(500, body)
+        return problem_response(500, body, None, req)
