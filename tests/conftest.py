@@ -80,6 +80,9 @@ def session(clean_db):
 @pytest.fixture
 def app(clean_db):
     from orchard.app import create_app
+    from orchard.auth import throttle
+
+    throttle.reset_all()
 
     return create_app()
 

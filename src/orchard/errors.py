@@ -77,6 +77,12 @@ class Unauthorized(OrchardError):
     title = "未认证"
 
 
+class TooManyRequests(OrchardError):
+    status_code = 429
+    code = "too_many_requests"
+    title = "请求过于频繁"
+
+
 class Forbidden(OrchardError):
     status_code = 403
     code = "forbidden"
@@ -111,6 +117,8 @@ def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(OrchardError)
     async def _orchard(req: Request, exc: OrchardError):
         headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+        if "retry_after" in exc.extra:
+            headers = {"Retry-After": str(exc.extra["retry_after"])}
         return problem_response(exc.status_code, exc.to_problem(), headers, req)
 
     @app.exception_handler(RequestValidationError)

@@ -73,3 +73,14 @@ def test_garbage_credentials_are_401_problems(client):
         r = client.get("/api/v1/members", headers={"Authorization": value})
         assert r.status_code == 401, value
         assert r.headers["content-type"].startswith("application/problem+json")
+
+
+def test_repeated_failed_logins_are_throttled_with_retry_after(client):
+    from orchard.auth.throttle import MAX_FAILURES
+
+    token_for(client, "admin", username="boss")
+    for _ in range(MAX_FAILURES):
+        assert client.post("/api/v1/auth/token", json={"username": "boss", "password": "guess"}).status_code == 401
+    r = client.post("/api/v1/auth/token", json={"username": "boss", "password": PASSWORD})
+    assert r.status_code == 429
+    assert r.json()["code"] == "auth.throttled" and int(r.headers["retry-after"]) > 0

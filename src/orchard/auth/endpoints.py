@@ -3,14 +3,15 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Path, Request
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
-from orchard.auth import service
+from orchard.auth import service, throttle
 from orchard.auth.models import ApiKey, Staff
 from orchard.auth.roles import Perm, Role
-from orchard.deps import Actor, SessionDep, get_principal  # noqa: F401
+from orchard.deps import Actor, SessionDep
+from orchard.errors import TooManyRequests, Unauthorized
 
 router = APIRouter(tags=["auth"])
 
@@ -77,9 +78,22 @@ class ApiKeyCreated(ApiKeyOut):
     key: str
 
 
-@router.post("/auth/token", response_model=TokenOut, operation_id="createToken", openapi_extra={"security": []})
-def create_token(body: TokenIn, session: SessionDep) -> TokenOut:
-    token, expires = service.login(session, username=body.username, password=body.password)
+@router.post("/auth/token", response_model=TokenOut, operation_id="createToken", openapi_extra={"security": []},
+             responses={401: {"description": "wrong username or password"},
+                        429: {"description": "too many failed logins"}})
+def create_token(body: TokenIn, request: Request, session: SessionDep) -> TokenOut:
+    """Exchange a username and password for a short-lived access token. Repeated failures for one
+    account or from one address are refused with 429 and Retry-After."""
+    keys = (f"user:{body.username.lower()}", f"ip:{request.client.host if request.client else '-'}")
+    wait = throttle.retry_after(*keys)
+    if wait is not None:
+        raise TooManyRequests("too many failed logins; try again later", code="auth.throttled", retry_after=wait)
+    try:
+        token, expires = service.login(session, username=body.username, password=body.password)
+    except Unauthorized:
+        throttle.record_failure(*keys)
+        raise
+    throttle.clear(keys[0])
     return TokenOut(access_token=token, expires_at=expires)
 
 

@@ -10,7 +10,7 @@ TITLES_EN = {
     "请求无效": "Bad request", "输入无效": "Invalid input", "未找到": "Not found", "冲突": "Conflict",
     "未认证": "Not authenticated", "无权限": "Forbidden", "内部错误": "Internal error",
     "请求体过大": "Payload too large", "不支持的内容编码": "Unsupported content encoding",
-    "请求体无法解析": "Malformed request body",
+    "请求体无法解析": "Malformed request body", "请求过于频繁": "Too many requests",
 }
 
 
