@@ -105,9 +105,10 @@ def new_session(*, readonly: bool = False) -> Session:
 
 
 @contextmanager
-def transaction() -> Iterator[Session]:
-    """A session whose work commits on success and rolls back on any error (CLI and jobs)."""
-    session = new_session()
+def transaction(*, readonly: bool = False) -> Iterator[Session]:
+    """A session whose work commits on success and rolls back on any error: the one transaction of
+    a request, a CLI command or a job."""
+    session = new_session(readonly=readonly)
     try:
         yield session
         session.commit()

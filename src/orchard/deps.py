@@ -12,20 +12,15 @@ from sqlalchemy.orm import Session
 
 from orchard.auth.roles import Perm
 from orchard.auth.service import Principal, principal_for
-from orchard.db import new_session
+from orchard.db import transaction
 from orchard.errors import Forbidden, Unauthorized
 
 
 def get_session(request: Request) -> Iterator[Session]:
-    session = new_session(readonly=request.method in ("GET", "HEAD"))
-    try:
+    """The request's transaction, committed when the endpoint returns (scope="function"), before
+    the response is sent, so a failed commit is the client's error response, not a lost write."""
+    with transaction(readonly=request.method in ("GET", "HEAD")) as session:
         yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
 
 
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
