@@ -84,3 +84,25 @@ def test_repeated_failed_logins_are_throttled_with_retry_after(client):
     r = client.post("/api/v1/auth/token", json={"username": "boss", "password": PASSWORD})
     assert r.status_code == 429
     assert r.json()["code"] == "auth.throttled" and int(r.headers["retry-after"]) > 0
+
+
+def test_deactivating_or_rescoping_staff_ends_their_sessions_and_is_audited(client, session):
+    from orchard.audit.models import AuditEntry
+
+    admin = token_for(client, "admin", username="boss")
+    clerk = token_for(client, "clerk", ["SH001"], username="li")
+    clerk_id = client.get("/api/v1/auth/me", headers=headers(clerk)).json()["id"]
+    r = client.patch(f"/api/v1/staff/{clerk_id}", json={"stores": ["GZ001"]}, headers=headers(admin))
+    assert r.status_code == 200
+    assert client.get("/api/v1/auth/me", headers=headers(clerk)).status_code == 401
+    again = client.post("/api/v1/auth/token", json={"username": "li", "password": PASSWORD}).json()["access_token"]
+    assert client.get("/api/v1/auth/me", headers=headers(again)).json()["store_ids"] != []
+    client.patch(f"/api/v1/staff/{clerk_id}", json={"is_active": False}, headers=headers(admin))
+    assert client.get("/api/v1/auth/me", headers=headers(again)).status_code == 401
+    assert client.post("/api/v1/auth/token", json={"username": "li", "password": PASSWORD}).status_code == 401
+    audited = session.scalars(select(AuditEntry).where(AuditEntry.action == "staff.updated")).all()
+    assert [a.data["after"]["scopes"] for a in audited] == [["GZ001"], ["GZ001"]]
+    assert audited[1].data["after"]["is_active"] is False
+    # a clerk without scope is refused, and clerks cannot manage staff
+    assert client.patch(f"/api/v1/staff/{clerk_id}", json={"stores": []}, headers=headers(admin)).status_code == 422
+    assert client.patch(f"/api/v1/staff/{clerk_id}", json={"role": "admin"}, headers=headers(again)).status_code == 401

@@ -27,6 +27,15 @@ def test_create_read_and_update_a_profile(client):
     assert (r.json()["region"], r.json()["reduce_disturbance"], r.json()["name"]) == ("杭州", True, "张敏")
 
 
+def test_the_reduce_disturbance_preference_is_audited(client, session):
+    ops = token_for(client, "hq_ops")
+    m = _create(client, ops)
+    for value in (True, True, False):
+        client.patch(f"/api/v1/members/{m['id']}", json={"reduce_disturbance": value}, headers=headers(ops))
+    rows = session.scalars(select(AuditEntry).where(AuditEntry.action == "contact_preference.changed")).all()
+    assert [r.data["reduce_disturbance"] for r in rows] == [True, False]
+
+
 @pytest.mark.parametrize("attributes", [[1, 2], {"bad key!": 1}, {"a": {"b": {"c": {"d": 1}}}}, {"x": "y" * 20000}])
 def test_invalid_custom_attributes_are_refused(client, attributes):
     ops = token_for(client, "hq_ops")

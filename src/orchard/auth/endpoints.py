@@ -56,6 +56,15 @@ class StaffOut(BaseModel):
     created_at: dt.datetime
 
 
+class StaffUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: Role | None = None
+    stores: list[str] | None = Field(default=None, max_length=100)
+    is_active: bool | None = None
+    display_name: str | None = Field(default=None, max_length=100)
+    password: str | None = Field(default=None, min_length=8, max_length=256)
+
+
 class ApiKeyIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(min_length=1, max_length=100)
@@ -114,6 +123,16 @@ def create_staff(body: StaffIn, session: SessionDep, principal: Actor(Perm.staff
 @router.get("/staff", response_model=list[StaffOut], operation_id="listStaff")
 def list_staff(session: SessionDep, principal: Actor(Perm.staff_manage)) -> list[StaffOut]:
     return [StaffOut.model_validate(s, from_attributes=True) for s in session.scalars(select(Staff).order_by(Staff.id))]
+
+
+@router.patch("/staff/{staff_id}", response_model=StaffOut, operation_id="updateStaff")
+def update_staff(staff_id: Annotated[int, Path(ge=1, le=2**62)], body: StaffUpdate, session: SessionDep,
+                 principal: Actor(Perm.staff_manage)) -> StaffOut:
+    """Change role, stores, activity or password; the account's open sessions end."""
+    staff = service.update_staff(session, staff_id=staff_id, actor=principal.actor, role=body.role,
+                                 store_codes=body.stores, is_active=body.is_active, password=body.password,
+                                 display_name=body.display_name)
+    return StaffOut.model_validate(staff, from_attributes=True)
 
 
 @router.post("/api-keys", response_model=ApiKeyCreated, status_code=201, operation_id="createApiKey")

@@ -22,7 +22,7 @@ from orchard.auth.secrets import (
     verify_password,
 )
 from orchard.config import get_settings
-from orchard.errors import Conflict, InvalidInput, Unauthorized
+from orchard.errors import Conflict, InvalidInput, NotFound, Unauthorized
 from orchard.kit.clock import utcnow
 from orchard.org import service as org
 
@@ -79,6 +79,48 @@ def create_staff(session: Session, *, username: str, password: str, role: str, s
     return staff
 
 
+def update_staff(session: Session, *, staff_id: int, actor: str, role: str | None = None,
+                 store_codes: list[str] | None = None, is_active: bool | None = None,
+                 password: str | None = None, display_name: str | None = None) -> Staff:
+    """Change a staff account. Any change of role, scope, activity or password ends the account's
+    current sessions (its tokens are deleted), so a demoted or departed employee keeps no access."""
+    staff = session.get(Staff, staff_id)
+    if staff is None:
+        raise NotFound("staff not found", code="staff.not_found")
+    before = {"role": staff.role, "scopes": _scope_codes(session, staff.id), "is_active": staff.is_active}
+    new_role = _role(role) if role is not None else Role(staff.role)
+    codes = store_codes if store_codes is not None else before["scopes"]
+    if new_role in STORE_SCOPED and not codes:
+        raise InvalidInput.field("stores", f"role {new_role} needs at least one store or region")
+    if store_codes is not None:
+        units = [org.get_by_code(session, c, field="stores") for c in store_codes]
+        session.execute(delete(StaffScope).where(StaffScope.staff_id == staff.id))
+        session.add_all(StaffScope(staff_id=staff.id, org_unit_id=u.id) for u in units)
+    staff.role = new_role.value
+    if is_active is not None:
+        staff.is_active = is_active
+    if display_name is not None:
+        staff.display_name = display_name
+    if password is not None:
+        if len(password) < 8:
+            raise InvalidInput.field("password", "at least 8 characters")
+        staff.password_hash = hash_password(password)
+    session.flush()
+    after = {"role": staff.role, "scopes": _scope_codes(session, staff.id), "is_active": staff.is_active}
+    if after != before or password is not None:
+        session.execute(delete(AccessToken).where(AccessToken.staff_id == staff.id))
+        audit.record(session, actor=actor, action="staff.updated", entity="staff", entity_id=staff.id,
+                     data={"before": before, "after": after, "password_changed": password is not None})
+    return staff
+
+
+def _scope_codes(session: Session, staff_id: int) -> list[str]:
+    from orchard.org.models import OrgUnit
+
+    return list(session.scalars(select(OrgUnit.code).join(StaffScope, StaffScope.org_unit_id == OrgUnit.id)
+                                .where(StaffScope.staff_id == staff_id).order_by(OrgUnit.code)))
+
+
 def login(session: Session, *, username: str, password: str) -> tuple[str, dt.datetime]:
     staff = session.scalar(select(Staff).where(Staff.username == username))
     if staff is None or not staff.is_active or not verify_password(staff.password_hash, password):
@@ -115,8 +157,6 @@ def create_api_key(session: Session, *, name: str, role: str = "integrator", sto
 def revoke_api_key(session: Session, *, key_id: int, actor: str) -> ApiKey:
     key = session.get(ApiKey, key_id)
     if key is None:
-        from orchard.errors import NotFound
-
         raise NotFound("api key not found")
     if key.revoked_at is None:
         key.revoked_at = utcnow()

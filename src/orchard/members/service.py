@@ -7,6 +7,7 @@ import datetime as dt
 from sqlalchemy import Select, and_, select, tuple_
 from sqlalchemy.orm import Session
 
+from orchard.audit import service as audit
 from orchard.auth.service import Principal
 from orchard.errors import Conflict, InvalidInput
 from orchard.identity import resolve as identity_resolve
@@ -83,6 +84,9 @@ def update(session: Session, *, principal: Principal, member_id: int, data: Memb
     for key in ("gender", "attributes", "reduce_disturbance"):
         if key in changes and changes[key] is None:
             raise InvalidInput.field(key, "may not be null")
+    if "reduce_disturbance" in changes and changes["reduce_disturbance"] != member.reduce_disturbance:
+        audit.record(session, actor=principal.actor, action="contact_preference.changed", entity="member",
+                     entity_id=member.id, data={"reduce_disturbance": changes["reduce_disturbance"]})
     for key, value in changes.items():
         setattr(member, key, value)
     member.updated_at = utcnow()
