@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -149,6 +150,57 @@ def demo(members: int = 200, seed: int = 7) -> None:
     summary = load_demo(members=members, seed=seed)
     for line in summary:
         console.print(line)
+
+
+
+import_app = typer.Typer(help="导入 / import CSV or XLSX (UTF-8, UTF-8 with BOM, GB18030)", no_args_is_help=True)
+app.add_typer(import_app, name="import")
+
+
+def _run_import(kind: str, file: Path, source: str, report: Path | None, batch_size: int | None) -> None:
+    """Per-row problems go to the error report; the exit code is non-zero only when the file
+    itself cannot be read."""
+    from rich.progress import Progress, ProgressColumn, SpinnerColumn, TextColumn, TimeElapsedColumn
+    from rich.text import Text
+
+    from orchard.imports.readers import FileUnreadable
+    from orchard.imports.service import run_import
+
+    class RowsPerSecond(ProgressColumn):
+        def render(self, task) -> Text:
+            return Text(f"{task.speed or 0:,.0f} 行/s rows/s")
+
+    try:
+        with Progress(SpinnerColumn(), TextColumn("{task.description}"), TextColumn("{task.completed:,} 行 rows"),
+                      RowsPerSecond(), TimeElapsedColumn(), console=err, transient=False) as bar:
+            task = bar.add_task(f"导入 import {kind}", total=None)
+            result = run_import(kind, file, source=source, report_path=report, batch_size=batch_size,
+                                progress=lambda n: bar.advance(task, n))
+    except FileUnreadable as exc:
+        err.print(f"[red]无法读取文件 / cannot read the file:[/red] {exc}")
+        raise typer.Exit(2) from None
+    console.print(f"{kind}: {result.rows} 行 rows — 新建 created {result.created}, 更新 updated {result.updated}, "
+                  f"未变 unchanged {result.unchanged}, 错误 errors {result.errors}, 警告 warnings {result.warnings}")
+    if result.unknown_columns:
+        console.print(f"未识别的列（已忽略） / ignored columns: {', '.join(result.unknown_columns)}")
+    if result.report_path:
+        console.print(f"错误报告 / error report: {result.report_path}")
+
+
+@import_app.command("orders")
+def import_orders(file: Path, source: str = "import", report: Annotated[Path | None, typer.Option()] = None,
+                  batch_size: Annotated[int | None, typer.Option(min=1)] = None) -> None:
+    """Import orders: order_id, member_phone | member_external_id | member_card_no, paid_at, amount | amount_fen,
+    store_code, channel, sku, product_name, category, quantity (Chinese headers such as 订单号, 手机号, 金额 work)."""
+    _run_import("orders", file, source, report, batch_size)
+
+
+@import_app.command("members")
+def import_members(file: Path, source: str = "import", report: Annotated[Path | None, typer.Option()] = None,
+                   batch_size: Annotated[int | None, typer.Option(min=1)] = None) -> None:
+    """Import members: phone | external_id | card_no | email | wechat ids, name, gender, birthday, region,
+    store_code, joined_at, source_channel (姓名, 手机号, 性别, 生日, 门店编码 … work)."""
+    _run_import("members", file, source, report, batch_size)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 from sqlalchemy import Select, and_, select, tuple_
 from sqlalchemy.orm import Session
@@ -17,6 +18,7 @@ from orchard.kit.clock import as_utc, utcnow
 from orchard.kit.pagination import decode_cursor, encode_cursor
 from orchard.kit.phone import mask_phone
 from orchard.members import scope
+from orchard.members.attributes import validate_attributes
 from orchard.members.models import Consent, Member, MemberAggregate, MemberTag, Tag
 from orchard.members.schemas import (
     Aggregates,
@@ -119,6 +121,28 @@ def remove_identity(session: Session, *, principal: Principal, member_id: int, i
         raise NotFound("identity not found", code="identity.not_found")
     session.delete(identity)
     session.flush()
+
+
+def fill_blanks(member: Member, profile: dict[str, Any], attributes: dict[str, Any], warnings: list[str]) -> bool:
+    """Set only what the member does not have yet (identify calls, imports); returns whether anything
+    changed, so a replayed or older source never overwrites what staff or the member entered."""
+    changed = False
+    for name in ("name", "birthday", "region", "home_store_id", "source_channel"):
+        if profile.get(name) not in (None, "") and getattr(member, name) in (None, ""):
+            setattr(member, name, profile[name])
+            changed = True
+    if profile.get("gender") not in (None, "unknown") and member.gender in (None, "unknown"):
+        member.gender = profile["gender"]
+        changed = True
+    current = dict(member.attributes or {})
+    new = {k: v for k, v in attributes.items() if k not in current}
+    if new:
+        try:
+            member.attributes = validate_attributes({**current, **new})
+            changed = True
+        except ValueError as exc:
+            warnings.append(f"traits not kept as attributes: {exc}")
+    return changed
 
 
 # ---- reading -------------------------------------------------------------------------------

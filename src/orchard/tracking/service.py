@@ -28,8 +28,8 @@ from orchard.identity.models import Identity
 from orchard.identity.normalize import InvalidIdentity, normalize
 from orchard.kit.clock import utcnow
 from orchard.members import scope
-from orchard.members.attributes import validate_attributes
 from orchard.members.models import Member
+from orchard.members.service import fill_blanks
 from orchard.tracking import mapping
 from orchard.tracking.mapping import SOURCE, Alias, Identify, Ignore, Ingest, Mapped
 from orchard.tracking.schemas import MessageResult, TrackingResult
@@ -150,34 +150,13 @@ def identify(session: Session, *, principal: Principal, item: Identify,
         return None, "no_member"
     member = _visible_member(session, principal, res.member_id)
     _conflicts(principal, res, warnings)
-    changed = fill_profile(member, item.profile, item.attributes, warnings)
+    changed = fill_blanks(member, item.profile, item.attributes, warnings)
     if changed:
         member.updated_at = utcnow()
         session.flush()
     if res.created:
         return member.id, "created"
     return member.id, "updated" if changed or res.linked else "unchanged"
-
-
-def fill_profile(member: Member, profile: dict[str, Any], attributes: dict[str, Any], warnings: list[str]) -> bool:
-    """Set only what the member does not have yet; returns whether anything changed."""
-    changed = False
-    for name in ("name", "birthday", "region"):
-        if name in profile and getattr(member, name) in (None, ""):
-            setattr(member, name, profile[name])
-            changed = True
-    if "gender" in profile and member.gender in (None, "unknown"):
-        member.gender = profile["gender"]
-        changed = True
-    current = dict(member.attributes or {})
-    new = {k: v for k, v in attributes.items() if k not in current}
-    if new:
-        try:
-            member.attributes = validate_attributes({**current, **new})
-            changed = True
-        except ValueError as exc:
-            warnings.append(f"traits not kept as attributes: {exc}")
-    return changed
 
 
 def alias(session: Session, *, principal: Principal, item: Alias, warnings: list[str]) -> tuple[int, str]:

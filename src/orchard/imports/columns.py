@@ -1,0 +1,59 @@
+"""Documented column names per import kind. Headers are matched case-insensitively, ignoring
+spaces, underscores and hyphens; Chinese headers from POS and Excel exports are accepted."""
+
+from __future__ import annotations
+
+import re
+
+ORDER_COLUMNS: dict[str, tuple[str, ...]] = {
+    "order_id": ("order_id", "order_no", "订单号", "订单编号", "单号"),
+    "member_phone": ("member_phone", "phone", "mobile", "手机号", "手机", "会员手机号", "电话"),
+    "member_external_id": ("member_external_id", "external_id", "user_id", "会员ID", "会员编号", "外部ID"),
+    "member_card_no": ("member_card_no", "card_no", "会员卡号", "卡号"),
+    "paid_at": ("paid_at", "paid_time", "order_time", "支付时间", "付款时间", "下单时间", "订单时间", "日期"),
+    "amount": ("amount", "total", "金额", "实付金额", "订单金额", "支付金额", "实收金额"),
+    "amount_fen": ("amount_fen", "金额分", "金额(分)"),
+    "store_code": ("store_code", "store", "门店编码", "门店代码", "门店"),
+    "channel": ("channel", "渠道", "销售渠道"),
+    "sku": ("sku", "商品编码", "货号"),
+    "product_name": ("product_name", "商品名称", "商品"),
+    "category": ("category", "品类", "类目", "商品分类"),
+    "quantity": ("quantity", "qty", "数量"),
+}
+
+MEMBER_COLUMNS: dict[str, tuple[str, ...]] = {
+    "phone": ("phone", "mobile", "member_phone", "手机号", "手机", "电话"),
+    "external_id": ("external_id", "member_external_id", "user_id", "会员ID", "会员编号", "外部ID"),
+    "card_no": ("card_no", "member_card_no", "会员卡号", "卡号"),
+    "email": ("email", "邮箱", "电子邮箱"),
+    "wechat_unionid": ("wechat_unionid", "unionid"),
+    "wechat_openid": ("wechat_openid", "openid"),
+    "name": ("name", "姓名", "会员姓名", "名字"),
+    "gender": ("gender", "sex", "性别"),
+    "birthday": ("birthday", "birth_date", "生日", "出生日期"),
+    "region": ("region", "city", "地区", "城市", "所在地"),
+    "store_code": ("store_code", "home_store", "门店编码", "归属门店", "门店"),
+    "joined_at": ("joined_at", "join_date", "register_time", "注册时间", "入会时间", "开卡时间"),
+    "source_channel": ("source_channel", "source", "来源渠道", "来源"),
+}
+
+KINDS = {"orders": ORDER_COLUMNS, "members": MEMBER_COLUMNS}
+
+
+def _key(header: str) -> str:
+    return re.sub(r"[\s_\-（）()]", "", header).lower()
+
+
+def map_headers(kind: str, headers: list[str]) -> tuple[dict[str, int], list[str]]:
+    """(canonical column → index in the row, headers that matched nothing). First match wins."""
+    lookup = {_key(alias): name for name, aliases in KINDS[kind].items() for alias in aliases}
+    mapping: dict[str, int] = {}
+    unknown = []
+    for i, header in enumerate(headers):
+        name = lookup.get(_key(header))
+        if name is None:
+            if header:
+                unknown.append(header)
+        elif name not in mapping:
+            mapping[name] = i
+    return mapping, unknown
