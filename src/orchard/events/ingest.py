@@ -31,8 +31,13 @@ _SCHEMAS: dict[str, type] = {"order": OrderIn, "refund": RefundIn, "event": Even
 _MAX_FUTURE_SKEW_S = 24 * 3600
 
 
+def body_fingerprint(data: OrderIn | RefundIn | EventIn) -> str:
+    """The canonical fingerprint an item is recognised by on replay (also used by bulk imports)."""
+    return fingerprint(data.model_dump(mode="json", exclude_none=True))
+
+
 def ingest(session: Session, *, principal: Principal, kind: str, data: OrderIn | RefundIn | EventIn) -> Outcome:
-    body_hash = fingerprint(data.model_dump(mode="json", exclude_none=True))
+    body_hash = body_fingerprint(data)
     for attempt in range(2):
         prior = _replay(session, kind, data.source, data.external_id, body_hash)
         if prior is not None:

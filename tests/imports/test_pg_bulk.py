@@ -1,0 +1,107 @@
+"""The PostgreSQL fast path ends in exactly the state of the per-row path, on a batch mixing every
+case: new and known members, keys linked across rows, keys of two members, replays, conflicts,
+repeated order ids and orders with a refund waiting for them."""
+
+import pytest
+from sqlalchemy import select, text
+
+from orchard import db
+from orchard.events.models import Order, OrderLine, Refund
+from orchard.identity.models import Identity
+from orchard.imports import pg_bulk, rows
+from orchard.imports import service as import_service
+from orchard.members.models import Member, MemberAggregate, MergeCandidate
+from orchard.org.models import OrgUnit
+from tests.factories import make_org
+
+RAW = [  # order_id, phone, card, paid_at, amount_fen, store, sku
+    ("K1", "13800000001", "", "2026-10-01T10:00:00+08:00", "1000", "SH001", ""),
+    ("K2", "13800000001", "C-1", "2026-09-01T10:00:00+08:00", "2000", "GZ001", "S1"),
+    ("K3", "", "C-1", "2026-10-05T10:00:00+08:00", "3000", "", ""),
+    ("K4", "13800000002", "", "2026-10-02T10:00:00+08:00", "4000", "HZ001", ""),
+    ("K5", "13800000009", "C-9", "2026-10-03T10:00:00+08:00", "5000", "SH001", ""),  # two existing members
+    ("K6", "13800000003", "", "2026-10-04T10:00:00+08:00", "6000", "SH001", ""),  # replay of a stored order
+    ("K7", "13800000003", "", "2026-10-04T10:00:00+08:00", "7777", "SH001", ""),  # conflict with stored K7
+    ("K1", "13800000001", "", "2026-10-01T10:00:00+08:00", "1000", "SH001", ""),  # repeated in the batch
+    ("K8", "13800000004", "", "2026-10-06T10:00:00+08:00", "8000", "SH001", ""),  # a refund waits for it
+]
+SETUP = [("K6", "13800000003", "", "2026-10-04T10:00:00+08:00", "6000", "SH001", ""),
+         ("K7", "13800000003", "", "2026-10-04T10:00:00+08:00", "7000", "SH001", ""),
+         ("X1", "13800000009", "", "2026-01-01T10:00:00+08:00", "100", "", ""),
+         ("X2", "", "C-9", "2026-01-01T10:00:00+08:00", "100", "", ""),
+         ("X3", "13800000002", "", "2026-10-20T10:00:00+08:00", "100", "SH001", "")]  # K4 comes earlier
+
+
+def _clean(raw, stores):
+    oid, phone, card, paid, amount, store, sku = raw
+    values = {"order_id": oid, "member_phone": phone, "member_card_no": card, "paid_at": paid, "amount_fen": amount,
+              "store_code": store, "sku": sku}
+    return rows.order_row(values.get, stores)
+
+
+def _run(fast: bool) -> dict:
+    make_org()
+    with db.transaction() as s:
+        stores = dict(s.execute(select(OrgUnit.code, OrgUnit.id).where(OrgUnit.kind == "store")).tuples().all())
+        for raw in SETUP:
+            import_service._order(s, _clean(raw, stores), "import")
+        from orchard.events import ingest
+        from orchard.events.schemas import RefundIn
+        from orchard.imports.service import SYSTEM
+
+        ingest.ingest(s, principal=SYSTEM, kind="refund", data=RefundIn(
+            source="import", external_id="R8", order_external_id="K8", refunded_at="2026-10-07T00:00:00Z",
+            amount_fen=500))
+    items = [(i, _clean(raw, stores)) for i, raw in enumerate(RAW)]
+    with db.transaction() as s:
+        if fast:
+            outcome = pg_bulk.run_batch(s, items, "import", import_service._order)
+        else:
+            outcome = {}
+            for i, clean in items:
+                try:
+                    with s.begin_nested():
+                        outcome[i] = import_service._order(s, clean, "import")[0]
+                except Exception as exc:  # noqa: BLE001 - compared by type below
+                    outcome[i] = exc
+    return {"outcome": {i: (v if isinstance(v, str) else type(v).__name__) for i, v in outcome.items()},
+            "state": _dump()}
+
+
+def _dump() -> dict:
+    with db.transaction(readonly=True) as s:
+        keys = {}
+        for ident in s.scalars(select(Identity)):
+            keys.setdefault(ident.member_id, set()).add((ident.kind, ident.value, ident.source))
+        who = {mid: tuple(sorted(v)) for mid, v in keys.items()}
+        members = sorted((who.get(m.id), m.status, m.gender, m.home_store_id, m.joined_at, m.source_channel,
+                          a.order_count, a.total_spend_fen, a.refund_fen, a.first_order_at, a.last_order_at,
+                          a.last_event_at)
+                         for m, a in s.execute(select(Member, MemberAggregate).join(
+                             MemberAggregate, MemberAggregate.member_id == Member.id)))
+        orders = sorted((o.external_id, who[o.member_id], o.body_hash, o.status, o.amount_fen, o.refunded_fen,
+                         o.paid_at, o.store_id, o.channel) for o in s.scalars(select(Order)))
+        lines = sorted((s.get(Order, ln.order_id).external_id, ln.line_no, ln.sku, ln.amount_fen)
+                       for ln in s.scalars(select(OrderLine)))
+        refunds = sorted((r.external_id, r.status, r.amount_fen) for r in s.scalars(select(Refund)))
+        cands = sorted((who[c.member_a_id], who[c.member_b_id], c.reason) for c in s.scalars(select(MergeCandidate)))
+    return {"members": members, "orders": orders, "lines": lines, "refunds": refunds, "candidates": cands}
+
+
+def _wipe():
+    with db.get_engine().begin() as conn:
+        conn.execute(text("TRUNCATE members, identities, orders, order_lines, refunds, refund_lines, "
+                          "member_aggregates, merge_candidates, events, org_units, audit_log RESTART IDENTITY CASCADE"))
+
+
+def test_the_fast_path_ends_exactly_where_the_per_row_path_does(clean_db):
+    if not clean_db.startswith("postgresql"):
+        pytest.skip("the COPY fast path is PostgreSQL's")
+    slow = _run(fast=False)
+    _wipe()
+    fast = _run(fast=True)
+    assert fast["outcome"] == slow["outcome"]
+    assert fast["state"] == slow["state"]
+    assert slow["outcome"][5] == "unchanged" and slow["outcome"][6] == "Conflict"
+    assert len(slow["state"]["candidates"]) == 1
+    assert ("R8", "applied", 500) in slow["state"]["refunds"]
