@@ -10,3 +10,4 @@ from orchard.org.endpoints import router as org_router
 api_router = APIRouter(prefix="/api/v1")
 for router in (auth_router, org_router, members_router, events_router):
     api_router.include_router(router)
+api_router.include_router(__import__("orchard.exports.endpoints", fromlist=["router"]).router)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import sys
 from pathlib import Path
@@ -143,13 +144,37 @@ def members_scan_duplicates() -> None:
 
 
 @app.command()
-def demo(members: int = 200, seed: int = 7) -> None:
-    """Load a small zh-CN demo data set (stores, staff, members, orders, events). Safe to re-run."""
-    from orchard.demo import load_demo
+def demo(
+    members: Annotated[int, typer.Option(min=0, max=20_000_000, help="members to generate (streamed)")] = 300,
+    seed: int = 7,
+    months: Annotated[int, typer.Option(min=1, max=120, help="months of history, ending 2026-10-31")] = 12,
+    industry: Annotated[str, typer.Option(help="retail | ecommerce | restaurant | gym | education | hotel")] = "retail",
+    directory: Annotated[Path | None, typer.Option("--dir", help="where the CSV files and error reports go "
+                                                                "(default: a new temporary directory)")] = None,
+    keep_files: Annotated[bool, typer.Option(help="keep the generated CSV files after the import")] = False,
+) -> None:
+    """Load a deterministic zh-CN demo data set (org, staff, members, orders, refunds, events) through the
+    import pipeline, with some dirty rows on purpose. The same seed gives the same data; safe to re-run."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    summary = load_demo(members=members, seed=seed)
-    for line in summary:
-        console.print(line)
+    from orchard.demo.load import load_demo
+    from orchard.demo.presets import Industry
+
+    if industry not in Industry.__members__:
+        err.print(f"[red]未知行业 / unknown industry {industry!r}:[/red] use one of {', '.join(Industry)}")
+        raise typer.Exit(2)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err) as bar:
+
+        class Bars:
+            def start(self, description: str, total: int | None):
+                task = bar.add_task(description, total=total)
+                return lambda n: bar.advance(task, n)
+
+        result = load_demo(members=members, seed=seed, months=months, industry=industry, directory=directory,
+                           keep_files=keep_files, tracker=Bars())
+    for line in result.lines():
+        console.print(line, highlight=False)
 
 
 
@@ -180,11 +205,13 @@ def _run_import(kind: str, file: Path, source: str, report: Path | None, batch_s
         err.print(f"[red]无法读取文件 / cannot read the file:[/red] {exc}")
         raise typer.Exit(2) from None
     console.print(f"{kind}: {result.rows} 行 rows — 新建 created {result.created}, 更新 updated {result.updated}, "
-                  f"未变 unchanged {result.unchanged}, 错误 errors {result.errors}, 警告 warnings {result.warnings}")
+                  f"未变 unchanged {result.unchanged}, 错误 errors {result.errors}, 警告 warnings {result.warnings}",
+                  soft_wrap=True)  # one line each, whatever the width: scripts read the report path from here
     if result.unknown_columns:
-        console.print(f"未识别的列（已忽略） / ignored columns: {', '.join(result.unknown_columns)}")
+        console.print(f"未识别的列（已忽略） / ignored columns: {', '.join(result.unknown_columns)}", soft_wrap=True,
+                      markup=False)  # header text and paths come from the file: "[x]" is not Rich markup
     if result.report_path:
-        console.print(f"错误报告 / error report: {result.report_path}")
+        console.print(f"错误报告 / error report: {result.report_path}", soft_wrap=True, markup=False)
 
 
 @import_app.command("orders")
@@ -201,6 +228,120 @@ def import_members(file: Path, source: str = "import", report: Annotated[Path | 
     """Import members: phone | external_id | card_no | email | wechat ids, name, gender, birthday, region,
     store_code, joined_at, source_channel (姓名, 手机号, 性别, 生日, 门店编码 … work)."""
     _run_import("members", file, source, report, batch_size)
+
+
+@import_app.command("refunds")
+def import_refunds(file: Path, source: str = "import", report: Annotated[Path | None, typer.Option()] = None,
+                   batch_size: Annotated[int | None, typer.Option(min=1)] = None) -> None:
+    """Import refunds: refund_id, order_id, refunded_at, amount | amount_fen (neither: full refund), sku and
+    quantity (a line refund), reason (退款单号, 原订单号, 退款时间, 退款金额 … work). The order is looked up under
+    the same --source; a refund whose order is not imported yet is kept pending until it is."""
+    _run_import("refunds", file, source, report, batch_size)
+
+
+@import_app.command("events")
+def import_events(file: Path, source: str = "import", report: Annotated[Path | None, typer.Option()] = None,
+                  batch_size: Annotated[int | None, typer.Option(min=1)] = None) -> None:
+    """Import behaviour events: event_id, name (login, store_visit … or 登录, 到店 …), member_phone |
+    member_external_id | member_card_no, occurred_at, store_code, category, sku, product_name, properties
+    (a JSON object) (事件ID, 事件, 手机号, 发生时间 … work)."""
+    _run_import("events", file, source, report, batch_size)
+
+
+# ---- export -------------------------------------------------------------------------------------
+
+export_app = typer.Typer(help="导出 / export members, orders, events as CSV or XLSX", no_args_is_help=True)
+app.add_typer(export_app, name="export")
+ExportFormat = Annotated[str, typer.Option("--format", help="csv (UTF-8 with BOM) or xlsx")]
+ExportOut = Annotated[Path, typer.Option("--out", help="file to write (replaced only when complete)")]
+ExportFields = Annotated[str | None, typer.Option(help="comma-separated field keys, in output order")]
+ExportLang = Annotated[str, typer.Option(help="header language: zh or en")]
+When = Annotated[str | None, typer.Option(help="ISO date or date-time; without a zone, the tenant's zone")]
+
+
+def _when(value: str | None, name: str) -> dt.datetime | None:
+    if value is None:
+        return None
+    try:
+        return dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter(f"not an ISO date or date-time: {value!r}", param_hint=f"--{name}") from None
+
+
+def _export(kind: str, fmt: str, out: Path, fields: str | None, lang: str, filters: object) -> None:
+    """Run an export as an unscoped, unmasked operator (like `members show`); the audit row
+    (actor "cli") commits before the file is written, as over HTTP."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
+    from rich.text import Text
+
+    from orchard.auth.roles import Role
+    from orchard.auth.service import Principal
+    from orchard.db import transaction
+    from orchard.exports import service
+
+    class RowsPerSecond(ProgressColumn):
+        def render(self, task) -> Text:
+            return Text(f"{task.completed / task.elapsed if task.elapsed else 0:,.0f} rows/s")
+
+    if fmt not in ("csv", "xlsx"):
+        raise typer.BadParameter("csv or xlsx", param_hint="--format")
+    if lang not in ("zh", "en"):
+        raise typer.BadParameter("zh or en", param_hint="--lang")
+    plan_fn = {"members": service.plan_members, "orders": service.plan_orders, "events": service.plan_events}[kind]
+    system = Principal("system", 0, "cli", Role.admin, None, False)
+    try:
+        with transaction() as session:
+            plan = plan_fn(session, principal=system, fmt=fmt, fields=fields, english=lang == "en",
+                           filters=filters, actor="cli")
+            total = service.count(session, plan)
+    except OrchardError as exc:
+        _fail(exc)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), RowsPerSecond(),
+                  TimeElapsedColumn(), console=err) as progress:
+        task = progress.add_task(f"导出 / exporting {kind}", total=total)
+        n = service.write_file(plan, out, on_rows=lambda k: progress.advance(task, k))
+    console.print(f"已导出 / exported {n} rows → {out}")
+
+
+@export_app.command("members")
+def export_members(out: ExportOut, fmt: ExportFormat = "csv", fields: ExportFields = None, lang: ExportLang = "zh",
+                   phone: Annotated[str | None, typer.Option()] = None,
+                   identity: Annotated[str | None, typer.Option(help="kind:value, e.g. card_no:A001")] = None,
+                   store: Annotated[str | None, typer.Option(help="store or region code")] = None,
+                   tag: Annotated[str | None, typer.Option()] = None,
+                   consent: Annotated[str | None, typer.Option(help="channel:purpose, e.g. sms:marketing")] = None,
+                   joined_from: When = None, joined_to: When = None,
+                   q: Annotated[str | None, typer.Option(help="name contains")] = None) -> None:
+    """Export members (the same filters as GET /api/v1/members)."""
+    from orchard.exports.service import MemberFilters
+
+    _export("members", fmt, out, fields, lang, MemberFilters(
+        phone=phone, identity=identity, store=store, tag=tag, consent=consent,
+        joined_from=_when(joined_from, "joined-from"), joined_to=_when(joined_to, "joined-to"), q=q))
+
+
+@export_app.command("orders")
+def export_orders(out: ExportOut, fmt: ExportFormat = "csv", fields: ExportFields = None, lang: ExportLang = "zh",
+                  paid_from: When = None, paid_to: When = None,
+                  store: Annotated[str | None, typer.Option(help="store or region code")] = None) -> None:
+    """Export orders: one row per order line when a line field is chosen (the default)."""
+    from orchard.exports.service import OrderFilters
+
+    _export("orders", fmt, out, fields, lang, OrderFilters(
+        paid_from=_when(paid_from, "paid-from"), paid_to=_when(paid_to, "paid-to"), store=store))
+
+
+@export_app.command("events")
+def export_events(out: ExportOut, fmt: ExportFormat = "csv", fields: ExportFields = None, lang: ExportLang = "zh",
+                  name: Annotated[str | None, typer.Option(help="event name")] = None,
+                  occurred_from: When = None, occurred_to: When = None,
+                  store: Annotated[str | None, typer.Option(help="store or region code")] = None) -> None:
+    """Export behaviour events."""
+    from orchard.exports.service import EventFilters
+
+    _export("events", fmt, out, fields, lang, EventFilters(
+        name=name, occurred_from=_when(occurred_from, "occurred-from"),
+        occurred_to=_when(occurred_to, "occurred-to"), store=store))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -139,3 +139,14 @@ def test_the_cli_exits_non_zero_only_for_an_unreadable_file(clean_db, tmp_path):
     missing = subprocess.run([sys.executable, "-m", "orchard.cli", "import", "orders", str(tmp_path / "nope.csv")],
                              capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and missing.returncode != 0
+
+
+def test_a_nul_character_is_an_error_row_not_a_failed_import(clean_db, tmp_path):
+    make_org()
+    f = _write(tmp_path / "o.csv", [["order_id", "member_phone", "paid_at", "amount_fen"],
+                                   ["A\x00", "13812341234", "2026-10-01", "100"],
+                                   ["A2", "13812341234", "2026-10-01", "100"]])
+    result = run_import("orders", f)
+    assert (result.created, result.errors) == (1, 1)
+    m = _write(tmp_path / "m.csv", [["phone", "name"], ["13812341234", "王\x00芳"], ["13900001111", "李雷"]])
+    assert run_import("members", m).errors == 1

@@ -37,7 +37,33 @@ MEMBER_COLUMNS: dict[str, tuple[str, ...]] = {
     "source_channel": ("source_channel", "source", "来源渠道", "来源"),
 }
 
-KINDS = {"orders": ORDER_COLUMNS, "members": MEMBER_COLUMNS}
+REFUND_COLUMNS: dict[str, tuple[str, ...]] = {
+    "refund_id": ("refund_id", "refund_no", "退款单号", "退款编号", "退款单编号"),
+    # not the bare 单号 of orders: in a refund file it may be the refund's own number
+    "order_id": ("order_id", "order_no", "订单号", "原订单号", "订单编号", "原订单编号"),
+    "refunded_at": ("refunded_at", "refund_time", "退款时间", "退款日期", "日期"),
+    "amount": ("amount", "refund_amount", "退款金额"),
+    "amount_fen": ("amount_fen", "refund_amount_fen", "退款金额分", "退款金额(分)"),
+    "sku": ORDER_COLUMNS["sku"],
+    "quantity": ("quantity", "qty", "数量", "退款数量", "退货数量"),
+    "reason": ("reason", "refund_reason", "退款原因", "原因"),
+}
+
+EVENT_COLUMNS: dict[str, tuple[str, ...]] = {
+    "event_id": ("event_id", "事件ID", "事件编号"),
+    "name": ("name", "event", "event_name", "事件", "事件名称", "事件名"),
+    "member_phone": ORDER_COLUMNS["member_phone"],
+    "member_external_id": ORDER_COLUMNS["member_external_id"],
+    "member_card_no": ORDER_COLUMNS["member_card_no"],
+    "occurred_at": ("occurred_at", "event_time", "time", "timestamp", "发生时间", "事件时间", "时间"),
+    "store_code": ORDER_COLUMNS["store_code"],
+    "category": ORDER_COLUMNS["category"],
+    "sku": ORDER_COLUMNS["sku"],
+    "product_name": ORDER_COLUMNS["product_name"],
+    "properties": ("properties", "props", "属性", "事件属性"),
+}
+
+KINDS = {"orders": ORDER_COLUMNS, "members": MEMBER_COLUMNS, "refunds": REFUND_COLUMNS, "events": EVENT_COLUMNS}
 
 
 def _key(header: str) -> str:

@@ -4,12 +4,16 @@ column and the reason. No database here; store codes are checked against a set g
 from __future__ import annotations
 
 import datetime as dt
+import json
+import math
 import re
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from orchard.events.schemas import EVENT_NAME, STANDARD_EVENTS
 from orchard.identity.normalize import InvalidIdentity, normalize
 from orchard.kit.clock import tenant_zone
+from orchard.members.attributes import validate_attributes
 
 _DATE_FORMATS = ("%Y-%m-%d", "%Y/%m/%d", "%Y.%m.%d", "%Y%m%d", "%Y年%m月%d日")
 _GENDERS = {"male": "male", "m": "male", "男": "male", "男性": "male", "1": "male",
@@ -125,6 +129,7 @@ def store(value: Any, column: str, stores: dict[str, int]) -> int | None:
 
 def order_row(get, stores: dict[str, int]) -> dict[str, Any]:
     """`get(column)` returns the raw cell (or None when the file has no such column)."""
+    get = storable(get)
     order_id = text(get("order_id"))
     if not order_id:
         raise RowError("order_id", "is required")
@@ -160,6 +165,7 @@ def order_row(get, stores: dict[str, int]) -> dict[str, Any]:
 
 
 def member_row(get, stores: dict[str, int]) -> dict[str, Any]:
+    get = storable(get)
     keys = [k for k in (identity(kind, get(kind), kind) for kind in
                         ("phone", "external_id", "card_no", "email", "wechat_unionid", "wechat_openid")) if k]
     if not keys:
@@ -176,3 +182,136 @@ def member_row(get, stores: dict[str, int]) -> dict[str, Any]:
             "birthday": parse_date(get("birthday"), "birthday"), "region": text(get("region"))[:100] or None,
             "store_id": store(get("store_code"), "store_code", stores), "joined_at": joined,
             "source_channel": text(get("source_channel"))[:64] or None}
+
+
+def _id(value: Any, column: str) -> str:
+    raw = text(value)
+    if not raw:
+        raise RowError(column, "is required")
+    if len(raw) > 128:
+        raise RowError(column, "longer than 128 characters")
+    return raw
+
+
+def _past_time(value: Any, column: str) -> dt.datetime:
+    at = parse_time(value, column)
+    if at > dt.datetime.now(dt.UTC) + dt.timedelta(days=1):
+        raise RowError(column, "lies in the future")
+    return at
+
+
+def storable(get):
+    """`get`, refusing text PostgreSQL cannot store (a NUL character), so that such a row is an
+    error row naming its column instead of a database error ending the whole import."""
+
+    def checked(column: str) -> Any:
+        value = get(column)
+        if isinstance(value, str) and "\x00" in value:
+            raise RowError(column, "contains a NUL character")
+        return value
+
+    return checked
+
+
+def member_keys(get) -> list[tuple[str, str]]:
+    """The member columns of orders and events: at least one of phone, external id, card number."""
+    keys = [k for k in (identity("phone", get("member_phone"), "member_phone"),
+                        identity("external_id", get("member_external_id"), "member_external_id"),
+                        identity("card_no", get("member_card_no"), "member_card_no")) if k]
+    if not keys:
+        raise RowError("member_phone", "give member_phone, member_external_id or member_card_no")
+    return keys
+
+
+def refund_row(get, stores: dict[str, int] | None = None) -> dict[str, Any]:
+    """One refund per row. No amount → a full refund; a sku → a refund of that order line (all its
+    units not yet refunded unless `quantity` says otherwise; the amount, if given, is the line's).
+    A refund belongs to its order's store: `stores` is unused, kept so every kind parses alike."""
+    get = storable(get)
+    refund_id, order_id = _id(get("refund_id"), "refund_id"), _id(get("order_id"), "order_id")
+    refunded_at = _past_time(get("refunded_at"), "refunded_at")
+    amount_column = "amount_fen" if text(get("amount_fen")) else "amount" if text(get("amount")) else None
+    amount = None
+    if amount_column:
+        amount = (fen if amount_column == "amount_fen" else yuan_to_fen)(get(amount_column), amount_column)
+        if amount == 0:
+            raise RowError(amount_column, "a refund of nothing; leave it empty for a full refund")
+    quantity = None
+    if text(get("quantity")):
+        quantity = text(get("quantity"))
+        if not quantity.isdigit() or not 1 <= int(quantity) <= 1_000_000:
+            raise RowError("quantity", f"not a positive whole number: {quantity!r}")
+        quantity = int(quantity)
+    sku = text(get("sku"))
+    if len(sku) > 128:
+        raise RowError("sku", "longer than 128 characters")
+    if quantity is not None and not sku:
+        raise RowError("quantity", "a quantity refunds units of one order line: give its sku too")
+    line = {"sku": sku, "quantity": quantity, "amount_fen": amount} if sku else None
+    return {"refund_id": refund_id, "order_id": order_id, "refunded_at": refunded_at,
+            "amount_fen": None if line else amount, "amount_column": amount_column, "line": line,
+            "reason": text(get("reason"))[:500] or None}
+
+
+#: Chinese labels of the standard events (orchard.events.schemas.STANDARD_EVENTS).
+EVENT_LABELS = {"注册": "sign_up", "登录": "login", "到店": "store_visit", "浏览商品": "product_viewed",
+                "加购": "added_to_cart", "分享": "shared", "评价": "reviewed", "签到": "checked_in",
+                "参加活动": "campaign_joined", "观看直播": "live_attended", "用券": "coupon_used",
+                "咨询客服": "service_contacted"}
+
+
+def event_name(value: Any) -> str:
+    """A standard name (any case) or its Chinese label → the standard name; anything else must be a
+    valid custom name and is kept as written."""
+    raw = text(value)
+    if not raw:
+        raise RowError("name", "is required")
+    if raw in EVENT_LABELS:
+        return EVENT_LABELS[raw]
+    if raw.lower() in STANDARD_EVENTS:
+        return raw.lower()
+    if not re.match(EVENT_NAME, raw):
+        raise RowError("name", f"not a standard event or a valid custom name (letters first, up to 64): {raw!r}")
+    return raw
+
+
+def properties(get) -> dict[str, Any]:
+    """The `properties` JSON object, then the `category`, `sku`, `product_name` columns (which win)."""
+    raw = text(get("properties"))
+    props: Any = {}
+    if raw:
+        try:
+            props = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise RowError("properties", f"not valid JSON: {exc.msg} at character {exc.pos}") from None
+        if not isinstance(props, dict):
+            raise RowError("properties", "must be a JSON object, e.g. {\"coupon\": \"C1\"}")
+        problem = _unstorable(props)
+        if problem:
+            raise RowError("properties", f"contains {problem}")
+    for column in ("category", "sku", "product_name"):
+        if text(get(column)):
+            props[column] = text(get(column))
+    try:
+        return validate_attributes(props)
+    except ValueError as exc:
+        raise RowError("properties", str(exc).replace("attributes", "properties", 1)) from None
+
+
+def _unstorable(value: Any) -> str | None:
+    """What of a parsed JSON value the databases cannot store: Python's json reads NaN, Infinity
+    and 1e400, which are not JSON, and a \\u0000 escape, which PostgreSQL's jsonb refuses."""
+    if isinstance(value, str):
+        return "a NUL character (\\u0000)" if "\x00" in value else None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else "a number JSON cannot hold (NaN or Infinity)"
+    items = [*value.keys(), *value.values()] if isinstance(value, dict) else value if isinstance(value, list) else []
+    return next((p for p in map(_unstorable, items) if p), None)
+
+
+def event_row(get, stores: dict[str, int]) -> dict[str, Any]:
+    get = storable(get)
+    return {"event_id": _id(get("event_id"), "event_id"), "name": event_name(get("name")),
+            "keys": member_keys(get), "occurred_at": _past_time(get("occurred_at"), "occurred_at"),
+            "store_id": store(get("store_code"), "store_code", stores),
+            "store_code": text(get("store_code")) or None, "properties": properties(get)}

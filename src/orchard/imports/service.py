@@ -1,13 +1,15 @@
 """Run an import: stream the file, validate each row, write valid rows in batches of one
 transaction each, and report invalid rows (original row number, column, reason) in a CSV.
 
-Writes go through the same services as HTTP ingestion, keyed the same way — orders on
-(source, order_id) with a canonical-body fingerprint, members on their identity keys — so importing
-a file twice, or an overlapping file, creates nothing new, and a run killed half-way and started
-again ends in exactly the state of an uninterrupted run (committed batches replay as duplicates).
+Writes go through the same services as HTTP ingestion, keyed the same way — orders, refunds and
+events on (source, order_id | refund_id | event_id) with a canonical-body fingerprint, members on
+their identity keys — so importing a file twice, or an overlapping file, creates nothing new, and a
+run killed half-way and started again ends in exactly the state of an uninterrupted run (committed
+batches replay as duplicates). A refund whose order is not imported yet is kept pending by the
+ingestion service and applied when the order arrives; the report warns about it.
 
-This is the portable batched path (SQLite and PostgreSQL). The PostgreSQL COPY + set-based path
-for tens of millions of rows is the next step of issue #3.
+Orders on PostgreSQL take the COPY + set-based path (imports.pg_bulk), proven to end in the same
+state as the per-row path; other kinds, and SQLite, run row by row in batched transactions.
 """
 
 from __future__ import annotations
@@ -18,17 +20,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from orchard.auth.roles import Role
 from orchard.auth.service import Principal
-from orchard.db import transaction
+from orchard.db import get_engine, transaction
 from orchard.errors import OrchardError
 from orchard.events import ingest
-from orchard.events.schemas import OrderIn
+from orchard.events.models import Refund
+from orchard.events.schemas import EventIn, Outcome, RefundIn
 from orchard.identity import resolve as identity_resolve
-from orchard.imports import columns, rows
+from orchard.imports import columns, pg_bulk, rows
 from orchard.imports.readers import FileUnreadable, open_table
 from orchard.members.models import Member
 from orchard.members.service import fill_blanks
@@ -102,19 +106,27 @@ def run_import(kind: str, path: Path, *, source: str = "import", report_path: Pa
     return result
 
 
+_MEMBER_KEYS = ("member_phone", "member_external_id", "member_card_no")
+#: Per kind, the columns a header must have: one of each tuple.
+_REQUIRED: dict[str, list[tuple[str, ...]]] = {
+    "orders": [("order_id",), ("paid_at",), ("amount", "amount_fen"), _MEMBER_KEYS],
+    "members": [("phone", "external_id", "card_no", "email", "wechat_unionid", "wechat_openid")],
+    "refunds": [("refund_id",), ("order_id",), ("refunded_at",)],  # no amount: a full refund
+    "events": [("event_id",), ("name",), ("occurred_at",), _MEMBER_KEYS],
+}
+
+
 def _check_required(kind: str, mapping: dict[str, int]) -> None:
-    if kind == "orders":
-        needs = [("order_id",), ("paid_at",), ("amount", "amount_fen"),
-                 ("member_phone", "member_external_id", "member_card_no")]
-    else:
-        needs = [("phone", "external_id", "card_no", "email", "wechat_unionid", "wechat_openid")]
-    for options in needs:
+    for options in _REQUIRED[kind]:
         if not any(o in mapping for o in options):
             raise FileUnreadable(f"the header has no column for {' / '.join(options)}")
 
 
 def _write_batch(kind: str, batch: list[tuple[int, list[Any]]], mapping: dict[str, int], stores: dict[str, int],
                  source: str, result: ImportResult, report: _Report) -> None:
+    parse, write, warning_column = _KINDS[kind]
+    if kind == "orders" and get_engine().dialect.name == "postgresql":
+        return _write_orders_pg(batch, mapping, stores, source, result, report)
     with transaction() as session:
         for row_no, values in batch:
             result.rows += 1
@@ -124,10 +136,9 @@ def _write_batch(kind: str, batch: list[tuple[int, list[Any]]], mapping: dict[st
                 return _values[i] if i is not None and i < len(_values) else None
 
             try:
-                clean = rows.order_row(get, stores) if kind == "orders" else rows.member_row(get, stores)
+                clean = parse(get, stores)
                 with session.begin_nested():
-                    status, warning = (_order(session, clean, source) if kind == "orders"
-                                       else _member(session, clean, source))
+                    status, warning = write(session, clean, source)
             except rows.RowError as exc:
                 result.errors += 1
                 report.add(row_no, exc.column, exc.reason, "error", values)
@@ -140,14 +151,41 @@ def _write_batch(kind: str, batch: list[tuple[int, list[Any]]], mapping: dict[st
             setattr(result, status, getattr(result, status) + 1)
             if warning:
                 result.warnings += 1
-                report.add(row_no, "identities", warning, "warning", values)
+                report.add(row_no, warning_column, warning, "warning", values)
+
+
+def _write_orders_pg(batch: list[tuple[int, list[Any]]], mapping: dict[str, int], stores: dict[str, int],
+                     source: str, result: ImportResult, report: _Report) -> None:
+    """Orders on PostgreSQL: validate every row, then COPY and set-based SQL (imports.pg_bulk),
+    with the per-row path only for the rows the fast path hands back."""
+    items, values_of = [], {}
+    for row_no, values in batch:
+        result.rows += 1
+
+        def get(column: str, _values=values) -> Any:
+            i = mapping.get(column)
+            return _values[i] if i is not None and i < len(_values) else None
+
+        try:
+            items.append((row_no, rows.order_row(get, stores)))
+            values_of[row_no] = values
+        except rows.RowError as exc:
+            result.errors += 1
+            report.add(row_no, exc.column, exc.reason, "error", values)
+    with transaction() as session:
+        outcome = pg_bulk.run_batch(session, items, source, _order)
+    for row_no, _ in items:
+        status = outcome[row_no]
+        if isinstance(status, OrchardError):
+            result.errors += 1
+            field_ = status.errors[0]["field"] if status.errors else status.code
+            report.add(row_no, field_, status.detail, "error", values_of[row_no])
+        else:
+            setattr(result, status, getattr(result, status) + 1)
 
 
 def _order(session: Session, clean: dict[str, Any], source: str) -> tuple[str, str | None]:
-    data = OrderIn(source=source, external_id=clean["order_id"], member={"identities": dict(clean["keys"])},
-                   store_code=clean["store_code"], channel=clean["channel"], paid_at=clean["paid_at"],
-                   amount_fen=clean["amount_fen"], lines=[clean["line"]] if clean["line"] else [])
-    outcome = ingest.ingest(session, principal=SYSTEM, kind="order", data=data)
+    outcome = ingest.ingest(session, principal=SYSTEM, kind="order", data=pg_bulk.order_model(clean, source))
     return ("created" if outcome.status == "created" else "unchanged"), None
 
 
@@ -168,3 +206,65 @@ def _member(session: Session, clean: dict[str, Any], source: str) -> tuple[str, 
         member.joined_at, changed = clean["joined_at"], True  # history older than the first event seen
     session.flush()
     return ("updated" if changed or res.linked else "unchanged"), warning
+
+
+def _refund(session: Session, clean: dict[str, Any], source: str) -> tuple[str, str | None]:
+    """The refund's order is looked up under the same source (`--source`) as the refund."""
+    line = clean["line"]
+    fields = {"source": source, "external_id": clean["refund_id"], "order_external_id": clean["order_id"],
+              "refunded_at": clean["refunded_at"], "amount_fen": clean["amount_fen"],
+              "lines": [{k: v for k, v in line.items() if v is not None}] if line else None,
+              "reason": clean["reason"]}
+    amount = clean["amount_column"] or "amount"
+    column_of = {"external_id": "refund_id", "order_external_id": "order_id", "refunded_at": "refunded_at",
+                "amount_fen": amount, "lines": "sku", "lines[0]": "sku", "lines[0].sku": "sku",
+                "lines[0].quantity": "quantity", "lines[0].amount_fen": amount, "ingest.id_reused": "refund_id"}
+    outcome = _ingest(session, "refund", RefundIn, fields, column_of)
+    if outcome.status == "pending":
+        return "created", "order not found yet; kept pending until it arrives"
+    if outcome.status == "created":
+        return "created", None
+    refund = session.get_one(Refund, outcome.id)
+    if refund.status == "pending":
+        return "unchanged", "order still not found; kept pending until it arrives"
+    if refund.status == "rejected":
+        return "unchanged", f"rejected when its order arrived: {refund.error}"
+    return "unchanged", None
+
+
+def _event(session: Session, clean: dict[str, Any], source: str) -> tuple[str, str | None]:
+    fields = {"source": source, "external_id": clean["event_id"], "name": clean["name"],
+              "member": {"identities": dict(clean["keys"])}, "occurred_at": clean["occurred_at"],
+              "store_code": clean["store_code"], "properties": clean["properties"]}
+    column_of = {"external_id": "event_id", "name": "name", "occurred_at": "occurred_at", "store_code": "store_code",
+                "properties": "properties", "member": "member_phone", "member.identities.phone": "member_phone",
+                "member.identities.external_id": "member_external_id",
+                "member.identities.card_no": "member_card_no", "ingest.id_reused": "event_id"}
+    outcome = _ingest(session, "event", EventIn, fields, column_of)
+    return ("created" if outcome.status == "created" else "unchanged"), None
+
+
+def _ingest(session: Session, kind: str, schema: type[RefundIn | EventIn], fields: dict[str, Any],
+            column_of: dict[str, str]) -> Outcome:
+    """Ingest one item; a problem with it becomes a RowError naming the file's column, not the
+    ingestion schema's field (the row validators catch almost everything before this)."""
+    try:
+        data = schema.model_validate({k: v for k, v in fields.items() if v is not None})
+        return ingest.ingest(session, principal=SYSTEM, kind=kind, data=data)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field_ = ".".join(str(p) for p in error["loc"])
+        raise rows.RowError(column_of.get(field_, column_of.get(field_.split(".")[0], field_)), error["msg"]) from None
+    except OrchardError as exc:
+        field_, reason = ((exc.errors[0]["field"], exc.errors[0]["reason"]) if exc.errors
+                          else (exc.extra.get("code", exc.code), exc.detail))
+        raise rows.RowError(column_of.get(field_, field_), reason) from None
+
+
+#: kind → (row validator, writer, report column of the writer's warnings)
+_KINDS: dict[str, tuple[Callable[..., dict[str, Any]], Callable[..., tuple[str, str | None]], str]] = {
+    "orders": (rows.order_row, _order, "identities"),
+    "members": (rows.member_row, _member, "identities"),
+    "refunds": (rows.refund_row, _refund, "order_id"),
+    "events": (rows.event_row, _event, "member_phone"),
+}

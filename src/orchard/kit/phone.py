@@ -7,6 +7,7 @@ Chinese staff expect; store-scoped staff only ever see this form.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 import phonenumbers
 
@@ -17,6 +18,7 @@ class InvalidPhone(ValueError):
     pass
 
 
+@lru_cache(maxsize=262_144)
 def normalize_phone(raw: str, region: str | None = None) -> str:
     """Return the E.164 form of `raw`, or raise InvalidPhone."""
     text = (raw or "").strip()
