@@ -241,3 +241,13 @@ def test_the_exports_are_documented_in_openapi(app):
         assert {"format", "fields", "lang"} <= {p["name"] for p in get["parameters"]}
     fields = next(p for p in paths["/api/v1/exports/members"]["get"]["parameters"] if p["name"] == "fields")
     assert "total_spend_fen" in fields["description"]
+
+
+def test_the_catalog_documents_masking_as_the_member_service_applies_it():
+    from orchard.exports.columns import MEMBERS
+    from orchard.members.service import _MASKED_KINDS
+
+    documented = {c.needs.partition(":")[2] for c in MEMBERS
+                  if c.needs and c.needs.startswith("identity:") and "masked" in c.doc}
+    identity_kinds = {c.needs.partition(":")[2] for c in MEMBERS if c.needs and c.needs.startswith("identity:")}
+    assert documented == _MASKED_KINDS & identity_kinds

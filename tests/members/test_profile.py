@@ -112,3 +112,9 @@ def test_the_member_list_filters_and_pages(client):
     assert [m["id"] for m in page1["items"] + page2["items"]] == ids[:4]
     assert client.get("/api/v1/members", params={"cursor": "garbage"}, headers=headers(ops)).status_code == 422
     assert client.get("/api/v1/members", params={"consent": "sms"}, headers=headers(ops)).status_code == 422
+
+
+def test_an_out_of_range_join_date_filter_is_a_422(client):
+    ops = token_for(client, "hq_ops")
+    r = client.get("/api/v1/members", params={"joined_from": "0001-01-01T00:00:00+05:00"}, headers=headers(ops))
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "joined_from"

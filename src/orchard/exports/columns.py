@@ -80,8 +80,11 @@ def _line_money(attr: str) -> Callable[[RowContext], Any]:
 
 def _identity(key: str, zh: str, en: str, *, kind: str | None = None, default: bool = True) -> Column:
     kind = kind or key
+    # The kinds `members.service` masks for masked principals (external ids are not masked there either).
+    masked = "; masked for masked principals" if kind in ("phone", "email", "card_no", "wechat_unionid",
+                                                          "wechat_openid") else ""
     return Column(key, zh, en, _ident(kind), needs=f"identity:{kind}", default=default,
-                  doc=f"{kind} identities, `|`-joined; masked for masked principals")
+                  doc=f"every {kind} of the member, `|`-joined{masked}")
 
 
 _CHANNEL_ZH = {"sms": "短信", "wechat": "微信", "app_push": "App推送", "email": "邮件", "wecom": "企业微信"}
@@ -193,5 +196,6 @@ def keys(catalog: tuple[Column, ...]) -> str:
 
 def catalog_table(catalog: tuple[Column, ...]) -> str:
     lines = ["| key | 中文表头 | English header | default | notes |", "|---|---|---|---|---|"]
-    lines += [f"| `{c.key}` | {c.zh} | {c.en} | {'yes' if c.default else ''} | {c.doc} |" for c in catalog]
+    lines += [f"| `{c.key}` | {c.zh} | {c.en} | {'yes' if c.default else ''} | {c.doc.replace('|', chr(92) + '|')} |"
+              for c in catalog]
     return "\n".join(lines)

@@ -231,10 +231,13 @@ def list_members(session: Session, *, principal: Principal, phone: str | None = 
             raise InvalidInput.field("consent", "use channel:purpose, e.g. sms:marketing")
         stmt = stmt.where(Member.id.in_(select(Consent.member_id).where(
             and_(Consent.channel == channel, Consent.purpose == purpose, Consent.granted.is_(True)))))
-    if joined_from is not None:
-        stmt = stmt.where(Member.joined_at >= as_utc(joined_from))
-    if joined_to is not None:
-        stmt = stmt.where(Member.joined_at < as_utc(joined_to))
+    for name, value in (("joined_from", joined_from), ("joined_to", joined_to)):
+        if value is not None:
+            try:
+                bound = as_utc(value)
+            except OverflowError:
+                raise InvalidInput.field(name, "out of the supported date range") from None
+            stmt = stmt.where(Member.joined_at >= bound if name == "joined_from" else Member.joined_at < bound)
     if q:
         stmt = stmt.where(Member.name.contains(q, autoescape=True))
     after = decode_cursor(cursor)
