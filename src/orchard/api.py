@@ -4,10 +4,10 @@ from fastapi import APIRouter
 
 from orchard.auth.endpoints import router as auth_router
 from orchard.events.endpoints import router as events_router
+from orchard.exports.endpoints import router as exports_router
 from orchard.members.endpoints import router as members_router
 from orchard.org.endpoints import router as org_router
 
 api_router = APIRouter(prefix="/api/v1")
-for router in (auth_router, org_router, members_router, events_router):
+for router in (auth_router, org_router, members_router, events_router, exports_router):
     api_router.include_router(router)
-api_router.include_router(__import__("orchard.exports.endpoints", fromlist=["router"]).router)
