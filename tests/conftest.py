@@ -56,9 +56,8 @@ def database(request, tmp_path_factory) -> Iterator[str]:
         _drop_pg_database(name)
 
 
-@pytest.fixture
-def clean_db(database) -> Iterator[str]:
-    yield database
+def wipe_tables() -> None:
+    """Empty every table of the current test database (ids restart on PostgreSQL)."""
     engine = db.get_engine()
     tables = [t.name for t in reversed(Base.metadata.sorted_tables)]
     with engine.begin() as conn:
@@ -67,6 +66,12 @@ def clean_db(database) -> Iterator[str]:
         else:
             for t in tables:
                 conn.execute(text(f'DELETE FROM "{t}"'))
+
+
+@pytest.fixture
+def clean_db(database) -> Iterator[str]:
+    yield database
+    wipe_tables()
 
 
 @pytest.fixture

@@ -6,28 +6,19 @@ import os
 import subprocess
 import sys
 
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 
 from orchard import db
 from orchard.auth import service as auth
-from orchard.db import Base
 from orchard.demo.load import load_demo
 from orchard.events.models import Event, Order, Refund
 from orchard.identity.models import Identity
 from orchard.imports import columns
 from orchard.members.models import Member, MergeCandidate
 from orchard.org.models import OrgUnit
+from tests.conftest import wipe_tables
 
-
-def _wipe() -> None:
-    engine = db.get_engine()
-    tables = [t.name for t in reversed(Base.metadata.sorted_tables)]
-    with engine.begin() as conn:
-        if engine.dialect.name == "postgresql":
-            conn.execute(text("TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " RESTART IDENTITY CASCADE"))
-        else:
-            for t in tables:
-                conn.execute(text(f'DELETE FROM "{t}"'))
+_wipe = wipe_tables
 
 
 def _dump() -> dict:

@@ -3,7 +3,7 @@ case: new and known members, keys linked across rows, keys of two members, repla
 repeated order ids and orders with a refund waiting for them."""
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import select
 
 from orchard import db
 from orchard.events.models import Order, OrderLine, Refund
@@ -12,6 +12,7 @@ from orchard.imports import pg_bulk, rows
 from orchard.imports import service as import_service
 from orchard.members.models import Member, MemberAggregate, MergeCandidate
 from orchard.org.models import OrgUnit
+from tests.conftest import wipe_tables
 from tests.factories import make_org
 
 RAW = [  # order_id, phone, card, paid_at, amount_fen, store, sku
@@ -88,10 +89,7 @@ def _dump() -> dict:
     return {"members": members, "orders": orders, "lines": lines, "refunds": refunds, "candidates": cands}
 
 
-def _wipe():
-    with db.get_engine().begin() as conn:
-        conn.execute(text("TRUNCATE members, identities, orders, order_lines, refunds, refund_lines, "
-                          "member_aggregates, merge_candidates, events, org_units, audit_log RESTART IDENTITY CASCADE"))
+_wipe = wipe_tables
 
 
 def test_the_fast_path_ends_exactly_where_the_per_row_path_does(clean_db):

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Select, and_, func, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
 from orchard.audit import service as audit
@@ -45,7 +45,7 @@ from orchard.kit import tabular
 from orchard.kit.clock import as_utc, tenant_zone, utcnow
 from orchard.members import scope
 from orchard.members.models import Consent, Member, MemberAggregate, MemberTag, Tag
-from orchard.members.service import _MASKED_KINDS, _mask_identity, normalize_keys
+from orchard.members.service import _MASKED_KINDS, MemberFilters, _mask_identity, apply_filters
 from orchard.org import service as org
 from orchard.org.models import OrgUnit
 
@@ -56,20 +56,6 @@ CHUNK_SIZE = 2000
 
 #: Sheet titles and file-name stems, Chinese / English.
 _TITLES = {"members": ("会员", "members"), "orders": ("订单", "orders"), "events": ("事件", "events")}
-
-
-@dataclass(frozen=True)
-class MemberFilters:
-    """The filters of `GET /api/v1/members`, with the same meaning."""
-
-    phone: str | None = None
-    identity: str | None = None
-    store: str | None = None
-    tag: str | None = None
-    consent: str | None = None
-    joined_from: dt.datetime | None = None
-    joined_to: dt.datetime | None = None
-    q: str | None = None
 
 
 @dataclass(frozen=True)
@@ -183,44 +169,15 @@ def _finish(session: Session, *, kind: str, fmt: str, fields: tuple[Column, ...]
 def plan_members(session: Session, *, principal: Principal, fmt: tabular.Format = "csv", fields: str | None = None,
                  english: bool = False, filters: MemberFilters = MemberFilters(), actor: str | None = None) -> Plan:
     cols = choose_columns("members", fields)
-    f = filters
     # Aggregates are a per-chunk lookup, not a join here: PostgreSQL merge-joins an outer-joined
     # table from its first row, so every later chunk would rescan all earlier members' aggregates.
     stmt = (select(Member.id, Member.name, Member.gender, Member.birthday, Member.region, Member.source_channel,
                    Member.joined_at, Member.attributes, Member.reduce_disturbance,
                    OrgUnit.code.label("store_code"), OrgUnit.name.label("store_name"))
-            .outerjoin(OrgUnit, OrgUnit.id == Member.home_store_id)
-            .where(Member.status == "active", scope.visible(principal)))
-    if f.phone is not None:
-        _, value = normalize_keys([("phone", f.phone)], field="phone")[0]
-        stmt = stmt.where(Member.id.in_(select(Identity.member_id).where(Identity.kind == "phone",
-                                                                          Identity.value == value)))
-    if f.identity is not None:
-        kind, sep, raw = f.identity.partition(":")
-        if not sep:
-            raise InvalidInput.field("identity", "use kind:value, e.g. card_no:A001")
-        kind, value = normalize_keys([(kind, raw)], field="identity")[0]
-        stmt = stmt.where(Member.id.in_(select(Identity.member_id).where(Identity.kind == kind,
-                                                                          Identity.value == value)))
-    if f.store is not None:
-        stmt = stmt.where(Member.home_store_id.in_(_stores(session, f.store)))
-    if f.tag is not None:
-        stmt = stmt.where(Member.id.in_(select(MemberTag.member_id).join(Tag, Tag.id == MemberTag.tag_id)
-                                        .where(Tag.name == f.tag)))
-    if f.consent is not None:
-        channel, _, purpose = f.consent.partition(":")
-        if channel not in ("sms", "wechat", "app_push", "email", "wecom") or purpose not in ("marketing", "service"):
-            raise InvalidInput.field("consent", "use channel:purpose, e.g. sms:marketing")
-        stmt = stmt.where(Member.id.in_(select(Consent.member_id).where(
-            and_(Consent.channel == channel, Consent.purpose == purpose, Consent.granted.is_(True)))))
-    if f.joined_from is not None:
-        stmt = stmt.where(Member.joined_at >= _utc(f.joined_from, "joined_from"))
-    if f.joined_to is not None:
-        stmt = stmt.where(Member.joined_at < _utc(f.joined_to, "joined_to"))
-    if f.q:
-        stmt = stmt.where(Member.name.contains(f.q, autoescape=True))
+            .outerjoin(OrgUnit, OrgUnit.id == Member.home_store_id))
+    stmt = apply_filters(session, stmt, principal=principal, filters=filters)
     return _finish(session, kind="members", fmt=fmt, fields=cols, english=english, principal=principal, stmt=stmt,
-                   key=Member.id, filters=f, actor=actor)
+                   key=Member.id, filters=filters, actor=actor)
 
 
 def plan_orders(session: Session, *, principal: Principal, fmt: tabular.Format = "csv", fields: str | None = None,

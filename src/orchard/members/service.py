@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Select, and_, select, tuple_
@@ -202,44 +203,67 @@ def read_one(session: Session, principal: Principal, member_id: int) -> MemberRe
     return read_many(session, principal, [member], {member.id: member_id} if member.id != member_id else None)[0]
 
 
-def list_members(session: Session, *, principal: Principal, phone: str | None = None,
-                 identity: str | None = None, store: str | None = None, tag: str | None = None,
-                 consent: str | None = None, joined_from: dt.datetime | None = None,
-                 joined_to: dt.datetime | None = None, q: str | None = None, limit: int = 50,
-                 cursor: str | None = None) -> tuple[list[MemberRead], str | None]:
-    stmt: Select = select(Member).where(Member.status == "active", scope.visible(principal))
-    if phone is not None:
-        _, value = normalize_keys([("phone", phone)], field="phone")[0]
+@dataclass(frozen=True)
+class MemberFilters:
+    """The filters of `GET /api/v1/members` (and of member exports), with one meaning everywhere."""
+
+    phone: str | None = None
+    identity: str | None = None
+    store: str | None = None
+    tag: str | None = None
+    consent: str | None = None
+    joined_from: dt.datetime | None = None
+    joined_to: dt.datetime | None = None
+    q: str | None = None
+
+
+def apply_filters(session: Session, stmt: Select, *, principal: Principal, filters: MemberFilters) -> Select:
+    """Narrow a select over `Member` to the live members the principal may see that match the filters."""
+    f = filters
+    stmt = stmt.where(Member.status == "active", scope.visible(principal))
+    if f.phone is not None:
+        _, value = normalize_keys([("phone", f.phone)], field="phone")[0]
         stmt = stmt.where(Member.id.in_(select(Identity.member_id).where(Identity.kind == "phone",
                                                                           Identity.value == value)))
-    if identity is not None:
-        kind, sep, raw = identity.partition(":")
+    if f.identity is not None:
+        kind, sep, raw = f.identity.partition(":")
         if not sep:
             raise InvalidInput.field("identity", "use kind:value, e.g. card_no:A001")
         kind, value = normalize_keys([(kind, raw)], field="identity")[0]
         stmt = stmt.where(Member.id.in_(select(Identity.member_id).where(Identity.kind == kind,
                                                                           Identity.value == value)))
-    if store is not None:
-        unit = org.get_by_code(session, store, field="store")
+    if f.store is not None:
+        unit = org.get_by_code(session, f.store, field="store")
         stmt = stmt.where(Member.home_store_id.in_(sorted(org.stores_under(session, [unit.id]))))
-    if tag is not None:
+    if f.tag is not None:
         stmt = stmt.where(Member.id.in_(select(MemberTag.member_id).join(Tag, Tag.id == MemberTag.tag_id)
-                                        .where(Tag.name == tag)))
-    if consent is not None:
-        channel, sep, purpose = consent.partition(":")
+                                        .where(Tag.name == f.tag)))
+    if f.consent is not None:
+        channel, _, purpose = f.consent.partition(":")
         if channel not in ("sms", "wechat", "app_push", "email", "wecom") or purpose not in ("marketing", "service"):
             raise InvalidInput.field("consent", "use channel:purpose, e.g. sms:marketing")
         stmt = stmt.where(Member.id.in_(select(Consent.member_id).where(
             and_(Consent.channel == channel, Consent.purpose == purpose, Consent.granted.is_(True)))))
-    for name, value in (("joined_from", joined_from), ("joined_to", joined_to)):
+    for name, value in (("joined_from", f.joined_from), ("joined_to", f.joined_to)):
         if value is not None:
             try:
                 bound = as_utc(value)
             except OverflowError:
                 raise InvalidInput.field(name, "out of the supported date range") from None
             stmt = stmt.where(Member.joined_at >= bound if name == "joined_from" else Member.joined_at < bound)
-    if q:
-        stmt = stmt.where(Member.name.contains(q, autoescape=True))
+    if f.q:
+        stmt = stmt.where(Member.name.contains(f.q, autoescape=True))
+    return stmt
+
+
+def list_members(session: Session, *, principal: Principal, phone: str | None = None,
+                 identity: str | None = None, store: str | None = None, tag: str | None = None,
+                 consent: str | None = None, joined_from: dt.datetime | None = None,
+                 joined_to: dt.datetime | None = None, q: str | None = None, limit: int = 50,
+                 cursor: str | None = None) -> tuple[list[MemberRead], str | None]:
+    filters = MemberFilters(phone=phone, identity=identity, store=store, tag=tag, consent=consent,
+                            joined_from=joined_from, joined_to=joined_to, q=q)
+    stmt = apply_filters(session, select(Member), principal=principal, filters=filters)
     after = decode_cursor(cursor)
     if after is not None:
         stmt = stmt.where(Member.id > after)
