@@ -21,15 +21,13 @@ def visible(principal: Principal) -> ColumnElement[bool]:
     return Member.home_store_id.in_(sorted(principal.store_ids))
 
 
-def get_visible(session: Session, principal: Principal, member_id: int, *, for_update: bool = False) -> Member:
+def get_visible(session: Session, principal: Principal, member_id: int) -> Member:
     """The live member behind `member_id` (following a merge), if the principal may see it."""
     member = session.get(Member, member_id)
     if member is not None and member.merged_into_id is not None:
         member = session.get(Member, member.merged_into_id)
     if member is None or not can_see(principal, member):
         raise NotFound("member not found", code="member.not_found")
-    if for_update:
-        session.refresh(member, with_for_update=True)
     return member
 
 
