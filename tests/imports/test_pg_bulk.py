@@ -3,6 +3,8 @@ case: new and known members, keys linked across rows, keys of two members, repla
 repeated order ids and orders with a refund waiting for them."""
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import select
 
 from orchard import db
@@ -103,3 +105,66 @@ def test_the_fast_path_ends_exactly_where_the_per_row_path_does(clean_db):
     assert slow["outcome"][5] == "unchanged" and slow["outcome"][6] == "Conflict"
     assert len(slow["state"]["candidates"]) == 1
     assert ("R8", "applied", 500) in slow["state"]["refunds"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(order_id=st.text(min_size=1, max_size=20).filter(lambda s: s.strip() and "\x00" not in s),
+       phone=st.sampled_from(["13800000001", "+86 139 0000 0002", ""]), card=st.sampled_from(["", "C-1", "卡 9"]),
+       paid=st.sampled_from(["2026-10-01", "2026-10-01T10:00:00.123456+08:00", "2026/01/02 03:04:05"]),
+       amount=st.sampled_from(["0", "1", "128.5", "1,288.00"]), store=st.sampled_from(["", "SH001"]),
+       channel=st.sampled_from(["", "pos", "小程序"]), line=st.sampled_from([{}, {"sku": "S1"},
+                                                                      {"product_name": "围巾", "quantity": "3"},
+                                                                      {"category": "服饰", "sku": "S2"}]))
+def test_fast_fingerprint_equals_the_ingestion_fingerprint(order_id, phone, card, paid, amount, store, channel, line):
+    from orchard.events.ingest import body_fingerprint
+
+    values = {"order_id": order_id, "member_phone": phone, "member_card_no": card or ("C-0" if not phone else ""),
+              "paid_at": paid, "amount": amount, "store_code": store, "channel": channel, **line}
+    clean = rows.order_row(values.get, {"SH001": 1})
+    assert pg_bulk.order_fingerprint(clean, "pos") == body_fingerprint(pg_bulk.order_model(clean, "pos"))
+
+
+_row = st.tuples(st.sampled_from([f"P{i}" for i in range(12)]),  # order ids repeat within and across batches
+                 st.sampled_from(["", "13800000001", "13800000002", "13800000003", "13800000009"]),
+                 st.sampled_from(["", "C-1", "C-2", "C-9"]),
+                 st.sampled_from(["2026-10-01T10:00:00+08:00", "2026-09-01", "2026-10-05T23:59:59Z"]),
+                 st.sampled_from(["100", "2500"]), st.sampled_from(["", "SH001", "GZ001"]),
+                 st.sampled_from(["", "S1"])).filter(lambda r: r[1] or r[2])
+
+
+def test_random_batches_end_where_the_per_row_path_does(clean_db):
+    """Whatever mix of known and new keys, bridges, replays and conflicts a batch holds."""
+    if not clean_db.startswith("postgresql"):
+        pytest.skip("the COPY fast path is PostgreSQL's")
+    _random_batches()
+
+
+@settings(max_examples=20, deadline=None)
+@given(setup=st.lists(_row, max_size=6), batch=st.lists(_row, min_size=1, max_size=25))
+def _random_batches(setup, batch):
+    results = []
+    for fast in (False, True):
+        wipe_tables()
+        make_org()
+        with db.transaction() as s:
+            stores = dict(s.execute(select(OrgUnit.code, OrgUnit.id).where(OrgUnit.kind == "store")).all())
+            for raw in setup:
+                try:
+                    with s.begin_nested():
+                        import_service._order(s, _clean(raw, stores), "import")
+                except Exception:  # noqa: BLE001 - a setup row may conflict with an earlier one
+                    pass
+        items = [(i, _clean(raw, stores)) for i, raw in enumerate(batch)]
+        with db.transaction() as s:
+            if fast:
+                outcome = pg_bulk.run_batch(s, items, "import", import_service._order)
+            else:
+                outcome = {}
+                for i, clean in items:
+                    try:
+                        with s.begin_nested():
+                            outcome[i] = import_service._order(s, clean, "import")[0]
+                    except Exception as exc:  # noqa: BLE001 - compared by type below
+                        outcome[i] = exc
+        results.append(({i: (v if isinstance(v, str) else type(v).__name__) for i, v in outcome.items()}, _dump()))
+    assert results[1] == results[0], (setup, batch)

@@ -3,6 +3,8 @@
 import datetime as dt
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from orchard.imports import rows
 from orchard.imports.rows import RowError
@@ -69,3 +71,12 @@ def test_member_rows_report_impossible_values(values, column):
 def test_member_row_accepts_chinese_gender_and_dates():
     clean = rows.member_row(_get({"phone": "13812341234", "gender": "女", "birthday": "1990年05月01日"}), {})
     assert (clean["gender"], clean["birthday"]) == ("female", dt.date(1990, 5, 1))
+
+
+@settings(max_examples=500, deadline=None)
+@given(whole=st.integers(0, 10**11 - 1), cents=st.sampled_from(["", ".0", ".5", ".05", ".50", ".99"]))
+def test_plain_yuan_fast_path_matches_decimal(whole, cents):
+    from decimal import Decimal
+
+    raw = f"{whole}{cents}"
+    assert rows.yuan_to_fen(raw, "amount") == int(Decimal(raw) * 100)

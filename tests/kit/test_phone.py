@@ -1,4 +1,6 @@
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from orchard.kit.phone import InvalidPhone, mask_phone, normalize_phone
 
@@ -22,3 +24,28 @@ def test_foreign_numbers_keep_their_country():
 @pytest.mark.parametrize(("e164", "masked"), [("+8613812341234", "138****1234"), ("+16502530000", "+1 650***0000")])
 def test_masking_keeps_three_leading_and_four_trailing_digits(e164, masked):
     assert mask_phone(e164) == masked
+
+
+def _full_parser(raw: str) -> str | None:
+    """What libphonenumber alone says, bypassing the mobile fast path."""
+    import phonenumbers
+
+    try:
+        num = phonenumbers.parse(raw, "CN")
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_valid_number(num):
+        return None
+    return phonenumbers.format_number(num, phonenumbers.PhoneNumberFormat.E164)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(prefix=st.sampled_from(["", "+86", "86", "+85", "0"]), digits=st.from_regex(r"1[0-9]{10}", fullmatch=True))
+def test_mobile_fast_path_agrees_with_libphonenumber(prefix, digits):
+    raw = prefix + digits
+    normalize_phone.cache_clear()
+    try:
+        ours = normalize_phone(raw)
+    except InvalidPhone:
+        ours = None
+    assert ours == _full_parser(raw)

@@ -84,8 +84,14 @@ def parse_date(value: Any, column: str) -> dt.date | None:
     raise RowError(column, f"not a date: {raw!r}")
 
 
+_PLAIN_YUAN = re.compile(r"(\d{1,11})(?:\.(\d{1,2}))?")
+
+
 def yuan_to_fen(value: Any, column: str) -> int:
     """Exact decimal: "128.5" → 12850; more than two decimals or a negative amount is an error."""
+    if isinstance(value, str) and (plain := _PLAIN_YUAN.fullmatch(value)):  # the common case, without Decimal
+        cents = plain.group(2) or ""
+        return int(plain.group(1)) * 100 + int(cents.ljust(2, "0"))
     raw = text(value).replace(",", "").replace("¥", "").replace("￥", "")
     try:
         amount = Decimal(raw)

@@ -18,12 +18,24 @@ class InvalidPhone(ValueError):
     pass
 
 
+#: A mainland mobile number as written in most files: 11 digits, optionally after +86.
+_CN_MOBILE_SHAPE = re.compile(r"(?:\+86)?(1\d{10})")
+#: The mobile ranges libphonenumber knows for CN; a number matching them is valid and its E.164
+#: form is +86 and the digits, so the common case skips the full parser (~100 µs a number).
+_CN_MOBILE = re.compile(phonenumbers.PhoneMetadata.metadata_for_region("CN").mobile.national_number_pattern)
+
+
 @lru_cache(maxsize=262_144)
 def normalize_phone(raw: str, region: str | None = None) -> str:
     """Return the E.164 form of `raw`, or raise InvalidPhone."""
     text = (raw or "").strip()
     if not text or len(text) > 40:
         raise InvalidPhone("empty or too long phone number")
+    shape = _CN_MOBILE_SHAPE.fullmatch(text)
+    if shape and (text[0] == "+" or (region or get_settings().default_phone_region) == "CN"):
+        digits = shape.group(1)
+        if _CN_MOBILE.fullmatch(digits):
+            return "+86" + digits
     try:
         num = phonenumbers.parse(text, region or get_settings().default_phone_region)
     except phonenumbers.NumberParseException as exc:
