@@ -48,6 +48,7 @@ def database(request, tmp_path_factory) -> Iterator[str]:
     else:
         url, name = _create_pg_database()
     os.environ["ORCHARD_DATABASE_URL"] = url
+    os.environ["ORCHARD_DATA_DIR"] = str(tmp_path_factory.mktemp("data"))  # uploads, spooled bodies
     db.reset_caches()
     migrate.upgrade(url)
     yield url

@@ -9,18 +9,19 @@ from orchard.api import api_router
 from orchard.docs_ui import install_docs
 from orchard.errors import install_handlers
 from orchard.idempotency.middleware import IdempotencyMiddleware
+from orchard.imports.jobs import lifespan
 from orchard.tracking.endpoints import router as tracking_router
 
 DESCRIPTION = """Orchard 会员运营 CRM 的开放接口。
 
 认证：`Authorization: Bearer <access token 或 API key>`。金额单位为分（fen）；时间为 ISO 8601，
 不带时区的时间按租户时区（默认 Asia/Shanghai）解释。错误为 RFC 9457 `application/problem+json`。
-写操作支持 `Idempotency-Key` 头。"""
+写操作支持 `Idempotency-Key` 头。文件导入（`POST /api/v1/imports`）在后台运行，轮询任务状态即可。"""
 
 
 def create_app() -> FastAPI:
     app = FastAPI(title="Orchard", version=__version__, description=DESCRIPTION, docs_url=None, redoc_url=None,
-                  openapi_url="/openapi.json")
+                  openapi_url="/openapi.json", lifespan=lifespan)
     install_handlers(app)
     app.include_router(api_router)
     app.include_router(tracking_router)

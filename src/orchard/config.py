@@ -5,6 +5,7 @@ Asia/Shanghai as the tenant zone, zh-CN as the language.
 """
 
 from functools import lru_cache
+from pathlib import Path
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -23,6 +24,14 @@ class Settings(BaseSettings):
     #: Items per ingestion batch call.
     batch_max_items: int = 1000
     db_echo: bool = False
+    #: Files the server keeps: uploaded imports and their error reports (imports/<token>/), and
+    #: request bodies spooled by the Idempotency-Key middleware (tmp/). A relative path is read
+    #: from the working directory, like the default SQLite file.
+    data_dir: Path = Path("orchard-data")
+    #: Largest file `POST /api/v1/imports` accepts (bytes); larger uploads are a 413.
+    upload_max_bytes: int = 2 * 1024**3
+    #: Run queued HTTP imports in this server process (one worker thread, one job at a time).
+    import_worker: bool = True
 
 
 @lru_cache

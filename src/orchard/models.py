@@ -6,6 +6,7 @@ from orchard.db import Base  # noqa: F401
 from orchard.events.models import Event, Order, OrderLine, Refund, RefundLine  # noqa: F401
 from orchard.idempotency.models import IdempotencyRecord  # noqa: F401
 from orchard.identity.models import Identity  # noqa: F401
+from orchard.imports.models import ImportJob  # noqa: F401
 from orchard.members.models import (  # noqa: F401
     Consent,
     ConsentChange,

@@ -7,9 +7,10 @@ the credential its operation's `security` asks for: an admin token for HTTPBeare
 as Bearer or as Segment write key for the tracking schemes; an unknown scheme fails the test.
 
 The database is seeded with an org tree, members, orders, a refund, an event, a note, a tag, a consent,
-an API key and a duplicate candidate, and generated path ids are swapped for real ones half of the time
-so the "row exists" branches run, not only the 404s. Write requests sometimes carry an Idempotency-Key
-(fresh, or a deliberate re-use) so the middleware sees fuzzed input too.
+an API key, a duplicate candidate and a finished import job with an error report, and generated path
+ids are swapped for real ones half of the time so the "row exists" branches run, not only the 404s.
+Write requests sometimes carry an Idempotency-Key (fresh, or a deliberate re-use) so the middleware
+sees fuzzed input too.
 
 Failures are collected (not raised inside Hypothesis, which would shrink against a live database) and
 reported together, with a curl command for each. Runs on every database backend in conftest.
@@ -89,6 +90,17 @@ def seed(client, token: str) -> Seeded:
     assert r.status_code == 200, r.text
     candidates = client.get("/api/v1/members/duplicates", headers=h).json()["items"]
     identity_ids = [i["id"] for m in members for i in m["identities"]]
+    # An import job with an error report (one bad row), finished, so its routes answer 200 too.
+    r = client.post("/api/v1/imports", headers=h, files={
+        "kind": (None, "orders"),
+        "file": ("o.csv", b"order_id,member_phone,paid_at,amount_fen\nFZ-I1,13800138001,2026-10-01,100\n"
+                          b"FZ-I2,12345,2026-10-01,100\n")})
+    assert r.status_code == 202, r.text
+    deadline = time.monotonic() + 60
+    while (job := client.get(r.headers["location"], headers=h).json())["status"] not in ("succeeded", "failed"):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.05)
+    assert job["has_error_report"], job
     out.path_values = {
         "member_id": out.member_ids,
         "order_id": [o["id"] for o in orders],
@@ -96,6 +108,7 @@ def seed(client, token: str) -> Seeded:
         "identity_id": identity_ids,
         "candidate_id": [c["id"] for c in candidates] or [1],
         "key_id": [key["id"]],
+        "job_id": [job["id"]],
         "name": ["vip"],
         "channel": ["sms", "wechat"],
         "purpose": ["marketing", "service"],

@@ -30,6 +30,10 @@ class Perm(StrEnum):
     org_read = "org:read"
     org_write = "org:write"
     staff_manage = "staff:manage"
+    #: Bulk file imports over HTTP (upload, job status, error reports). An import writes for every
+    #: store and its error report holds raw rows, so only unscoped, unmasked roles get it, and a
+    #: store-bound API key is refused even with this permission (imports.endpoints).
+    imports = "imports:run"
 
 
 _FRONT_LINE = {Perm.members_read, Perm.members_write, Perm.members_consent, Perm.members_notes,
@@ -37,12 +41,12 @@ _FRONT_LINE = {Perm.members_read, Perm.members_write, Perm.members_consent, Perm
 
 ROLE_PERMS: dict[Role, frozenset[Perm]] = {
     Role.admin: frozenset(Perm),
-    Role.hq_ops: frozenset(_FRONT_LINE | {Perm.members_merge, Perm.events_ingest}),
+    Role.hq_ops: frozenset(_FRONT_LINE | {Perm.members_merge, Perm.events_ingest, Perm.imports}),
     Role.store_manager: frozenset(_FRONT_LINE),
     Role.clerk: frozenset(_FRONT_LINE),
     Role.service: frozenset(_FRONT_LINE - {Perm.members_write}),
     Role.integrator: frozenset({Perm.members_read, Perm.members_write, Perm.members_consent,
-                                Perm.events_ingest, Perm.events_read, Perm.org_read}),
+                                Perm.events_ingest, Perm.events_read, Perm.org_read, Perm.imports}),
 }
 
 STORE_SCOPED = frozenset({Role.store_manager, Role.clerk})

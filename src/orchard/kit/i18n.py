@@ -11,6 +11,7 @@ TITLES_EN = {
     "未认证": "Not authenticated", "无权限": "Forbidden", "内部错误": "Internal error",
     "请求体过大": "Payload too large", "不支持的内容编码": "Unsupported content encoding",
     "请求体无法解析": "Malformed request body", "请求过于频繁": "Too many requests",
+    "不支持的媒体类型": "Unsupported media type",
 }
 
 
