@@ -206,9 +206,26 @@ def _past_time(value: Any, column: str) -> dt.datetime:
     return at
 
 
+class Cells(dict):
+    """One file row by canonical column name, already checked by `cells` for NUL characters."""
+
+
+def cells(values: list[Any], mapping: dict[str, int]) -> Cells:
+    """The row's cells by column; a NUL character (which PostgreSQL cannot store) is a RowError
+    naming its column. Checking the row once is cheaper than checking every read of a cell."""
+    row = Cells((column, values[i]) for column, i in mapping.items() if i < len(values))
+    if any(isinstance(v, str) and "\x00" in v for v in values):
+        for column, value in row.items():
+            if isinstance(value, str) and "\x00" in value:
+                raise RowError(column, "contains a NUL character")
+    return row
+
+
 def storable(get):
     """`get`, refusing text PostgreSQL cannot store (a NUL character), so that such a row is an
     error row naming its column instead of a database error ending the whole import."""
+    if isinstance(getattr(get, "__self__", None), Cells):
+        return get
 
     def checked(column: str) -> Any:
         value = get(column)

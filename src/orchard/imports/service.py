@@ -15,7 +15,8 @@ state as the per-row path; other kinds, and SQLite, run row by row in batched tr
 from __future__ import annotations
 
 import csv
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,15 +33,15 @@ from orchard.events import ingest
 from orchard.events.models import Refund
 from orchard.events.schemas import EventIn, Outcome, RefundIn
 from orchard.identity import resolve as identity_resolve
-from orchard.imports import columns, pg_bulk, rows
+from orchard.imports import columns, pg_bulk, pg_members, pg_orders, rows
 from orchard.imports.readers import FileUnreadable, open_table
 from orchard.members.models import Member
 from orchard.members.service import fill_blanks
 from orchard.org.models import OrgUnit
 
 BATCH_SIZE = 1000
-#: Orders on PostgreSQL go through COPY and set-based SQL, whose cost per batch is mostly fixed.
-PG_ORDER_BATCH_SIZE = 20_000
+#: Orders and members on PostgreSQL go through COPY and set-based SQL, whose cost per batch is mostly fixed.
+PG_BATCH_SIZE = 20_000
 SYSTEM = Principal("system", 0, "import", Role.admin, None, False)
 
 
@@ -88,21 +89,16 @@ def run_import(kind: str, path: Path, *, source: str = "import", report_path: Pa
     report = _Report(report_path or path.with_name(path.name + ".errors.csv"), table.headers)
     with transaction(readonly=True) as s:
         stores = dict(s.execute(select(OrgUnit.code, OrgUnit.id).where(OrgUnit.kind == "store")).tuples().all())
-    fast = kind == "orders" and get_engine().dialect.name == "postgresql"
-    size = batch_size or (PG_ORDER_BATCH_SIZE if fast else BATCH_SIZE)
-    batch: list[tuple[int, list[Any]]] = []
+    fast = kind in _FAST and get_engine().dialect.name == "postgresql"
+    size = batch_size or (PG_BATCH_SIZE if fast else BATCH_SIZE)
     try:
-        for row_no, values in table.rows:
-            batch.append((row_no, values))
-            if len(batch) >= size:
+        if fast:
+            _pipelined(kind, _batches(table.rows, size), mapping, stores, source, result, report, progress)
+        else:
+            for batch in _batches(table.rows, size):
                 _write_batch(kind, batch, mapping, stores, source, result, report)
                 if progress:
                     progress(len(batch))
-                batch = []
-        if batch:
-            _write_batch(kind, batch, mapping, stores, source, result, report)
-            if progress:
-                progress(len(batch))
     finally:
         report.close()
     result.report_path = report.path if (result.errors or result.warnings) else None
@@ -128,18 +124,11 @@ def _check_required(kind: str, mapping: dict[str, int]) -> None:
 def _write_batch(kind: str, batch: list[tuple[int, list[Any]]], mapping: dict[str, int], stores: dict[str, int],
                  source: str, result: ImportResult, report: _Report) -> None:
     parse, write, warning_column = _KINDS[kind]
-    if kind == "orders" and get_engine().dialect.name == "postgresql":
-        return _write_orders_pg(batch, mapping, stores, source, result, report)
     with transaction() as session:
         for row_no, values in batch:
             result.rows += 1
-
-            def get(column: str, _values=values) -> Any:
-                i = mapping.get(column)
-                return _values[i] if i is not None and i < len(_values) else None
-
             try:
-                clean = parse(get, stores)
+                clean = parse(rows.cells(values, mapping).get, stores)
                 with session.begin_nested():
                     status, warning = write(session, clean, source)
             except rows.RowError as exc:
@@ -157,38 +146,85 @@ def _write_batch(kind: str, batch: list[tuple[int, list[Any]]], mapping: dict[st
                 report.add(row_no, warning_column, warning, "warning", values)
 
 
-def _write_orders_pg(batch: list[tuple[int, list[Any]]], mapping: dict[str, int], stores: dict[str, int],
-                     source: str, result: ImportResult, report: _Report) -> None:
-    """Orders on PostgreSQL: validate every row, then COPY and set-based SQL (imports.pg_bulk),
-    with the per-row path only for the rows the fast path hands back."""
-    items, values_of = [], {}
+def _batches(table_rows: Iterator[tuple[int, list[Any]]], size: int) -> Iterator[list[tuple[int, list[Any]]]]:
+    batch: list[tuple[int, list[Any]]] = []
+    for item in table_rows:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+@dataclass
+class _Prepared:
+    rows: int
+    items: list[tuple[int, dict[str, Any]]]
+    values_of: dict[int, list[Any]]
+
+
+def _pipelined(kind: str, batches: Iterator[list[tuple[int, list[Any]]]], mapping: dict[str, int],
+               stores: dict[str, int], source: str, result: ImportResult, report: _Report,
+               progress: Callable[[int], None] | None) -> None:
+    """Orders and members on PostgreSQL: while one batch is written (COPY and set-based SQL,
+    imports.pg_orders / pg_members) by a writer thread, the next is read and validated here — the
+    database works on one core while Python validates on the other. Batches still commit one at a
+    time, in file order."""
+    warning_column = _KINDS[kind][2]
+
+    def finish(prepared: _Prepared, outcome: dict[int, pg_bulk.RowOutcome | OrchardError]) -> None:
+        for row_no, _ in prepared.items:
+            status = outcome[row_no]
+            if isinstance(status, OrchardError):
+                result.errors += 1
+                field_ = status.errors[0]["field"] if status.errors else status.code
+                report.add(row_no, field_, status.detail, "error", prepared.values_of[row_no])
+                continue
+            setattr(result, status[0], getattr(result, status[0]) + 1)
+            if status[1]:
+                result.warnings += 1
+                report.add(row_no, warning_column, status[1], "warning", prepared.values_of[row_no])
+        if progress:
+            progress(prepared.rows)
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="orchard-import") as writer:
+        pending: tuple[_Prepared, Future] | None = None
+        for batch in batches:
+            prepared = _prepare(kind, batch, mapping, stores, source, result, report)
+            if pending is not None:
+                finish(pending[0], pending[1].result())
+            pending = prepared, writer.submit(_store, kind, prepared, source)
+        if pending is not None:
+            finish(pending[0], pending[1].result())
+
+
+def _prepare(kind: str, batch: list[tuple[int, list[Any]]], mapping: dict[str, int], stores: dict[str, int],
+             source: str, result: ImportResult, report: _Report) -> _Prepared:
+    parse = _KINDS[kind][0]
+    prepared = _Prepared(len(batch), [], {})
     for row_no, values in batch:
         result.rows += 1
-
-        def get(column: str, _values=values) -> Any:
-            i = mapping.get(column)
-            return _values[i] if i is not None and i < len(_values) else None
-
         try:
-            items.append((row_no, rows.order_row(get, stores)))
-            values_of[row_no] = values
+            clean = parse(rows.cells(values, mapping).get, stores)
         except rows.RowError as exc:
             result.errors += 1
             report.add(row_no, exc.column, exc.reason, "error", values)
+            continue
+        if kind == "orders":  # hashed here, off the writer thread
+            clean["body_hash"] = pg_orders.order_fingerprint(clean, source)
+        prepared.items.append((row_no, clean))
+        prepared.values_of[row_no] = values
+    return prepared
+
+
+def _store(kind: str, prepared: _Prepared, source: str) -> dict[int, pg_bulk.RowOutcome | OrchardError]:
     with transaction() as session:
-        outcome = pg_bulk.run_batch(session, items, source, _order)
-    for row_no, _ in items:
-        status = outcome[row_no]
-        if isinstance(status, OrchardError):
-            result.errors += 1
-            field_ = status.errors[0]["field"] if status.errors else status.code
-            report.add(row_no, field_, status.detail, "error", values_of[row_no])
-        else:
-            setattr(result, status, getattr(result, status) + 1)
+        return pg_bulk.run_batch(session, prepared.items, source, _FAST[kind], _KINDS[kind][1])
 
 
 def _order(session: Session, clean: dict[str, Any], source: str) -> tuple[str, str | None]:
-    outcome = ingest.ingest(session, principal=SYSTEM, kind="order", data=pg_bulk.order_model(clean, source))
+    outcome = ingest.ingest(session, principal=SYSTEM, kind="order", data=pg_orders.order_model(clean, source))
     return ("created" if outcome.status == "created" else "unchanged"), None
 
 
@@ -263,6 +299,9 @@ def _ingest(session: Session, kind: str, schema: type[RefundIn | EventIn], field
                           else (exc.extra.get("code", exc.code), exc.detail))
         raise rows.RowError(column_of.get(field_, field_), reason) from None
 
+
+#: Kinds with a PostgreSQL fast path: kind → its batch writer.
+_FAST: dict[str, pg_bulk.FastWriter] = {"orders": pg_orders.write_orders, "members": pg_members.write_members}
 
 #: kind → (row validator, writer, report column of the writer's warnings)
 _KINDS: dict[str, tuple[Callable[..., dict[str, Any]], Callable[..., tuple[str, str | None]], str]] = {

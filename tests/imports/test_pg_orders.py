@@ -10,7 +10,7 @@ from sqlalchemy import select
 from orchard import db
 from orchard.events.models import Order, OrderLine, Refund
 from orchard.identity.models import Identity
-from orchard.imports import pg_bulk, rows
+from orchard.imports import pg_bulk, pg_orders, rows
 from orchard.imports import service as import_service
 from orchard.members.models import Member, MemberAggregate, MergeCandidate
 from orchard.org.models import OrgUnit
@@ -58,16 +58,16 @@ def _run(fast: bool) -> dict:
     items = [(i, _clean(raw, stores)) for i, raw in enumerate(RAW)]
     with db.transaction() as s:
         if fast:
-            outcome = pg_bulk.run_batch(s, items, "import", import_service._order)
+            outcome = pg_bulk.run_batch(s, items, "import", pg_orders.write_orders, import_service._order)
         else:
             outcome = {}
             for i, clean in items:
                 try:
                     with s.begin_nested():
-                        outcome[i] = import_service._order(s, clean, "import")[0]
+                        outcome[i] = import_service._order(s, clean, "import")
                 except Exception as exc:  # noqa: BLE001 - compared by type below
                     outcome[i] = exc
-    return {"outcome": {i: (v if isinstance(v, str) else type(v).__name__) for i, v in outcome.items()},
+    return {"outcome": {i: (v[0] if isinstance(v, tuple) else type(v).__name__) for i, v in outcome.items()},
             "state": _dump()}
 
 
@@ -121,7 +121,7 @@ def test_fast_fingerprint_equals_the_ingestion_fingerprint(order_id, phone, card
     values = {"order_id": order_id, "member_phone": phone, "member_card_no": card or ("C-0" if not phone else ""),
               "paid_at": paid, "amount": amount, "store_code": store, "channel": channel, **line}
     clean = rows.order_row(values.get, {"SH001": 1})
-    assert pg_bulk.order_fingerprint(clean, "pos") == body_fingerprint(pg_bulk.order_model(clean, "pos"))
+    assert pg_orders.order_fingerprint(clean, "pos") == body_fingerprint(pg_orders.order_model(clean, "pos"))
 
 
 _row = st.tuples(st.sampled_from([f"P{i}" for i in range(12)]),  # order ids repeat within and across batches
@@ -157,14 +157,14 @@ def _random_batches(setup, batch):
         items = [(i, _clean(raw, stores)) for i, raw in enumerate(batch)]
         with db.transaction() as s:
             if fast:
-                outcome = pg_bulk.run_batch(s, items, "import", import_service._order)
+                outcome = pg_bulk.run_batch(s, items, "import", pg_orders.write_orders, import_service._order)
             else:
                 outcome = {}
                 for i, clean in items:
                     try:
                         with s.begin_nested():
-                            outcome[i] = import_service._order(s, clean, "import")[0]
+                            outcome[i] = import_service._order(s, clean, "import")
                     except Exception as exc:  # noqa: BLE001 - compared by type below
                         outcome[i] = exc
-        results.append(({i: (v if isinstance(v, str) else type(v).__name__) for i, v in outcome.items()}, _dump()))
+        results.append(({i: (v[0] if isinstance(v, tuple) else type(v).__name__) for i, v in outcome.items()}, _dump()))
     assert results[1] == results[0], (setup, batch)

@@ -1,0 +1,121 @@
+"""PostgreSQL fast path for member imports: COPY and set-based SQL instead of one round trip per row.
+
+For one batch (one transaction) of validated rows it must end in exactly the state the per-row
+path (`imports.service._member`: identity resolution, then fill-blanks) would reach, so it takes
+only the rows whose outcome does not depend on another row or on a conflict:
+
+1. a row sharing a key, or the member a key belongs to, with another row of the batch goes back
+   with those rows (the per-row path decides in file order who creates the member, which link and
+   whose blanks win);
+2. a row whose keys belong to several existing members goes back (the per-row path records the
+   merge candidate and warns);
+3. a row whose keys belong to no member creates one: members, aggregates and identities are
+   written with set-based inserts from COPY-filled work tables;
+4. a row whose keys belong to one member fills that member's blanks — name, gender, birthday,
+   region, home store, source channel — and moves its join date earlier, never overwriting what
+   is there; its unknown keys are linked. Updated if anything changed, else unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from orchard.errors import OrchardError
+from orchard.imports.pg_bulk import RowOutcome, copy_rows
+from orchard.kit.clock import utcnow
+
+_STAGING = (
+    "SET LOCAL jit = off",
+    "SET LOCAL synchronous_commit = off",  # a batch lost to a database crash is re-imported by a re-run
+    "DROP TABLE IF EXISTS _imp_mrows, _imp_mkeys",
+    "CREATE TEMP TABLE _imp_mrows (idx int PRIMARY KEY, member_id bigint, is_new boolean NOT NULL, name text, "
+    "gender text NOT NULL, birthday date, region text, store_id bigint, joined_at timestamptz, "
+    "source_channel text) ON COMMIT DROP",
+    "CREATE TEMP TABLE _imp_mkeys (idx int NOT NULL, kind text NOT NULL, value text NOT NULL) ON COMMIT DROP",
+)
+
+#: Fill-blanks, as `members.service.fill_blanks` does it for one member: (column, blank test, new value).
+_FILL = (
+    ("name", "coalesce(m.name, '') = '' AND coalesce(s.name, '') <> ''", "s.name"),
+    ("gender", "coalesce(m.gender, 'unknown') = 'unknown' AND s.gender <> 'unknown'", "s.gender"),
+    ("birthday", "m.birthday IS NULL AND s.birthday IS NOT NULL", "s.birthday"),
+    ("region", "coalesce(m.region, '') = '' AND coalesce(s.region, '') <> ''", "s.region"),
+    ("home_store_id", "m.home_store_id IS NULL AND s.store_id IS NOT NULL", "s.store_id"),
+    ("source_channel", "coalesce(m.source_channel, '') = '' AND coalesce(s.source_channel, '') <> ''",
+     "s.source_channel"),
+    ("joined_at", "s.joined_at < m.joined_at", "s.joined_at"),
+)
+
+
+def write_members(session: Session, items: list[tuple[int, dict[str, Any]]], source: str
+                  ) -> tuple[dict[int, RowOutcome | OrchardError], list[int]]:
+    """items: (index, clean row) in file order. Returns ({index: (status, None)}, indexes to run on
+    the per-row path, in file order)."""
+    keys = sorted({k for _, clean in items for k in clean["keys"]})
+    owners = {(r.kind, r.value): r.member_id for r in session.execute(text(
+        "SELECT i.kind, i.value, i.member_id FROM identities i "
+        "JOIN unnest(CAST(:kinds AS text[]), CAST(:vals AS text[])) AS k(kind, value) "
+        "ON i.kind = k.kind AND i.value = k.value"),
+        {"kinds": [k for k, _ in keys], "vals": [v for _, v in keys]})}
+    # A row shares with another if they have a key or an existing member in common: the order of
+    # such rows matters (who creates, whose blanks win), so they all take the per-row path.
+    tokens = {i: {*clean["keys"], *(("member", owners[k]) for k in clean["keys"] if k in owners)}
+              for i, clean in items}
+    rows_of: dict[Any, int] = {}
+    for row_tokens in tokens.values():
+        for token in row_tokens:
+            rows_of[token] = rows_of.get(token, 0) + 1
+    slow: set[int] = set()
+    fast: list[tuple[int, dict[str, Any], int | None]] = []
+    for i, clean in items:
+        members = {t[1] for t in tokens[i] if t[0] == "member"}
+        if len(members) > 1 or any(rows_of[t] > 1 for t in tokens[i]):
+            slow.add(i)
+        else:
+            fast.append((i, clean, next(iter(members), None)))
+    if not fast:
+        return {}, [i for i, _ in items]
+
+    for statement in _STAGING:
+        session.execute(text(statement))
+    copy_rows(session, "_imp_mrows", ["idx", "member_id", "is_new", "name", "gender", "birthday", "region",
+                                      "store_id", "joined_at", "source_channel"],
+              [(i, mid, mid is None, c["name"], c["gender"], c["birthday"], c["region"], c["store_id"],
+                c["joined_at"], c["source_channel"]) for i, c, mid in fast])
+    copy_rows(session, "_imp_mkeys", ["idx", "kind", "value"],
+              [(i, *key) for i, c, _ in fast for key in c["keys"] if key not in owners])
+    session.execute(text("ANALYZE _imp_mrows, _imp_mkeys"))
+    now = utcnow()
+    params = {"src": source, "now": now}
+    session.execute(text(
+        "UPDATE _imp_mrows r SET member_id = n.id FROM (SELECT idx, nextval('members_id_seq') AS id "
+        "FROM (SELECT idx FROM _imp_mrows WHERE is_new ORDER BY idx) o) n WHERE r.idx = n.idx"))
+    session.execute(text(
+        "INSERT INTO members (id, name, gender, birthday, region, status, home_store_id, joined_at, attributes, "
+        "reduce_disturbance, source_channel, created_at, updated_at) "
+        "SELECT member_id, name, gender, birthday, region, 'active', store_id, coalesce(joined_at, :now), '{}', "
+        "false, coalesce(source_channel, :src), :now, :now FROM _imp_mrows WHERE is_new ORDER BY member_id"), params)
+    session.execute(text(
+        "INSERT INTO member_aggregates (member_id, order_count, total_spend_fen, refund_fen) "
+        "SELECT member_id, 0, 0, 0 FROM _imp_mrows WHERE is_new ORDER BY member_id"))
+    session.execute(text(
+        "INSERT INTO identities (member_id, kind, value, source, created_at) "
+        "SELECT r.member_id, k.kind, k.value, :src, :now FROM _imp_mkeys k JOIN _imp_mrows r ON r.idx = k.idx"),
+        params)
+    sets = ", ".join(f"{col} = CASE WHEN {blank} THEN {new} ELSE m.{col} END" for col, blank, new in _FILL)
+    changed = set(session.execute(text(
+        f"UPDATE members m SET {sets}, updated_at = :now FROM _imp_mrows s "  # noqa: S608 - constant SQL
+        f"WHERE NOT s.is_new AND m.id = s.member_id AND ({' OR '.join(f'({b})' for _, b, _ in _FILL)}) "
+        "RETURNING s.idx"), params).scalars())
+    outcome: dict[int, RowOutcome | OrchardError] = {}
+    for i, clean, mid in fast:
+        if mid is None:
+            outcome[i] = ("created", None)
+        elif i in changed or any(k not in owners for k in clean["keys"]):
+            outcome[i] = ("updated", None)
+        else:
+            outcome[i] = ("unchanged", None)
+    return outcome, [i for i, _ in items if i in slow]

@@ -1,0 +1,217 @@
+"""PostgreSQL fast path for order imports: COPY and set-based SQL instead of one round trip per row.
+
+For one batch (one transaction) of validated rows it must end in exactly the state the per-row
+path (`events.ingest.ingest`) would reach, so it only takes the rows whose outcome is unambiguous
+and hands the rest back to the per-row path:
+
+1. rows repeating an order id already seen in the batch, and rows whose order has a pending
+   refund waiting, go back (the per-row path applies refunds and replays);
+2. orders already stored: same fingerprint → unchanged, other fingerprint → a conflict error;
+3. rows are clustered by shared identity keys (union-find, in memory, seeded with the keys'
+   existing owners) while replaying the per-row path in file order: a row whose keys fall in two
+   groups is where the per-row path records a merge candidate, so its whole cluster goes back;
+4. the rest moves in set-based SQL over work tables filled with COPY: one new member for each
+   cluster without one, joined at and enrolled in the store of its first row in file order (as on
+   the per-row path); unknown keys linked; orders in file order and their lines; aggregates
+   inserted for new members and moved in one `UPDATE … FROM` for known ones.
+A unique-constraint race with a concurrent writer raises IntegrityError; the caller then redoes the
+batch on the per-row path (tests/imports/test_pg_bulk.py holds the paths equal).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from orchard.errors import Conflict
+from orchard.events.schemas import OrderIn
+from orchard.imports.pg_bulk import Clusters, RowOutcome, copy_rows
+from orchard.kit.clock import utcnow
+from orchard.kit.hashing import fingerprint
+
+
+def order_model(clean: dict[str, Any], source: str) -> OrderIn:
+    """The OrderIn an import row stands for: its fingerprint is what a replay is recognised by."""
+    return OrderIn(source=source, external_id=clean["order_id"], member={"identities": dict(clean["keys"])},
+                   store_code=clean["store_code"], channel=clean["channel"], paid_at=clean["paid_at"],
+                   amount_fen=clean["amount_fen"], lines=[clean["line"]] if clean["line"] else [])
+
+
+def order_fingerprint(clean: dict[str, Any], source: str) -> str:
+    """`body_fingerprint(order_model(clean, source))` without building the pydantic model, which
+    cost more than everything else an imported row needs; tests hold the two equal."""
+    body: dict[str, Any] = {
+        "source": source, "external_id": clean["order_id"], "member": {"identities": dict(clean["keys"])},
+        "paid_at": clean["paid_at"].isoformat().replace("+00:00", "Z"), "currency": "CNY",
+        "amount_fen": clean["amount_fen"], "properties": {},
+        "lines": [{k: v for k, v in clean["line"].items() if v is not None}] if clean["line"] else []}
+    if clean["store_code"] is not None:
+        body["store_code"] = clean["store_code"]
+    if clean["channel"] is not None:
+        body["channel"] = clean["channel"]
+    return fingerprint(body)
+
+
+#: Per-batch work tables; ON COMMIT DROP, so nothing outlives the batch's transaction.
+_STAGING = (
+    # Set-based statements over freshly filled work tables: JIT compilation costs more than it saves.
+    "SET LOCAL jit = off",
+    # A batch lost to a database crash is re-imported by running the file again (imports are idempotent).
+    "SET LOCAL synchronous_commit = off",
+    "DROP TABLE IF EXISTS _imp_orders, _imp_keys, _imp_member, _imp_sums",
+    "CREATE TEMP TABLE _imp_orders (idx int PRIMARY KEY, cluster int NOT NULL, external_id text NOT NULL, "
+    "body_hash text NOT NULL, store_id bigint, channel text, amount_fen bigint NOT NULL, "
+    "paid_at timestamptz NOT NULL, sku text, name text, category text, quantity int, unit_price_fen bigint, "
+    "line_amount_fen bigint) ON COMMIT DROP",
+    "CREATE TEMP TABLE _imp_keys (cluster int NOT NULL, kind text NOT NULL, value text NOT NULL) ON COMMIT DROP",
+    "CREATE TEMP TABLE _imp_member (cluster int PRIMARY KEY, member_id bigint, is_new boolean NOT NULL) "
+    "ON COMMIT DROP",
+)
+
+
+def write_orders(session: Session, items: list[tuple[int, dict[str, Any]]], source: str
+                 ) -> tuple[dict[int, RowOutcome | Conflict], list[int]]:
+    """items: (index, clean row) in file order. Returns ({index: (status, None) | Conflict},
+    indexes to run on the per-row path, in file order)."""
+    outcome: dict[int, RowOutcome | Conflict] = {}
+    slow: set[int] = set()
+    seen: set[str] = set()
+    hashes: dict[int, str] = {}
+    for i, clean in items:
+        if clean["order_id"] in seen:
+            slow.add(i)
+        seen.add(clean["order_id"])
+        hashes[i] = clean.get("body_hash") or order_fingerprint(clean, source)
+    ids = sorted(seen)
+
+    stored = {r.external_id: r.body_hash for r in session.execute(
+        text("SELECT external_id, body_hash FROM orders WHERE source = :s AND external_id = ANY(:ids)"),
+        {"s": source, "ids": ids})}
+    waiting = set(session.execute(text(
+        "SELECT DISTINCT order_external_id FROM refunds WHERE status = 'pending' AND order_source = :s "
+        "AND order_external_id = ANY(:ids)"), {"s": source, "ids": ids}).scalars())
+    todo = []
+    for i, clean in items:
+        if i in slow:
+            continue
+        oid = clean["order_id"]
+        if oid in stored:
+            outcome[i] = ("unchanged", None) if stored[oid] == hashes[i] else Conflict(
+                f"order {source}/{oid} was already received with a different body", code="ingest.id_reused")
+        elif oid in waiting:
+            slow.add(i)
+        else:
+            todo.append((i, clean))
+    if not todo:
+        return outcome, [i for i, _ in items if i in slow]
+
+    # Existing owners of the rows' keys.
+    all_keys = sorted({k for _, c in todo for k in c["keys"]})
+    owners = {(r.kind, r.value): r.member_id for r in session.execute(text(
+        "SELECT i.kind, i.value, i.member_id FROM identities i "
+        "JOIN unnest(CAST(:kinds AS text[]), CAST(:vals AS text[])) AS k(kind, value) "
+        "ON i.kind = k.kind AND i.value = k.value"),
+        {"kinds": [k for k, _ in all_keys], "vals": [v for _, v in all_keys]})}
+
+    # Identity clusters, replaying the per-row path in file order: each existing member is a group
+    # of its keys; a row joins the one group its known keys are in, or starts a new one. A row whose
+    # keys are in two groups is where the per-row path records a merge candidate: its whole cluster
+    # goes to the per-row path (and so keeps the per-row order within it).
+    clusters = Clusters()
+    for key, mid in owners.items():
+        clusters.union(key, ("member", mid))
+    bridged = []
+    for _, clean in todo:
+        first, *more = clean["keys"]
+        if more:
+            groups = {clusters.find(k) for k in clean["keys"] if k in clusters.parent}
+            if len(groups) > 1:
+                bridged.append(first)
+            for key in more:
+                clusters.union(key, first)
+        else:
+            clusters.find(first)
+    conflicted = {clusters.find(k) for k in bridged}
+    owner_of = {clusters.find(("member", mid)): mid for mid in set(owners.values())}
+    number: dict[Any, int] = {}
+    member_of: dict[int, int | None] = {}
+    cluster_of: dict[int, int] = {}
+    fast = []
+    for i, clean in todo:
+        root = clusters.find(clean["keys"][0])
+        if root in conflicted:
+            slow.add(i)
+            continue
+        if root not in number:
+            number[root] = len(number)
+            member_of[number[root]] = owner_of.get(root)
+        cluster_of[i] = number[root]
+        fast.append((i, clean))
+    if not fast:
+        return outcome, [i for i, _ in items if i in slow]
+    links = {(cluster_of[i], *key) for i, clean in fast for key in clean["keys"] if key not in owners}
+
+    for statement in _STAGING:
+        session.execute(text(statement))
+    copy_rows(session, "_imp_member", ["cluster", "member_id", "is_new"],
+          [(c, m, m is None) for c, m in member_of.items()])
+    copy_rows(session, "_imp_keys", ["cluster", "kind", "value"], sorted(links))
+    copy_rows(session, "_imp_orders", ["idx", "cluster", "external_id", "body_hash", "store_id", "channel",
+                                       "amount_fen", "paid_at", "sku", "name", "category", "quantity",
+                                       "unit_price_fen", "line_amount_fen"],
+          [(i, cluster_of[i], c["order_id"], hashes[i], c["store_id"], c["channel"], c["amount_fen"], c["paid_at"],
+            *((ln["sku"], ln["name"], ln["category"], ln["quantity"], ln["unit_price_fen"], ln["amount_fen"])
+              if (ln := c["line"]) else (None,) * 6)) for i, c in fast])
+    session.execute(text("ANALYZE _imp_member, _imp_keys, _imp_orders"))
+    now = utcnow()
+    params = {"src": source, "now": now}
+    # New members for clusters without one: the first row in file order decides join time and store,
+    # as on the per-row path; unknown keys are linked to the cluster's member.
+    session.execute(text(
+        "UPDATE _imp_member m SET member_id = n.id FROM (SELECT cluster, nextval('members_id_seq') AS id "
+        "FROM (SELECT cluster FROM _imp_member WHERE is_new ORDER BY cluster) c) n WHERE m.cluster = n.cluster"))
+    session.execute(text(
+        "INSERT INTO members (id, status, gender, home_store_id, joined_at, attributes, reduce_disturbance, "
+        "source_channel, created_at, updated_at) "
+        "SELECT m.member_id, 'active', 'unknown', f.store_id, f.paid_at, '{}', false, :src, :now, :now "
+        "FROM _imp_member m JOIN (SELECT DISTINCT ON (cluster) cluster, store_id, paid_at FROM _imp_orders "
+        "ORDER BY cluster, idx) f ON f.cluster = m.cluster WHERE m.is_new ORDER BY m.member_id"), params)
+    session.execute(text(
+        "INSERT INTO identities (member_id, kind, value, source, created_at) "
+        "SELECT m.member_id, k.kind, k.value, :src, :now FROM _imp_keys k JOIN _imp_member m ON m.cluster = k.cluster"),
+        params)
+    # Orders in file order (their ids too, as on the per-row path), then their lines and the aggregates.
+    session.execute(text(
+        "INSERT INTO orders (source, external_id, body_hash, member_id, store_id, channel, status, currency, "
+        "amount_fen, refunded_fen, paid_at, properties, created_at) "
+        "SELECT :src, o.external_id, o.body_hash, m.member_id, o.store_id, o.channel, 'paid', 'CNY', o.amount_fen, "
+        "0, o.paid_at, '{}', :now FROM _imp_orders o JOIN _imp_member m ON m.cluster = o.cluster ORDER BY o.idx"),
+        params)
+    session.execute(text(
+        "INSERT INTO order_lines (order_id, line_no, sku, name, category, quantity, unit_price_fen, amount_fen, "
+        "refunded_quantity, refunded_fen) "
+        "SELECT d.id, 1, o.sku, o.name, o.category, o.quantity, o.unit_price_fen, o.line_amount_fen, 0, 0 "
+        "FROM _imp_orders o JOIN orders d ON d.source = :src AND d.external_id = o.external_id "
+        "WHERE o.quantity IS NOT NULL ORDER BY o.idx"), params)
+    # Aggregates: new members get theirs in one insert, known members one update (no insert-then-update,
+    # which would write every new member's row twice).
+    session.execute(text(
+        "CREATE TEMP TABLE _imp_sums ON COMMIT DROP AS SELECT m.member_id, bool_or(m.is_new) AS is_new, "
+        "count(*) AS n, sum(o.amount_fen) AS spend, min(o.paid_at) AS first_at, max(o.paid_at) AS last_at "
+        "FROM _imp_orders o JOIN _imp_member m ON m.cluster = o.cluster GROUP BY m.member_id"))
+    session.execute(text(
+        "INSERT INTO member_aggregates (member_id, order_count, total_spend_fen, refund_fen, first_order_at, "
+        "last_order_at, last_event_at) SELECT member_id, n, spend, 0, first_at, last_at, last_at FROM _imp_sums "
+        "WHERE is_new ORDER BY member_id"))
+    session.execute(text(
+        "UPDATE member_aggregates a SET order_count = a.order_count + s.n, "
+        "total_spend_fen = a.total_spend_fen + s.spend, "
+        "first_order_at = LEAST(a.first_order_at, s.first_at), "
+        "last_order_at = GREATEST(a.last_order_at, s.last_at), "
+        "last_event_at = GREATEST(a.last_event_at, s.last_at) "
+        "FROM _imp_sums s WHERE NOT s.is_new AND a.member_id = s.member_id"))
+    for i, _ in fast:
+        outcome[i] = ("created", None)
+    return outcome, [i for i, _ in items if i in slow]
