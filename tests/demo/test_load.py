@@ -14,7 +14,7 @@ from orchard.demo.load import load_demo
 from orchard.events.models import Event, Order, Refund
 from orchard.identity.models import Identity
 from orchard.imports import columns
-from orchard.members.models import Member, MergeCandidate
+from orchard.members.models import Consent, Member, MergeCandidate
 from orchard.org.models import OrgUnit
 from tests.conftest import wipe_tables
 
@@ -35,6 +35,8 @@ def _dump() -> dict:
             "refunds": sorted(s.execute(select(Refund.external_id, Refund.status, Refund.amount_fen)).tuples(),
                               key=repr),
             "events": sorted(s.execute(select(Event.external_id, Event.name, Event.occurred_at)).tuples()),
+            "consents": sorted(s.execute(select(phone, Consent.channel, Consent.granted).join(
+                Member, Member.id == Consent.member_id)).tuples()),
         }
 
 
@@ -63,6 +65,9 @@ def test_the_same_seed_loads_the_same_data_and_another_seed_other_data(clean_db,
         assert first["refunds"] and all(status == "applied" for _, status, _ in first["refunds"])
     assert not {m[1] for m in first["members"]} & {m[1] for m in other["members"]}
     assert other["orders"] != first["orders"]
+    sms = [granted for _, channel, granted in first["consents"] if channel == "sms"]
+    assert 0.35 < sum(sms) / len(first["members"]) < 0.75 and not all(sms)  # most said yes, a few said no
+    assert any(name == "sign_up" for _, name, _ in first["events"])
 
 
 def test_dirty_rows_reach_the_error_reports_and_duplicates_become_candidates(clean_db, tmp_path):

@@ -150,3 +150,27 @@ def test_a_nul_character_is_an_error_row_not_a_failed_import(clean_db, tmp_path)
     assert (result.created, result.errors) == (1, 1)
     m = _write(tmp_path / "m.csv", [["phone", "name"], ["13812341234", "王\x00芳"], ["13900001111", "李雷"]])
     assert run_import("members", m).errors == 1
+
+
+def test_member_import_sets_marketing_consent_with_history(clean_db, tmp_path):
+    from orchard.audit.models import AuditEntry
+    from orchard.members.models import Consent, ConsentChange
+
+    make_org()
+    path = _write(tmp_path / "m.csv", [["手机号", "姓名", "短信营销", "邮件营销"],
+                                       ["13812340001", "王芳", "是", ""],
+                                       ["13812340002", "李雷", "否", "yes"],
+                                       ["13812340003", "韩梅", "也许", ""]])
+    first = run_import("members", path)
+    assert (first.created, first.errors) == (2, 1)
+    report = list(csv.reader(first.report_path.open(encoding="utf-8-sig")))
+    assert report[1][:2] == ["4", "consent_sms"]
+    again = run_import("members", _write(tmp_path / "m2.csv", [["手机号", "短信营销"], ["13812340001", "是"],
+                                                                ["13812340002", "同意"]]))
+    assert (again.unchanged, again.updated) == (1, 1)  # the same answer changes nothing; a new one does
+    with db.transaction(readonly=True) as s:
+        rows = sorted((c.channel, c.granted) for c in s.scalars(select(Consent)))
+        assert rows == [("email", True), ("sms", True), ("sms", True)]
+        assert s.scalar(select(func.count()).select_from(ConsentChange)) == 4
+        assert s.scalar(select(func.count()).select_from(AuditEntry).where(
+            AuditEntry.action.like("consent.%"))) == 4

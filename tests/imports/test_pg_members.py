@@ -11,10 +11,11 @@ from hypothesis import strategies as st
 from sqlalchemy import select
 
 from orchard import db
+from orchard.audit.models import AuditEntry
 from orchard.identity.models import Identity
 from orchard.imports import pg_bulk, pg_members, rows
 from orchard.imports import service as import_service
-from orchard.members.models import Member, MemberAggregate, MergeCandidate
+from orchard.members.models import Consent, ConsentChange, Member, MemberAggregate, MergeCandidate
 from orchard.org.models import OrgUnit
 from tests.conftest import wipe_tables
 from tests.factories import make_org
@@ -29,6 +30,8 @@ _row = st.fixed_dictionaries({
     "store_code": st.sampled_from(["", "SH001", "GZ001"]),
     "joined_at": st.sampled_from(["2024-01-01", "2023-06-01T10:00:00+08:00"]),  # given: "now" differs per path
     "source_channel": st.sampled_from(["", "pos", "小程序"]),
+    "consent_sms": st.sampled_from(["", "是", "否"]),
+    "consent_email": st.sampled_from(["", "yes"]),
 }).filter(lambda r: r["phone"] or r["card_no"])
 
 
@@ -43,7 +46,13 @@ def _dump() -> dict:
                          for m, a in s.execute(select(Member, MemberAggregate).join(
                              MemberAggregate, MemberAggregate.member_id == Member.id)))
         cands = sorted((who[c.member_a_id], who[c.member_b_id], c.reason) for c in s.scalars(select(MergeCandidate)))
-    return {"members": members, "candidates": cands}
+        consents = sorted((who[c.member_id], c.channel, c.purpose, c.granted, c.granted_at is not None,
+                           c.withdrawn_at is not None, c.source) for c in s.scalars(select(Consent)))
+        changes = sorted((who[c.member_id], c.channel, c.granted, c.source, c.actor)
+                         for c in s.scalars(select(ConsentChange)))
+        audits = sorted((a.actor, a.action, who[int(a.entity_id)], sorted(a.data.items()))
+                        for a in s.scalars(select(AuditEntry)))
+    return {"members": members, "candidates": cands, "consents": consents, "changes": changes, "audit": audits}
 
 
 def _run(setup: list[dict], batch: list[dict], fast: bool) -> tuple[dict, dict]:
@@ -66,11 +75,11 @@ def _run(setup: list[dict], batch: list[dict], fast: bool) -> tuple[dict, dict]:
 def test_members_fast_path_ends_where_the_per_row_path_does(clean_db):
     if not clean_db.startswith("postgresql"):
         pytest.skip("the COPY fast path is PostgreSQL's")
-    setup = [{"phone": "13800000001", "name": "王芳", "joined_at": "2025-01-01"},  # blanks to fill
+    setup = [{"phone": "13800000001", "name": "王芳", "joined_at": "2025-01-01", "consent_sms": "是"},
              {"card_no": "C-9", "joined_at": "2025-01-01"}]
     batch = [{"phone": "13800000001", "card_no": "C-1", "name": "李雷", "gender": "女", "region": "上海",
-              "store_code": "SH001", "joined_at": "2024-01-01"},  # fills all but the name, links C-1
-             {"phone": "13800000002", "name": "新人", "joined_at": "2026-01-01"},  # new
+              "store_code": "SH001", "joined_at": "2024-01-01", "consent_sms": "否"},  # fills, links, withdraws
+             {"phone": "13800000002", "name": "新人", "joined_at": "2026-01-01", "consent_sms": "同意"},  # new
              {"phone": "13800000003", "joined_at": "2026-01-01"},  # shares a key with the next: per-row
              {"phone": "13800000003", "card_no": "C-3", "joined_at": "2025-01-01"},
              {"phone": "13800000002", "card_no": "C-9", "joined_at": "2026-01-01"}]  # keys of two members
@@ -80,6 +89,8 @@ def test_members_fast_path_ends_where_the_per_row_path_does(clean_db):
     assert [o[0] for o in slow[0].values()] == ["updated", "created", "created", "updated", "updated"]
     joined = [m for m in slow[1]["members"] if m[2] == "王芳"][0]
     assert joined[3] == "female" and joined[5] == "上海" and joined[7] == dt.datetime(2023, 12, 31, 16, tzinfo=dt.UTC)
+    assert [(c[1], c[2]) for c in slow[1]["changes"]] == [("sms", False), ("sms", True), ("sms", True)]
+    assert len(slow[1]["audit"]) == 3
 
 
 def test_random_member_batches_end_where_the_per_row_path_does(clean_db):

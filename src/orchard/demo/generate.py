@@ -18,6 +18,7 @@ import csv
 import datetime as dt
 import json
 import random
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import accumulate
@@ -34,7 +35,7 @@ ANCHOR = dt.date(2026, 11, 1)
 KINDS = ("members", "orders", "refunds", "events")
 COLUMNS = {
     "members": ("phone", "card_no", "wechat_unionid", "name", "gender", "birthday", "region", "store_code",
-                "joined_at", "source_channel"),
+                "joined_at", "source_channel", "consent_sms", "consent_wechat", "consent_email"),
     "orders": ("order_id", "member_phone", "member_card_no", "paid_at", "amount_fen", "store_code", "channel", "sku",
                "product_name", "category", "quantity"),
     "refunds": ("refund_id", "order_id", "refunded_at", "amount_fen", "sku", "quantity", "reason"),
@@ -207,15 +208,19 @@ class _Generator:
             joined = self._in_window()
         m = _Member(i, self.book.number(rng, i), _card(self.seed, i), store, joined,
                     rng.gammavariate(GAMMA_SHAPE, 1 / GAMMA_SHAPE))
-        row = [m.phone, m.card, people.unionid(rng) if rng.random() < p.unionid_share else "", name,
-               _GENDER_CELL[gender], born.isoformat(), self._region(store), store or "", _stamp(joined),
-               self._pick(self.sources, self.source_cum)]
+        unionid = people.unionid(rng) if rng.random() < p.unionid_share else ""
+        row = [m.phone, m.card, unionid, name, _GENDER_CELL[gender], born.isoformat(), self._region(store),
+               store or "", _stamp(joined), self._pick(self.sources, self.source_cum),
+               *_consents(self.seed, i, unionid)]
         self._write("members", row)
+        if joined >= self.first:  # enrolments inside the window also appear as sign_up events
+            self._write("events", [f"DM{self.seed}-{i:06d}-SU", "sign_up", m.phone, "", _stamp(joined), store or "",
+                                   "", "", "", ""])
         if dirty == "twin":
             m.twin = (self.book.number(rng, TWIN_BASE + i), self._between(max(joined, self.first), self.last))
             twin_store = self._store() if store else None
             self._write("members", [m.twin[0], _card(self.seed, TWIN_BASE + i), "", name, row[4], row[5],
-                                    self._region(twin_store), twin_store or "", _stamp(m.twin[1]), row[9]])
+                                    self._region(twin_store), twin_store or "", _stamp(m.twin[1]), row[9], "", "", ""])
         elif dirty == "plus86":
             m.plus86 = True
             self._write("members", [people.spaced_e164(m.phone), *row[1:]])
@@ -241,7 +246,7 @@ class _Generator:
         else:
             store = rng.choice(BAD_STORES)
         self._write("members", [phone, "", "", people.full_name(rng, gender, born), _GENDER_CELL[gender], birthday,
-                                self.city[self._store()], store, _stamp(self._in_window()), "store"])
+                                self.city[self._store()], store, _stamp(self._in_window()), "store", "", "", ""])
 
     def _junk_order(self, kind: str, m: _Member) -> None:
         rng = self.rng
@@ -369,6 +374,24 @@ class _Generator:
             store = (m.store or self._store()) if name in _OFFLINE_EVENTS else ""
             self._event(m, name, max(self._at(self.cal.day_at(pos)), m.joined), store, product,
                         self._props(name, product))
+
+
+#: Marketing consent as brands record it: most members answered the SMS question at enrolment (a few
+#: said no), WeChat followers mostly agreed to official-account messages, few gave an e-mail consent.
+CONSENT_SHARES = {"sms": (0.55, 0.08), "wechat": (0.7, 0.05), "email": (0.1, 0.02)}
+
+
+def _consents(seed: int, index: int, unionid: str) -> list[str]:
+    """是 / 否 / blank per channel, from a hash of (seed, member), so the main random stream — and with
+    it every other row of the demo — does not depend on them."""
+    out = []
+    for channel, (yes, no) in CONSENT_SHARES.items():
+        u = zlib.crc32(f"{seed}:{index}:{channel}".encode()) / 2**32
+        if channel == "wechat" and not unionid:
+            out.append("")
+        else:
+            out.append("是" if u < yes else "否" if u < yes + no else "")
+    return out
 
 
 def _card(seed: int, index: int) -> str:

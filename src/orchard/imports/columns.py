@@ -35,6 +35,12 @@ MEMBER_COLUMNS: dict[str, tuple[str, ...]] = {
     "store_code": ("store_code", "home_store", "门店编码", "归属门店", "门店"),
     "joined_at": ("joined_at", "join_date", "register_time", "注册时间", "入会时间", "开卡时间"),
     "source_channel": ("source_channel", "source", "来源渠道", "来源"),
+    # Marketing consent per channel (是/否, yes/no, 1/0, 同意/拒绝); an empty cell changes nothing.
+    "consent_sms": ("consent_sms", "sms_marketing", "sms_consent", "短信营销", "短信营销同意", "接收营销短信"),
+    "consent_email": ("consent_email", "email_marketing", "email_consent", "邮件营销", "邮件营销同意"),
+    "consent_wechat": ("consent_wechat", "wechat_marketing", "wechat_consent", "微信营销", "微信营销同意"),
+    "consent_app_push": ("consent_app_push", "app_push_marketing", "push_consent", "推送营销", "APP推送营销同意"),
+    "consent_wecom": ("consent_wecom", "wecom_marketing", "wecom_consent", "企微营销", "企业微信营销同意"),
 }
 
 REFUND_COLUMNS: dict[str, tuple[str, ...]] = {

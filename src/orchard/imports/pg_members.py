@@ -13,7 +13,9 @@ only the rows whose outcome does not depend on another row or on a conflict:
    written with set-based inserts from COPY-filled work tables;
 4. a row whose keys belong to one member fills that member's blanks — name, gender, birthday,
    region, home store, source channel — and moves its join date earlier, never overwriting what
-   is there; its unknown keys are linked. Updated if anything changed, else unchanged.
+   is there; its unknown keys are linked. Updated if anything changed, else unchanged;
+5. marketing consent per channel, where the file gives it, is set as `members.consent` sets it
+   (only where it differs, with history and audit rows), in one statement.
 """
 
 from __future__ import annotations
@@ -30,12 +32,39 @@ from orchard.kit.clock import utcnow
 _STAGING = (
     "SET LOCAL jit = off",
     "SET LOCAL synchronous_commit = off",  # a batch lost to a database crash is re-imported by a re-run
-    "DROP TABLE IF EXISTS _imp_mrows, _imp_mkeys",
+    "DROP TABLE IF EXISTS _imp_mrows, _imp_mkeys, _imp_mcons",
     "CREATE TEMP TABLE _imp_mrows (idx int PRIMARY KEY, member_id bigint, is_new boolean NOT NULL, name text, "
     "gender text NOT NULL, birthday date, region text, store_id bigint, joined_at timestamptz, "
     "source_channel text) ON COMMIT DROP",
     "CREATE TEMP TABLE _imp_mkeys (idx int NOT NULL, kind text NOT NULL, value text NOT NULL) ON COMMIT DROP",
+    "CREATE TEMP TABLE _imp_mcons (idx int NOT NULL, channel text NOT NULL, granted boolean NOT NULL) ON COMMIT DROP",
 )
+
+#: Marketing consent as `members.consent.set_consent` changes it: only where it differs (a first
+#: answer always counts), each change appended to consent_changes and the audit log.
+_CONSENTS = """
+WITH changed AS (
+  INSERT INTO consents AS x (member_id, channel, purpose, granted, granted_at, withdrawn_at, source, updated_at)
+  SELECT r.member_id, c.channel, 'marketing', c.granted, CASE WHEN c.granted THEN :now END,
+         CASE WHEN NOT c.granted THEN :now END, :src, :now
+  FROM _imp_mcons c JOIN _imp_mrows r ON r.idx = c.idx
+  ON CONFLICT (member_id, channel, purpose) DO UPDATE SET granted = EXCLUDED.granted,
+     granted_at = coalesce(EXCLUDED.granted_at, x.granted_at),
+     withdrawn_at = coalesce(EXCLUDED.withdrawn_at, x.withdrawn_at),
+     source = EXCLUDED.source, updated_at = EXCLUDED.updated_at
+  WHERE x.granted <> EXCLUDED.granted
+  RETURNING x.member_id, x.channel, x.granted
+), history AS (
+  INSERT INTO consent_changes (member_id, channel, purpose, granted, source, actor, at)
+  SELECT member_id, channel, 'marketing', granted, :src, :actor, :now FROM changed
+  RETURNING member_id, channel, granted
+)
+INSERT INTO audit_log (at, actor, action, entity, entity_id, data)
+SELECT :now, :actor, CASE WHEN granted THEN 'consent.granted' ELSE 'consent.withdrawn' END, 'member',
+       member_id::text, jsonb_build_object('channel', channel, 'purpose', 'marketing', 'source', CAST(:src AS text))
+FROM history
+RETURNING CAST(entity_id AS bigint)
+"""
 
 #: Fill-blanks, as `members.service.fill_blanks` does it for one member: (column, blank test, new value).
 _FILL = (
@@ -50,8 +79,8 @@ _FILL = (
 )
 
 
-def write_members(session: Session, items: list[tuple[int, dict[str, Any]]], source: str
-                  ) -> tuple[dict[int, RowOutcome | OrchardError], list[int]]:
+def write_members(session: Session, items: list[tuple[int, dict[str, Any]]], source: str, *,
+                  actor: str = "system:0") -> tuple[dict[int, RowOutcome | OrchardError], list[int]]:
     """items: (index, clean row) in file order. Returns ({index: (status, None)}, indexes to run on
     the per-row path, in file order)."""
     keys = sorted({k for _, clean in items for k in clean["keys"]})
@@ -87,7 +116,9 @@ def write_members(session: Session, items: list[tuple[int, dict[str, Any]]], sou
                 c["joined_at"], c["source_channel"]) for i, c, mid in fast])
     copy_rows(session, "_imp_mkeys", ["idx", "kind", "value"],
               [(i, *key) for i, c, _ in fast for key in c["keys"] if key not in owners])
-    session.execute(text("ANALYZE _imp_mrows, _imp_mkeys"))
+    copy_rows(session, "_imp_mcons", ["idx", "channel", "granted"],
+              [(i, channel, granted) for i, c, _ in fast for channel, granted in c["consents"].items()])
+    session.execute(text("ANALYZE _imp_mrows, _imp_mkeys, _imp_mcons"))
     now = utcnow()
     params = {"src": source, "now": now}
     session.execute(text(
@@ -110,11 +141,12 @@ def write_members(session: Session, items: list[tuple[int, dict[str, Any]]], sou
         f"UPDATE members m SET {sets}, updated_at = :now FROM _imp_mrows s "  # noqa: S608 - constant SQL
         f"WHERE NOT s.is_new AND m.id = s.member_id AND ({' OR '.join(f'({b})' for _, b, _ in _FILL)}) "
         "RETURNING s.idx"), params).scalars())
+    consented = set(session.execute(text(_CONSENTS), {**params, "actor": actor}).scalars())
     outcome: dict[int, RowOutcome | OrchardError] = {}
     for i, clean, mid in fast:
         if mid is None:
             outcome[i] = ("created", None)
-        elif i in changed or any(k not in owners for k in clean["keys"]):
+        elif i in changed or mid in consented or any(k not in owners for k in clean["keys"]):
             outcome[i] = ("updated", None)
         else:
             outcome[i] = ("unchanged", None)

@@ -170,6 +170,27 @@ def order_row(get, stores: dict[str, int]) -> dict[str, Any]:
             "line": line}
 
 
+_YES = {"yes", "y", "true", "1", "是", "同意", "已同意", "订阅", "接收"}
+_NO = {"no", "n", "false", "0", "否", "拒绝", "不同意", "退订", "不接收"}
+CONSENT_CHANNELS = ("sms", "email", "wechat", "app_push", "wecom")
+
+
+def consents(get) -> dict[str, bool]:
+    """Marketing consent per channel from the consent_<channel> columns; empty cells say nothing."""
+    out = {}
+    for channel in CONSENT_CHANNELS:
+        raw = text(get(f"consent_{channel}")).lower()
+        if not raw:
+            continue
+        if raw in _YES:
+            out[channel] = True
+        elif raw in _NO:
+            out[channel] = False
+        else:
+            raise RowError(f"consent_{channel}", f"not yes or no (是/否, 同意/拒绝): {raw!r}")
+    return out
+
+
 def member_row(get, stores: dict[str, int]) -> dict[str, Any]:
     get = storable(get)
     keys = [k for k in (identity(kind, get(kind), kind) for kind in
@@ -187,7 +208,7 @@ def member_row(get, stores: dict[str, int]) -> dict[str, Any]:
     return {"keys": keys, "name": name or None, "gender": _GENDERS[gender],
             "birthday": parse_date(get("birthday"), "birthday"), "region": text(get("region"))[:100] or None,
             "store_id": store(get("store_code"), "store_code", stores), "joined_at": joined,
-            "source_channel": text(get("source_channel"))[:64] or None}
+            "source_channel": text(get("source_channel"))[:64] or None, "consents": consents(get)}
 
 
 def _id(value: Any, column: str) -> str:

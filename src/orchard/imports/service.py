@@ -35,7 +35,8 @@ from orchard.events.schemas import EventIn, Outcome, RefundIn
 from orchard.identity import resolve as identity_resolve
 from orchard.imports import columns, pg_bulk, pg_members, pg_orders, rows
 from orchard.imports.readers import FileUnreadable, open_table
-from orchard.members.models import Member
+from orchard.members.consent import set_consent
+from orchard.members.models import Consent, Member
 from orchard.members.service import fill_blanks
 from orchard.org.models import OrgUnit
 
@@ -237,6 +238,7 @@ def _member(session: Session, clean: dict[str, Any], source: str) -> tuple[str, 
                                    profile={**profile, "source_channel": clean["source_channel"] or source})
     warning = (f"keys belong to several members {res.conflicts}: merge candidate recorded"
                if res.conflicts else None)
+    consented = _consents(session, res.member_id, clean["consents"], source)
     if res.created:
         return "created", warning
     member = session.get_one(Member, res.member_id)
@@ -244,7 +246,20 @@ def _member(session: Session, clean: dict[str, Any], source: str) -> tuple[str, 
     if clean["joined_at"] and clean["joined_at"] < member.joined_at:
         member.joined_at, changed = clean["joined_at"], True  # history older than the first event seen
     session.flush()
-    return ("updated" if changed or res.linked else "unchanged"), warning
+    return ("updated" if changed or res.linked or consented else "unchanged"), warning
+
+
+def _consents(session: Session, member_id: int, given: dict[str, bool], source: str) -> bool:
+    """Marketing consent as the file says it, through members.consent (history and audit); whether
+    anything changed."""
+    changed = False
+    for channel, granted in given.items():
+        row = session.get(Consent, (member_id, channel, "marketing"))
+        if row is None or row.granted != granted:
+            set_consent(session, member_id=member_id, channel=channel, purpose="marketing", granted=granted,
+                        source=source, actor=SYSTEM.actor)
+            changed = True
+    return changed
 
 
 def _refund(session: Session, clean: dict[str, Any], source: str) -> tuple[str, str | None]:
