@@ -40,7 +40,7 @@ def post_event(body: EventIn, response: Response, session: SessionDep, principal
 @router.post("/ingest", response_model=BatchOut, operation_id="ingestBatch")
 def post_batch(body: BatchIn, session: SessionDep, principal: Actor(Perm.events_ingest)) -> BatchOut:
     """Up to 1,000 orders, refunds and events (each with `"type"`); per-item results, in order."""
-    return ingest.ingest_batch(session, principal=principal, items=body.items)
+    return ingest.ingest_batch(session, principal=principal, items=body.items, start_over=True)
 
 
 @router.get("/orders/{order_id}", response_model=reads.OrderRead, operation_id="getOrder")
