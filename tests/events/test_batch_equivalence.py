@@ -191,3 +191,20 @@ def test_concurrent_batches_linking_the_same_new_keys_in_opposite_orders_all_lan
         phone_owner = dict(s.execute(select(Identity.value, Identity.member_id).where(Identity.kind == "phone")).all())
         assert s.scalar(select(func.count()).select_from(Member)) == len(phones)
     assert owners == {f"K{p}": phone_owner[f"+86{p}"] for p in phones}
+
+
+def test_store_codes_in_a_batch_resolve_per_item_and_bad_ones_fail_only_their_item(client):
+    key = api_key()  # HQ, regions EAST/SOUTH, stores SH001/HZ001/GZ001
+    codes = ["SH001", "NOPE", "EAST", "SH001", "GZ001", "NOPE"]
+    items = [{"type": "event", "source": "app", "external_id": f"E{i}", "name": "store_visit", "store_code": code,
+              "occurred_at": "2026-10-01T00:00:00Z", "member": {"identities": {"phone": "13812341234"}}}
+             for i, code in enumerate(codes)]
+    body = client.post("/api/v1/ingest", json={"items": items}, headers=headers(key)).json()
+    assert [r["ok"] for r in body["results"]] == [True, False, False, True, True, False]
+    reasons = [r["error"]["errors"][0]["reason"] for r in body["results"] if not r["ok"]]
+    unknown = "unknown org unit code 'NOPE'"
+    assert reasons == [unknown, "'EAST' is a region, not a store", unknown]
+    with db.transaction(readonly=True) as s:
+        stores = dict(s.execute(text("SELECT e.external_id, u.code FROM events e "
+                                     "JOIN org_units u ON u.id = e.store_id")).tuples().all())
+    assert stores == {"E0": "SH001", "E3": "SH001", "E4": "GZ001"}
