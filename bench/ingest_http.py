@@ -20,7 +20,8 @@ A final SQL count checks that every item sent was stored, and every new person b
 The load generator is a minimal HTTP/1.1 keep-alive client on asyncio (request bodies encoded before
 the clock starts) in this process, so it costs little of the two shared cores; its CPU time is
 printed next to the server's (uvicorn processes) and PostgreSQL's (the server's backends), read from
-/proc. `--py-spy DIR` records a py-spy profile of every server worker during each timed phase.
+/proc. `--py-spy DIR` records a py-spy profile (samples of the thread holding the GIL, i.e. where Python
+spends CPU) of every server worker during each timed phase.
 """
 
 from __future__ import annotations
@@ -211,7 +212,7 @@ class CpuMeter:
 
     def delta(self, before: dict) -> dict:
         after = self.snapshot()
-        return {"gen": after["gen"] - before["gen"],
+        return {"gen": after["gen"] - before["gen"], "backends": len(after["pg"]),
                 "server": sum(v - before["server"].get(p, 0.0) for p, v in after["server"].items()),
                 "pg": sum(v - before["pg"].get(p, 0.0) for p, v in after["pg"].items())}
 
@@ -313,7 +314,7 @@ def run_one(args, workers: int, rng: random.Random) -> list[dict]:
             for p in pids:
                 for fmt, ext in (("flamegraph", "svg"), ("raw", "txt")):
                     profilers.append(subprocess.Popen(
-                        [str(Path(sys.executable).with_name("py-spy")), "record", "--nonblocking", "-r", "200",
+                        [str(Path(sys.executable).with_name("py-spy")), "record", "--gil", "-r", "200",
                          "-d", str(int(seconds)), "-p", str(p), "-f", fmt,
                          "-o", str(out / f"w{workers}-{phase}-{p}.{ext}")],
                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
@@ -326,7 +327,7 @@ def run_one(args, workers: int, rng: random.Random) -> list[dict]:
             it = item(rng, f"s-{i}", m)
             path = "/api/v1/orders" if it.pop("type") == "order" else "/api/v1/events"
             single.append(request_bytes(port, key, path, json.dumps(it, ensure_ascii=False).encode()))
-        profile("single", min(args.max_seconds, 30))
+        profile("single", min(args.max_seconds - 2, 30))
         before, load_before = meter.snapshot(), loadavg()
         res, wall = asyncio.run(drive(port, single, args.concurrency, args.max_seconds))
         cpu = meter.delta(before)
@@ -357,7 +358,7 @@ def run_one(args, workers: int, rng: random.Random) -> list[dict]:
                 items.append(item(rng, f"b-{b}-{i}", m))
             batches.append(request_bytes(port, key, "/api/v1/ingest",
                                          json.dumps({"items": items}, ensure_ascii=False).encode()))
-        profile("batch", min(args.max_seconds, 30))
+        profile("batch", min(args.max_seconds - 2, 30))
         before, load_before = meter.snapshot(), loadavg()
         res, wall = asyncio.run(drive(port, batches, args.batch_concurrency, args.max_seconds))
         cpu = meter.delta(before)
@@ -431,7 +432,7 @@ def main() -> None:
     for w in (int(x) for x in args.workers.split(",")):
         rows += run_one(args, w, random.Random(args.seed))
     head = ("workers", "phase", "requests", "events/s", "p50 ms", "p95 ms", "p99 ms", "errors", "new members",
-            "CPU gen/server/PG", "load before→after", "stored")
+            "CPU gen/server/PG", "server CPU ms/event", "load before→after", "stored")
     print()
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
@@ -439,10 +440,11 @@ def main() -> None:
         c, s = r["cpu"], r["seconds"]
         print(f"| {r['workers']} | {r['phase']} | {r['requests']:,} | {r['events'] / s:,.0f} | {r['p50']:.1f} | "
               f"{r['p95']:.1f} | {r['p99']:.1f} | {r['errors']} | {r['new']:,} | "
-              f"{c['gen'] / s:.0%} / {c['server'] / s:.0%} / {c['pg'] / s:.0%} | "
-              f"{r['load'][0]} → {r['load'][1]} | {r['check']} |")
+              f"{c['gen'] / s:.0%} / {c['server'] / s:.0%} / {c['pg'] / s:.0%} ({c['backends']}) | "
+              f"{c['server'] * 1000 / max(r['events'], 1):.2f} | {r['load'][0]} → {r['load'][1]} | {r['check']} |")
     print("\nCPU columns: share of one core over the phase (200 % = both cores) for the load generator, the "
-          "uvicorn processes and the server's PostgreSQL backends.")
+          "uvicorn processes and the server's PostgreSQL backends (how many). Server CPU ms/event: the uvicorn "
+          "processes' CPU time per stored event, the figure least moved by other load on the machine.")
 
 
 if __name__ == "__main__":
