@@ -344,5 +344,44 @@ def export_events(out: ExportOut, fmt: ExportFormat = "csv", fields: ExportField
         occurred_to=_when(occurred_to, "occurred-to"), store=store))
 
 
+
+# ---- points -------------------------------------------------------------------------------------
+
+points_app = typer.Typer(help="积分 / the points ledger", no_args_is_help=True)
+app.add_typer(points_app, name="points")
+
+
+@points_app.command("verify")
+def points_verify() -> None:
+    """Check every ledger invariant over the whole ledger; exit 1 on any violation."""
+    from rich.table import Table
+
+    from orchard.db import transaction
+    from orchard.loyalty.verify import verify
+
+    with transaction(readonly=True) as session:
+        checks = verify(session)
+    table = Table("检查 check", "规则 rule", "违反 violations")
+    for c in checks:
+        table.add_row(c.name, c.rule, f"[red]{c.violations}[/red]" if c.violations else "0")
+    console.print(table)
+    bad = sum(c.violations for c in checks)
+    if bad:
+        console.print(f"[red]账本不一致 / ledger inconsistent: {bad} violations[/red]")
+        raise typer.Exit(1)
+    console.print("账本一致 / ledger consistent")
+
+
+@points_app.command("expire")
+def points_expire() -> None:
+    """Expire every lot past its expiry in one set-based pass (schedule it daily; re-running is a no-op)."""
+    from orchard.db import transaction
+    from orchard.loyalty.expiry import expire_due
+
+    with transaction() as session:
+        r = expire_due(session)
+    console.print(f"过期 expired {r.points:,} 积分 points in {r.lots:,} lots of {r.members:,} members")
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -73,6 +73,10 @@ class Target:
 #: matters: an invalid one would answer 422 before the scope check and prove nothing.
 ROUTE_BODIES: dict[str, Callable[[Target], dict | None]] = {
     "getMember": lambda t: None,
+    "getMemberPoints": lambda t: None,
+    "listMemberPointsEntries": lambda t: None,
+    "spendMemberPoints": lambda t: {"amount": 1, "reason": "兑换", "external_id": f"W-{t.store}-{t.member_id}"},
+    "adjustMemberPoints": lambda t: {"amount": 5, "reason": "补偿", "external_id": f"A-{t.store}-{t.member_id}"},
     "updateMember": lambda t: {"region": "新区域", "attributes": {"level": "gold"}},
     "addMemberIdentity": lambda t: {"kind": "card_no", "value": f"NEW-{t.store}-{t.member_id}"},
     "removeMemberIdentity": lambda t: None,
@@ -126,7 +130,8 @@ def _ok(r, *codes: int) -> dict:
 
 
 def seed_member(api: Api, admin: str, *, store: str, name: str, phone: str, card: str, prefix: str) -> Target:
-    """A member of `store` with a phone, a card, an order, a refund, an event, a note, a tag and consent."""
+    """A member of `store` with a phone, a card, an order, a refund, an event, a note, a tag, consent
+    and points."""
     m = _ok(api.call("POST", f"{API}/members", admin, {
         "name": name, "home_store_code": store, "birthday": "1991-02-03",
         "identities": [{"kind": "phone", "value": phone}, {"kind": "card_no", "value": card}]}), 201)
@@ -144,6 +149,8 @@ def seed_member(api: Api, admin: str, *, store: str, name: str, phone: str, card
     tag = f"vip-{store.lower()}"
     _ok(api.call("POST", f"{API}/members/{m['id']}/tags", admin, {"name": tag}))
     _ok(api.call("PUT", f"{API}/members/{m['id']}/consents/sms/marketing", admin, {"granted": True}))
+    _ok(api.call("POST", f"{API}/members/{m['id']}/points/adjust", admin,
+                 {"amount": 1000, "reason": "开卡礼", "external_id": f"{prefix}-P1"}))
     card_identity = next(i["id"] for i in m["identities"] if i["kind"] == "card_no")
     national = re.sub(r"\D", "", phone)
     t = Target(store=store, member_id=m["id"], sibling_id=sibling["id"], order_id=o["id"], refund_id=refund["id"],

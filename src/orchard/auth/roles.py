@@ -34,6 +34,10 @@ class Perm(StrEnum):
     #: store and its error report holds raw rows, so only unscoped, unmasked roles get it, and a
     #: store-bound API key is refused even with this permission (imports.endpoints).
     imports = "imports:run"
+    #: Redeem a member's points (POS, online checkout).
+    points_spend = "points:spend"
+    #: Manual points corrections (reason required, audited).
+    points_adjust = "points:adjust"
 
 
 _FRONT_LINE = {Perm.members_read, Perm.members_write, Perm.members_consent, Perm.members_notes,
@@ -41,12 +45,14 @@ _FRONT_LINE = {Perm.members_read, Perm.members_write, Perm.members_consent, Perm
 
 ROLE_PERMS: dict[Role, frozenset[Perm]] = {
     Role.admin: frozenset(Perm),
-    Role.hq_ops: frozenset(_FRONT_LINE | {Perm.members_merge, Perm.events_ingest, Perm.imports}),
-    Role.store_manager: frozenset(_FRONT_LINE),
-    Role.clerk: frozenset(_FRONT_LINE),
+    Role.hq_ops: frozenset(_FRONT_LINE | {Perm.members_merge, Perm.events_ingest, Perm.imports, Perm.points_spend,
+                                          Perm.points_adjust}),
+    Role.store_manager: frozenset(_FRONT_LINE | {Perm.points_spend, Perm.points_adjust}),
+    Role.clerk: frozenset(_FRONT_LINE | {Perm.points_spend}),
     Role.service: frozenset(_FRONT_LINE - {Perm.members_write}),
     Role.integrator: frozenset({Perm.members_read, Perm.members_write, Perm.members_consent,
-                                Perm.events_ingest, Perm.events_read, Perm.org_read, Perm.imports}),
+                                Perm.events_ingest, Perm.events_read, Perm.org_read, Perm.imports,
+                                Perm.points_spend}),
 }
 
 STORE_SCOPED = frozenset({Role.store_manager, Role.clerk})
