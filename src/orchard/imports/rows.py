@@ -75,7 +75,9 @@ def parse_date(value: Any, column: str) -> dt.date | None:
     raw = text(value)
     for fmt in _DATE_FORMATS:
         try:
-            day = dt.datetime.strptime(raw, fmt).date()
+            # ISO dates (the common case) without strptime, which costs ten times more
+            day = (dt.date.fromisoformat(raw) if fmt == "%Y-%m-%d" and len(raw) == 10
+                   else dt.datetime.strptime(raw, fmt).date())
         except ValueError:
             continue
         if not dt.date(1900, 1, 1) <= day <= dt.date.today():
