@@ -59,7 +59,13 @@ def _run_with(fast_writer) -> dict:
         ingest.ingest(s, principal=SYSTEM, kind="refund", data=RefundIn(
             source="import", external_id="R8", order_external_id="K8", refunded_at="2026-10-07T00:00:00Z",
             amount_fen=500))
-    items = [(i, _clean(raw, stores)) for i, raw in enumerate(RAW)]
+    return {"outcome": _batch([(i, _clean(raw, stores)) for i, raw in enumerate(RAW)], fast_writer),
+            "state": _dump()}
+
+
+def _batch(items, fast_writer) -> dict:
+    """Run one batch in one transaction, through `fast_writer` (with the per-row path for what it
+    hands back) or, if None, row by row; each row's status, or its error's type."""
     with db.transaction() as s:
         if fast_writer is not None:
             outcome = pg_bulk.run_batch(s, items, "import", fast_writer, import_service._order)
@@ -69,10 +75,9 @@ def _run_with(fast_writer) -> dict:
                 try:
                     with s.begin_nested():
                         outcome[i] = import_service._order(s, clean, "import")
-                except Exception as exc:  # noqa: BLE001 - compared by type below
+                except Exception as exc:  # noqa: BLE001 - compared by type
                     outcome[i] = exc
-    return {"outcome": {i: (v[0] if isinstance(v, tuple) else type(v).__name__) for i, v in outcome.items()},
-            "state": _dump()}
+    return {i: (v[0] if isinstance(v, tuple) else type(v).__name__) for i, v in outcome.items()}
 
 
 def _dump() -> dict:
@@ -159,18 +164,7 @@ def _random_batches(setup, batch):
                 except Exception:  # noqa: BLE001 - a setup row may conflict with an earlier one
                     pass
         items = [(i, _clean(raw, stores)) for i, raw in enumerate(batch)]
-        with db.transaction() as s:
-            if fast:
-                outcome = pg_bulk.run_batch(s, items, "import", pg_orders.write_orders, import_service._order)
-            else:
-                outcome = {}
-                for i, clean in items:
-                    try:
-                        with s.begin_nested():
-                            outcome[i] = import_service._order(s, clean, "import")
-                    except Exception as exc:  # noqa: BLE001 - compared by type below
-                        outcome[i] = exc
-        results.append(({i: (v[0] if isinstance(v, tuple) else type(v).__name__) for i, v in outcome.items()}, _dump()))
+        results.append((_batch(items, pg_orders.write_orders if fast else None), _dump()))
     assert results[1] == results[0], (setup, batch)
 
 

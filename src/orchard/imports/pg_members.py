@@ -26,7 +26,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from orchard.errors import OrchardError
-from orchard.imports.pg_bulk import RowOutcome, copy_rows
+from orchard.imports.pg_bulk import RowOutcome, copy_rows, owners_of
 from orchard.kit.clock import utcnow
 
 _STAGING = (
@@ -83,12 +83,7 @@ def write_members(session: Session, items: list[tuple[int, dict[str, Any]]], sou
                   actor: str = "system:0") -> tuple[dict[int, RowOutcome | OrchardError], list[int]]:
     """items: (index, clean row) in file order. Returns ({index: (status, None)}, indexes to run on
     the per-row path, in file order)."""
-    keys = sorted({k for _, clean in items for k in clean["keys"]})
-    owners = {(r.kind, r.value): r.member_id for r in session.execute(text(
-        "SELECT i.kind, i.value, i.member_id FROM identities i "
-        "JOIN unnest(CAST(:kinds AS text[]), CAST(:vals AS text[])) AS k(kind, value) "
-        "ON i.kind = k.kind AND i.value = k.value"),
-        {"kinds": [k for k, _ in keys], "vals": [v for _, v in keys]})}
+    owners = owners_of(session, {k for _, clean in items for k in clean["keys"]})
     # A row shares with another if they have a key or an existing member in common: the order of
     # such rows matters (who creates, whose blanks win), so they all take the per-row path.
     tokens = {i: {*clean["keys"], *(("member", owners[k]) for k in clean["keys"] if k in owners)}

@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 
 from orchard.errors import Conflict
 from orchard.events.schemas import OrderIn
-from orchard.imports.pg_bulk import Clusters, RowOutcome, copy_rows
+from orchard.imports.pg_bulk import Clusters, RowOutcome, copy_rows, owners_of
 from orchard.kit.clock import utcnow
 from orchard.kit.hashing import fingerprint
 
@@ -108,12 +108,7 @@ def write_orders(session: Session, items: list[tuple[int, dict[str, Any]]], sour
         return outcome, [i for i, _ in items if i in slow]
 
     # Existing owners of the rows' keys.
-    all_keys = sorted({k for _, c in todo for k in c["keys"]})
-    owners = {(r.kind, r.value): r.member_id for r in session.execute(text(
-        "SELECT i.kind, i.value, i.member_id FROM identities i "
-        "JOIN unnest(CAST(:kinds AS text[]), CAST(:vals AS text[])) AS k(kind, value) "
-        "ON i.kind = k.kind AND i.value = k.value"),
-        {"kinds": [k for k, _ in all_keys], "vals": [v for _, v in all_keys]})}
+    owners = owners_of(session, {k for _, c in todo for k in c["keys"]})
 
     # Identity clusters, replaying the per-row path in file order: each existing member is a group
     # of its keys; a row joins the one group its known keys are in, or starts a new one. A row whose
