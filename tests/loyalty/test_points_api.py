@@ -25,6 +25,9 @@ def test_adjust_spend_and_read_points(client):
     points = client.get(f"/api/v1/members/{m}/points", headers=admin).json()
     assert (points["balance"], points["available"], points["pending"]) == (380, 380, 0)
     assert points["expiring"] == [] or points["expiring"][0]["amount"] == 380
+    ahead = client.get(f"/api/v1/members/{m}/points?expiring_within_days=3660", headers=admin).json()
+    assert [e["amount"] for e in ahead["expiring"]] == [380]  # year_end:1 by default: within ten years
+    assert client.get(f"/api/v1/members/{m}/points?expiring_within_days=0", headers=admin).status_code == 422
     short = client.post(f"/api/v1/members/{m}/points/spend", headers=admin,
                         json={"amount": 381, "reason": "兑换", "external_id": "POS-10"})
     assert short.status_code == 409 and short.json()["code"] == "points.insufficient"

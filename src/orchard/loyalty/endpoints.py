@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
@@ -24,9 +25,12 @@ MemberId = Annotated[int, Path(ge=1, le=2**62)]
 
 
 @router.get("/members/{member_id}/points", response_model=PointsRead, operation_id="getMemberPoints")
-def get_points(member_id: MemberId, session: SessionDep, principal: Actor(Perm.members_read)) -> PointsRead:
+def get_points(member_id: MemberId, session: SessionDep, principal: Actor(Perm.members_read),
+               expiring_within_days: Annotated[int, Query(ge=1, le=3660, description="how far ahead `expiring` "
+                                                                                   "looks (reminders)")] = 90,
+               ) -> PointsRead:
     member = scope.get_visible(session, principal, member_id)
-    s = ledger.summary(session, member.id)
+    s = ledger.summary(session, member.id, within=dt.timedelta(days=expiring_within_days))
     return PointsRead(member_id=member.id, balance=s.balance, available=s.available, pending=s.pending,
                       expiring=[Expiring(amount=n, expires_at=at) for at, n in s.expiring])
 

@@ -26,7 +26,7 @@ class PointsRead(BaseModel):
     available: int
     #: Earned but not usable yet (T+N).
     pending: int
-    #: What expires within the next 90 days, soonest first.
+    #: What expires within `expiring_within_days` (default 90), soonest first.
     expiring: list[Expiring]
 
 
