@@ -64,6 +64,9 @@ def test_store_staff_see_only_their_members_and_service_cannot_spend(client):
     assert client.post(f"/api/v1/members/{m}/points/spend", headers=service,
                        json={"amount": 1, "reason": "x", "external_id": "S-2"}).status_code == 403
     gz_clerk = headers(token_for(client, "clerk", ["GZ001"], username="gz"))
+    elsewhere = client.post(f"/api/v1/members/{m}/points/spend", headers=gz_clerk,
+                            json={"amount": 1, "reason": "x", "external_id": "S-4", "store_code": "SH001"})
+    assert elsewhere.status_code == 422 and elsewhere.json()["errors"][0]["field"] == "store_code"
     assert client.post(f"/api/v1/members/{m}/points/adjust", headers=gz_clerk,
                        json={"amount": 1, "reason": "x", "external_id": "S-3"}).status_code == 403
 
@@ -90,4 +93,26 @@ def test_two_hundred_concurrent_redemptions_never_overspend(live_server, clean_d
         assert codes.count(200) == 100 and codes.count(409) == 100, sorted(set(codes))
         with httpx.Client(base_url=live_server, headers=headers(key), timeout=60) as c:
             assert c.get(f"/api/v1/members/{m}/points").json()["available"] == 0
+    assert violations() == {}
+
+
+def test_concurrent_retries_of_one_spend_debit_once(live_server, clean_db):
+    """A POS retrying the same redemption from 20 threads at once: one entry, the same answer to all."""
+    key = api_key("integrator")
+    m = member()
+    with httpx.Client(base_url=live_server, headers=headers(key), timeout=60) as c:
+        c.post(f"/api/v1/members/{m}/points/adjust", headers=headers(api_key("admin", name="ops")),
+               json={"amount": 100, "reason": "活动", "external_id": "G-1"})
+    body = {"amount": 30, "reason": "兑换", "external_id": "POS-RETRY"}
+
+    def spend(_n):
+        with httpx.Client(base_url=live_server, headers=headers(key), timeout=60) as c:
+            r = c.post(f"/api/v1/members/{m}/points/spend", json=body)
+            return r.status_code, r.json().get("id")
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=20) as pool:
+        answers = set(pool.map(spend, range(20)))
+    assert len(answers) == 1 and next(iter(answers))[0] == 200
+    with httpx.Client(base_url=live_server, headers=headers(key), timeout=60) as c:
+        assert c.get(f"/api/v1/members/{m}/points").json()["balance"] == 70
     assert violations() == {}

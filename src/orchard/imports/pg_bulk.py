@@ -12,7 +12,12 @@ from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from orchard.auth.roles import Role
+from orchard.auth.service import Principal
 from orchard.errors import OrchardError
+
+#: Who an import acts as: unscoped, unmasked; its writes are audited as "system:0".
+SYSTEM = Principal("system", 0, "import", Role.admin, None, False)
 
 #: (status, warning) of one row: status "created" | "updated" | "unchanged".
 RowOutcome = tuple[str, str | None]

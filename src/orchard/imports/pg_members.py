@@ -26,7 +26,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from orchard.errors import OrchardError
-from orchard.imports.pg_bulk import RowOutcome, copy_rows, owners_of
+from orchard.imports.pg_bulk import SYSTEM, RowOutcome, copy_rows, owners_of
 from orchard.kit.clock import utcnow
 
 _STAGING = (
@@ -79,8 +79,8 @@ _FILL = (
 )
 
 
-def write_members(session: Session, items: list[tuple[int, dict[str, Any]]], source: str, *,
-                  actor: str = "system:0") -> tuple[dict[int, RowOutcome | OrchardError], list[int]]:
+def write_members(session: Session, items: list[tuple[int, dict[str, Any]]], source: str
+                   ) -> tuple[dict[int, RowOutcome | OrchardError], list[int]]:
     """items: (index, clean row) in file order. Returns ({index: (status, None)}, indexes to run on
     the per-row path, in file order)."""
     owners = owners_of(session, {k for _, clean in items for k in clean["keys"]})
@@ -136,7 +136,7 @@ def write_members(session: Session, items: list[tuple[int, dict[str, Any]]], sou
         f"UPDATE members m SET {sets}, updated_at = :now FROM _imp_mrows s "  # noqa: S608 - constant SQL
         f"WHERE NOT s.is_new AND m.id = s.member_id AND ({' OR '.join(f'({b})' for _, b, _ in _FILL)}) "
         "RETURNING s.idx"), params).scalars())
-    consented = set(session.execute(text(_CONSENTS), {**params, "actor": actor}).scalars())
+    consented = set(session.execute(text(_CONSENTS), {**params, "actor": SYSTEM.actor}).scalars())
     outcome: dict[int, RowOutcome | OrchardError] = {}
     for i, clean, mid in fast:
         if mid is None:

@@ -143,11 +143,7 @@ def order_row(get, stores: dict[str, int]) -> dict[str, Any]:
         raise RowError("order_id", "is required")
     if len(order_id) > 128:
         raise RowError("order_id", "longer than 128 characters")
-    keys = [k for k in (identity("phone", get("member_phone"), "member_phone"),
-                        identity("external_id", get("member_external_id"), "member_external_id"),
-                        identity("card_no", get("member_card_no"), "member_card_no")) if k]
-    if not keys:
-        raise RowError("member_phone", "give member_phone, member_external_id or member_card_no")
+    keys = member_keys(get)
     paid_at = parse_time(get("paid_at"), "paid_at")
     if paid_at > dt.datetime.now(dt.UTC) + dt.timedelta(days=1):
         raise RowError("paid_at", "lies in the future")

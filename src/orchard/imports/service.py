@@ -25,8 +25,6 @@ from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from orchard.auth.roles import Role
-from orchard.auth.service import Principal
 from orchard.db import get_engine, transaction
 from orchard.errors import OrchardError
 from orchard.events import ingest
@@ -43,7 +41,7 @@ from orchard.org.models import OrgUnit
 BATCH_SIZE = 1000
 #: Orders and members on PostgreSQL go through COPY and set-based SQL, whose cost per batch is mostly fixed.
 PG_BATCH_SIZE = 20_000
-SYSTEM = Principal("system", 0, "import", Role.admin, None, False)
+SYSTEM = pg_bulk.SYSTEM
 
 
 @dataclass
@@ -122,6 +120,24 @@ def _check_required(kind: str, mapping: dict[str, int]) -> None:
             raise FileUnreadable(f"the header has no column for {' / '.join(options)}")
 
 
+def _record(result: ImportResult, report: _Report, warning_column: str, row_no: int, values: list[Any],
+            outcome: pg_bulk.RowOutcome | OrchardError | rows.RowError) -> None:
+    """Count one row's outcome and report it if it is an error or carries a warning."""
+    if isinstance(outcome, rows.RowError):
+        result.errors += 1
+        report.add(row_no, outcome.column, outcome.reason, "error", values)
+    elif isinstance(outcome, OrchardError):
+        result.errors += 1
+        report.add(row_no, outcome.errors[0]["field"] if outcome.errors else outcome.code, outcome.detail, "error",
+                   values)
+    else:
+        status, warning = outcome
+        setattr(result, status, getattr(result, status) + 1)
+        if warning:
+            result.warnings += 1
+            report.add(row_no, warning_column, warning, "warning", values)
+
+
 def _write_batch(kind: str, batch: list[tuple[int, list[Any]]], mapping: dict[str, int], stores: dict[str, int],
                  source: str, result: ImportResult, report: _Report) -> None:
     parse, write, warning_column = _KINDS[kind]
@@ -131,20 +147,10 @@ def _write_batch(kind: str, batch: list[tuple[int, list[Any]]], mapping: dict[st
             try:
                 clean = parse(rows.cells(values, mapping).get, stores)
                 with session.begin_nested():
-                    status, warning = write(session, clean, source)
-            except rows.RowError as exc:
-                result.errors += 1
-                report.add(row_no, exc.column, exc.reason, "error", values)
-                continue
-            except OrchardError as exc:
-                result.errors += 1
-                field_ = exc.errors[0]["field"] if exc.errors else exc.code
-                report.add(row_no, field_, exc.detail, "error", values)
-                continue
-            setattr(result, status, getattr(result, status) + 1)
-            if warning:
-                result.warnings += 1
-                report.add(row_no, warning_column, warning, "warning", values)
+                    outcome = write(session, clean, source)
+            except (rows.RowError, OrchardError) as exc:
+                outcome = exc
+            _record(result, report, warning_column, row_no, values, outcome)
 
 
 def _batches(table_rows: Iterator[tuple[int, list[Any]]], size: int) -> Iterator[list[tuple[int, list[Any]]]]:
@@ -176,16 +182,7 @@ def _pipelined(kind: str, batches: Iterator[list[tuple[int, list[Any]]]], mappin
 
     def finish(prepared: _Prepared, outcome: dict[int, pg_bulk.RowOutcome | OrchardError]) -> None:
         for row_no, _ in prepared.items:
-            status = outcome[row_no]
-            if isinstance(status, OrchardError):
-                result.errors += 1
-                field_ = status.errors[0]["field"] if status.errors else status.code
-                report.add(row_no, field_, status.detail, "error", prepared.values_of[row_no])
-                continue
-            setattr(result, status[0], getattr(result, status[0]) + 1)
-            if status[1]:
-                result.warnings += 1
-                report.add(row_no, warning_column, status[1], "warning", prepared.values_of[row_no])
+            _record(result, report, warning_column, row_no, prepared.values_of[row_no], outcome[row_no])
         if progress:
             progress(prepared.rows)
 
@@ -209,8 +206,7 @@ def _prepare(kind: str, batch: list[tuple[int, list[Any]]], mapping: dict[str, i
         try:
             clean = parse(rows.cells(values, mapping).get, stores)
         except rows.RowError as exc:
-            result.errors += 1
-            report.add(row_no, exc.column, exc.reason, "error", values)
+            _record(result, report, _KINDS[kind][2], row_no, values, exc)
             continue
         if kind == "orders":  # hashed here, off the writer thread
             clean["body_hash"] = pg_orders.order_fingerprint(clean, source)

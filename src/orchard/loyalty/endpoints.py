@@ -18,7 +18,7 @@ from orchard.loyalty import ledger, policy
 from orchard.loyalty.models import PointsEntry
 from orchard.loyalty.schemas import AdjustIn, EntryPage, EntryRead, Expiring, PointsRead, SpendIn
 from orchard.members import scope
-from orchard.org.models import OrgUnit
+from orchard.org.service import store_id_for_code
 
 router = APIRouter(tags=["points"])
 MemberId = Annotated[int, Path(ge=1, le=2**62)]
@@ -50,14 +50,12 @@ def list_entries(member_id: MemberId, session: SessionDep, principal: Actor(Perm
 
 
 def _store_id(session, principal: Principal, code: str | None) -> int | None:
-    if code is None:
-        return None
-    store = session.scalar(select(OrgUnit).where(OrgUnit.code == code, OrgUnit.kind == "store"))
-    if store is None:
-        raise InvalidInput.field("store_code", f"unknown store {code!r}")
-    if principal.store_ids is not None and store.id not in principal.store_ids:
+    """The store a points command names (org.service.store_id_for_code), which store staff may only
+    name among their own stores."""
+    store_id = store_id_for_code(session, code)
+    if store_id is not None and principal.store_ids is not None and store_id not in principal.store_ids:
         raise InvalidInput.field("store_code", f"store {code!r} is outside your stores")
-    return store.id
+    return store_id
 
 
 @router.post("/members/{member_id}/points/spend", response_model=EntryRead, operation_id="spendMemberPoints",
