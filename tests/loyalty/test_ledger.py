@@ -107,3 +107,18 @@ def test_verify_names_what_a_tampered_ledger_breaks(clean_db):
         s.execute(text("UPDATE points_lots SET remaining = remaining - 5"))
         s.execute(text("UPDATE points_accounts SET balance = balance + 1"))
     assert set(violations()) == {"balance_is_sum_of_entries", "balance_is_sum_of_lots"}
+
+
+def test_a_lot_expires_at_its_expiry_instant(clean_db):
+    """At exactly `expires_at` the points are gone, for the pass as for spending (on SQLite the
+    instant is compared as stored text, so the parameter must be stored the same way)."""
+    m = member()
+    post(m, 10, expires_at=T0 + DAY)
+    assert summary(m, now=T0 + DAY).available == 0
+    with db.transaction() as s:
+        assert expire_due(s, now=T0 + DAY).points == 10
+    assert summary(m, now=T0 + DAY).balance == 0
+    with db.transaction(readonly=True) as s:
+        at = s.scalar(select(PointsEntry.created_at).where(PointsEntry.kind == "expire"))
+    assert at == T0 + DAY
+    assert violations() == {}

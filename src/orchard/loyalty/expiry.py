@@ -11,12 +11,20 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from sqlalchemy import text
+from sqlalchemy import bindparam, text
 from sqlalchemy.orm import Session
 
+from orchard.db import UTCDateTime
 from orchard.kit.clock import utcnow
 
 SOURCE = "expiry"
+
+
+def _sql(statement: str):
+    """`:now` bound as the timestamp columns store it: on SQLite that is a naive UTC string, and a
+    plain datetime parameter (written with "+00:00") would compare wrongly with it as text."""
+    return text(statement).bindparams(bindparam("now", type_=UTCDateTime)) if ":now" in statement \
+        else text(statement)
 
 
 @dataclass
@@ -31,38 +39,38 @@ def expire_due(session: Session, *, now: dt.datetime | None = None, actor: str =
     pg = session.get_bind().dialect.name == "postgresql"
     params = {"now": now, "actor": actor, "src": SOURCE, "stamp": now.strftime("%Y%m%dT%H%M%S.%fZ")}
     if pg:
-        session.execute(text(
+        session.execute(_sql(
             "SELECT 1 FROM points_accounts WHERE member_id IN (SELECT DISTINCT member_id FROM points_lots "
             "WHERE expires_at <= :now AND remaining > 0) ORDER BY member_id FOR UPDATE"), params)
-    session.execute(text("DROP TABLE IF EXISTS _due_lots"))
-    session.execute(text(
+    session.execute(_sql("DROP TABLE IF EXISTS _due_lots"))
+    session.execute(_sql(
         "CREATE TEMP TABLE _due_lots AS SELECT id AS lot_id, member_id, remaining FROM points_lots "
         "WHERE expires_at <= :now AND remaining > 0"), params)
-    lots, points = session.execute(text("SELECT count(*), coalesce(sum(remaining), 0) FROM _due_lots")).one()
+    lots, points = session.execute(_sql("SELECT count(*), coalesce(sum(remaining), 0) FROM _due_lots")).one()
     if not lots:
-        session.execute(text("DROP TABLE _due_lots"))
+        session.execute(_sql("DROP TABLE _due_lots"))
         return ExpiryResult(0, 0, 0)
-    session.execute(text(
+    session.execute(_sql(
         "INSERT INTO points_entries (member_id, kind, amount, balance_after, reason, source, external_id, body_hash, "
         "actor, explanation, created_at) "
         "SELECT d.member_id, 'expire', -d.total, a.balance - d.total, '积分过期 points expired', :src, "
         "'expire-' || d.member_id || '-' || :stamp, '', :actor, '{}', :now "
         "FROM (SELECT member_id, sum(remaining) AS total FROM _due_lots GROUP BY member_id) d "
         "JOIN points_accounts a ON a.member_id = d.member_id"), params)
-    session.execute(text(
+    session.execute(_sql(
         "INSERT INTO points_allocations (entry_id, lot_id, amount) "
         "SELECT e.id, d.lot_id, d.remaining FROM _due_lots d JOIN points_entries e "
         "ON e.source = :src AND e.external_id = 'expire-' || d.member_id || '-' || :stamp"), params)
-    session.execute(text(
+    session.execute(_sql(
         "UPDATE points_lots SET remaining = 0 WHERE id IN (SELECT lot_id FROM _due_lots)"))
-    session.execute(text(
+    session.execute(_sql(
         "UPDATE points_accounts SET balance = balance - (SELECT sum(d.remaining) FROM _due_lots d "
         "WHERE d.member_id = points_accounts.member_id), updated_at = :now "
         "WHERE member_id IN (SELECT member_id FROM _due_lots)"), params)
-    members = session.execute(text("SELECT count(DISTINCT member_id) FROM _due_lots")).scalar_one()
-    session.execute(text(
+    members = session.execute(_sql("SELECT count(DISTINCT member_id) FROM _due_lots")).scalar_one()
+    session.execute(_sql(
         "INSERT INTO audit_log (at, actor, action, entity, entity_id, data) "
         "SELECT :now, :actor, 'points.expire', 'member', CAST(member_id AS varchar), '{}' "
         "FROM (SELECT DISTINCT member_id FROM _due_lots) m"), params)
-    session.execute(text("DROP TABLE _due_lots"))
+    session.execute(_sql("DROP TABLE _due_lots"))
     return ExpiryResult(int(members), int(lots), int(points))
