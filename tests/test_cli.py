@@ -76,3 +76,25 @@ def test_serve_answers_on_the_given_port_with_local_docs(clean_db):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_points_rules_load_list_and_refuse_a_bad_file_whole(clean_db, tmp_path):
+    make_org()
+    good = tmp_path / "rules.json"
+    good.write_text(json.dumps([
+        {"name": "每元1分", "kind": "amount", "config": {"points": 1, "per_fen": 100, "stores": ["SH001"]}},
+        {"name": "会员日", "kind": "multiplier", "config": {"factor": "2", "when": {"type": "member_day",
+                                                                                  "weekdays": [3]}}},
+    ], ensure_ascii=False), encoding="utf-8")
+    assert run("points", "rules", "load", str(good)).stdout.count("created") == 2
+    again = run("points", "rules", "load", str(good)).stdout
+    assert again.count("replaced") == 2
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{"name": "新规则", "kind": "amount", "config": {"points": 1, "per_fen": 100}},
+                               {"name": "坏", "kind": "amount", "config": {"points": 1, "per_fen": 100,
+                                                                          "stores": ["NOPE"]}}]), encoding="utf-8")
+    p = run("points", "rules", "load", str(bad), check=False)
+    assert p.returncode == 1 and "NOPE" in p.stdout and "nothing loaded" in p.stdout
+    listing = run("points", "rules", "list").stdout
+    assert "每元1分" in listing and "会员日" in listing and "新规则" not in listing
+    assert run("points", "rules", "load", str(tmp_path / "missing.json"), check=False).returncode == 2

@@ -7,10 +7,11 @@ from orchard.events.endpoints import router as events_router
 from orchard.exports.endpoints import router as exports_router
 from orchard.imports.endpoints import router as imports_router
 from orchard.loyalty.endpoints import router as points_router
+from orchard.loyalty.rule_endpoints import router as points_rules_router
 from orchard.members.endpoints import router as members_router
 from orchard.org.endpoints import router as org_router
 
 api_router = APIRouter(prefix="/api/v1")
 for router in (auth_router, org_router, members_router, events_router, exports_router, imports_router,
-               points_router):
+               points_rules_router, points_router):
     api_router.include_router(router)

@@ -383,5 +383,56 @@ def points_expire() -> None:
     console.print(f"过期 expired {r.points:,} 积分 points in {r.lots:,} lots of {r.members:,} members")
 
 
+rules_app = typer.Typer(help="积分规则 / earning rules", no_args_is_help=True)
+points_app.add_typer(rules_app, name="rules")
+
+
+@rules_app.command("list")
+def rules_list() -> None:
+    """Every earning rule, by kind and priority."""
+    from rich.table import Table
+
+    from orchard.db import transaction
+    from orchard.loyalty import rulebook
+
+    table = Table("id", "名称 name", "类型 kind", "状态 status", "优先级 priority", "配置 config")
+    with transaction(readonly=True) as session:
+        for r in rulebook.listing(session):
+            table.add_row(str(r.id), r.name, r.kind, r.status, str(r.priority),
+                          json.dumps(r.config, ensure_ascii=False))
+    console.print(table)
+
+
+@rules_app.command("load")
+def rules_load(path: Annotated[Path, typer.Argument(help="JSON: a list of rules as POST /api/v1/points/rules "
+                                                        "takes them")]) -> None:
+    """Create or replace rules from a JSON file, matched by name (one transaction: all or nothing)."""
+    from pydantic import ValidationError
+
+    from orchard.db import transaction
+    from orchard.loyalty import rulebook
+    from orchard.loyalty.schemas import RuleIn
+
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        bodies = [RuleIn.model_validate(item) for item in (raw if isinstance(raw, list) else [raw])]
+    except (OSError, ValueError, ValidationError) as exc:
+        console.print(f"[red]无法读取 cannot read {path}: {exc}[/red]")
+        raise typer.Exit(2) from None
+    try:
+        with transaction() as session:
+            for i, body in enumerate(bodies):
+                try:
+                    known = rulebook.by_name(session, body.name)
+                    rule = rulebook.replace(session, known.id, body, actor="cli") if known else \
+                        rulebook.create(session, body, actor="cli")
+                except OrchardError as exc:
+                    raise OrchardError(f"rule [{i}] {body.name!r}: {exc.detail}") from None
+                console.print(f"{'更新 replaced' if known else '新建 created'} #{rule.id} {rule.name}")
+    except OrchardError as exc:
+        console.print(f"[red]{exc.detail}[/red] (nothing loaded)")
+        raise typer.Exit(1) from None
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -6,7 +6,9 @@ Asia/Shanghai as the tenant zone, zh-CN as the language.
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -35,6 +37,12 @@ class Settings(BaseSettings):
     #: When earned points expire, in the tenant's zone (loyalty.policy): "never", "days:365",
     #: "month_end" (end of the month earned) or "year_end:1" (31 Dec of the next year, 年底清零).
     points_expiry: str = "year_end:1"
+    #: A refund reversing points already spent: "debt" (the balance goes negative and the next
+    #: earning repays it) or "cap" (take back what is left, record the shortfall, forgive the rest).
+    points_refund_policy: Literal["debt", "cap"] = "debt"
+    #: Points earned by an order are pending (not spendable) for this many days after payment, e.g.
+    #: the return window; 0: usable at once.
+    points_order_pending_days: int = Field(0, ge=0, le=365)
 
 
 @lru_cache

@@ -39,7 +39,7 @@ MASKED_MOBILE = re.compile(r"^1[3-9]\d\*{4}\d{4}$")
 #: Path parameters that name a member or a row belonging to one: routes carrying them are walked.
 MEMBER_PARAMS = {"member_id", "order_id", "refund_id", "identity_id", "event_id", "note_id", "consent_id"}
 #: Id-like path parameters known NOT to address one member's data (admin objects, merge-review pairs).
-NON_MEMBER_PARAMS = {"key_id", "candidate_id", "staff_id", "job_id"}
+NON_MEMBER_PARAMS = {"key_id", "candidate_id", "staff_id", "job_id", "rule_id"}
 NO_SUCH_ID = 987_654_321
 
 
@@ -66,7 +66,7 @@ class Target:
     def path_values(self) -> dict[str, Any]:
         return {"member_id": self.member_id, "order_id": self.order_id, "refund_id": self.refund_id,
                 "identity_id": self.identity_id, "event_id": self.event_id, "name": self.tag,
-                "channel": "sms", "purpose": "marketing"}
+                "channel": "sms", "purpose": "marketing", "external_id": f"W-{self.store}-{self.member_id}"}
 
 
 #: Per operation_id: the JSON body a member-scoped route is called with (None: no body). A valid body
@@ -76,6 +76,7 @@ ROUTE_BODIES: dict[str, Callable[[Target], dict | None]] = {
     "getMemberPoints": lambda t: None,
     "listMemberPointsEntries": lambda t: None,
     "spendMemberPoints": lambda t: {"amount": 1, "reason": "兑换", "external_id": f"W-{t.store}-{t.member_id}"},
+    "cancelMemberPointsSpend": lambda t: {"reason": "订单取消"},
     "adjustMemberPoints": lambda t: {"amount": 5, "reason": "补偿", "external_id": f"A-{t.store}-{t.member_id}"},
     "updateMember": lambda t: {"region": "新区域", "attributes": {"level": "gold"}},
     "addMemberIdentity": lambda t: {"kind": "card_no", "value": f"NEW-{t.store}-{t.member_id}"},
@@ -512,7 +513,8 @@ def test_store_clerk_sees_member_with_masked_phone_on_every_get_route(app, api, 
     for route in api_routes(app):
         if "GET" not in route.methods:
             continue
-        url = fill(route, {**sh.path_values(), "key_id": 1, "candidate_id": 1, "staff_id": 1, "job_id": 1})
+        url = fill(route, {**sh.path_values(), "key_id": 1, "candidate_id": 1, "staff_id": 1, "job_id": 1,
+              "rule_id": 1})
         r = api.call("GET", url, clerk)
         if is_member_scoped(route) and route_perms(route) <= ROLE_PERMS[Role.clerk] and r.status_code != 200:
             api.leak(f"GET {url}: the SH001 clerk should see its member, got {r.status_code} {r.text[:200]}")
@@ -594,7 +596,8 @@ def _principals(api: Api) -> dict[Role, str]:
 
 def test_role_table_is_enforced_on_every_route(app, api, world):
     principals = _principals(api)
-    values = {**world.gz.path_values(), "key_id": 1, "candidate_id": 1, "staff_id": 1, "job_id": 1}
+    values = {**world.gz.path_values(), "key_id": 1, "candidate_id": 1, "staff_id": 1, "job_id": 1,
+              "rule_id": 1}
     checked = 0
     for route in api_routes(app):
         perms = route_perms(route)
@@ -648,7 +651,8 @@ def test_role_table_is_enforced_on_every_route(app, api, world):
 
 def test_every_api_route_requires_credentials(app, api):
     values = {"member_id": 1, "order_id": 1, "refund_id": 1, "identity_id": 1, "event_id": 1, "key_id": 1,
-              "candidate_id": 1, "staff_id": 1, "job_id": 1, "name": "vip", "channel": "sms", "purpose": "marketing"}
+              "candidate_id": 1, "staff_id": 1, "job_id": 1, "rule_id": 1, "name": "vip", "channel": "sms",
+              "purpose": "marketing", "external_id": "S-1"}
     checked = 0
     for route in api_routes(app):
         if route.operation_id == "createToken":

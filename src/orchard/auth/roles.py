@@ -38,6 +38,8 @@ class Perm(StrEnum):
     points_spend = "points:spend"
     #: Manual points corrections (reason required, audited).
     points_adjust = "points:adjust"
+    #: Create and edit earning rules (audited).
+    points_rules = "points:rules"
 
 
 _FRONT_LINE = {Perm.members_read, Perm.members_write, Perm.members_consent, Perm.members_notes,
@@ -46,7 +48,7 @@ _FRONT_LINE = {Perm.members_read, Perm.members_write, Perm.members_consent, Perm
 ROLE_PERMS: dict[Role, frozenset[Perm]] = {
     Role.admin: frozenset(Perm),
     Role.hq_ops: frozenset(_FRONT_LINE | {Perm.members_merge, Perm.events_ingest, Perm.imports, Perm.points_spend,
-                                          Perm.points_adjust}),
+                                          Perm.points_adjust, Perm.points_rules}),
     Role.store_manager: frozenset(_FRONT_LINE | {Perm.points_spend, Perm.points_adjust}),
     Role.clerk: frozenset(_FRONT_LINE | {Perm.points_spend}),
     Role.service: frozenset(_FRONT_LINE - {Perm.members_write}),

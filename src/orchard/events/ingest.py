@@ -30,6 +30,7 @@ from orchard.events.models import Event, Order, Refund
 from orchard.events.schemas import BatchOut, EventIn, ItemResult, OrderIn, Outcome, RefundIn
 from orchard.kit.clock import as_utc, utcnow
 from orchard.kit.hashing import fingerprint
+from orchard.loyalty import earning
 from orchard.org import service as org
 
 _MODELS: dict[str, type] = {"order": Order, "refund": Refund, "event": Event}
@@ -44,9 +45,11 @@ def body_fingerprint(data: OrderIn | RefundIn | EventIn) -> str:
 
 
 def ingest(session: Session, *, principal: Principal, kind: str, data: OrderIn | RefundIn | EventIn,
-           body_hash: str | None = None, unseen: bool = False) -> Outcome:
+           body_hash: str | None = None, unseen: bool = False, earn: bool = True) -> Outcome:
     """`unseen`: the caller has just looked (source, external_id) up and found nothing, so the first
-    attempt goes straight to the write (a concurrent writer still ends in the re-read below)."""
+    attempt goes straight to the write (a concurrent writer still ends in the re-read below).
+    `earn`: orders and events earn points through the earning rules (bulk imports of history pass
+    False)."""
     body_hash = body_hash or body_fingerprint(data)
     for attempt in range(2):
         if not (unseen and attempt == 0):
@@ -55,7 +58,7 @@ def ingest(session: Session, *, principal: Principal, kind: str, data: OrderIn |
                 return prior
         try:
             with aggregates.item(session), session.begin_nested():
-                return _write(session, principal=principal, kind=kind, data=data, body_hash=body_hash)
+                return _write(session, principal=principal, kind=kind, data=data, body_hash=body_hash, earn=earn)
         except IntegrityError:
             # Someone wrote the same item concurrently (or a key race in identity resolution): re-read.
             if attempt == 1:
@@ -95,7 +98,8 @@ def _store_id(session: Session, code: str | None) -> int | None:
     return stores[code]
 
 
-def _write(session: Session, *, principal: Principal, kind: str, data: Any, body_hash: str) -> Outcome:
+def _write(session: Session, *, principal: Principal, kind: str, data: Any, body_hash: str,
+           earn: bool = True) -> Outcome:
     if kind == "order":
         _check_time(data.paid_at, "paid_at")
         store_id = _store_id(session, data.store_code)
@@ -104,7 +108,8 @@ def _write(session: Session, *, principal: Principal, kind: str, data: Any, body
         if member_id is None:
             raise InvalidInput.field("member", "an order needs a member: give an id or an identity other than an "
                                                "anonymous id that is not linked yet")
-        order = orders.insert_order(session, data=data, member_id=member_id, store_id=store_id, body_hash=body_hash)
+        order = orders.insert_order(session, data=data, member_id=member_id, store_id=store_id, body_hash=body_hash,
+                                    earn=earn)
         return Outcome(type="order", status="created", id=order.id, member_id=member_id, member_created=created)
     if kind == "refund":
         _check_time(data.refunded_at, "refunded_at")
@@ -123,6 +128,9 @@ def _write(session: Session, *, principal: Principal, kind: str, data: Any, body
         properties=data.properties)).inserted_primary_key[0]
     if member_id is not None:
         aggregates.on_event(session, member_id=member_id, name=data.name, occurred_at=occurred)
+        if earn:
+            earning.on_event(session, event_id=event_id, member_id=member_id, name=data.name, occurred_at=occurred,
+                             store_id=store_id, properties=data.properties)
     return Outcome(type="event", status="created", id=event_id, member_id=member_id, member_created=created)
 
 

@@ -18,9 +18,13 @@ from orchard.events import aggregates
 from orchard.events.models import Order, OrderLine, Refund, RefundLine
 from orchard.events.schemas import OrderIn, RefundIn, RefundLineIn
 from orchard.kit.clock import as_utc, utcnow
+from orchard.loyalty import earning
 
 
-def insert_order(session: Session, *, data: OrderIn, member_id: int, store_id: int | None, body_hash: str) -> Order:
+def insert_order(session: Session, *, data: OrderIn, member_id: int, store_id: int | None, body_hash: str,
+                 earn: bool = True) -> Order:
+    """`earn`: the order earns points through the earning rules (bulk imports of history do not);
+    any refund applied to it reverses what it earned either way."""
     lines = []
     for i, ln in enumerate(data.lines, start=1):
         amount = ln.amount_fen if ln.amount_fen is not None else ln.unit_price_fen * ln.quantity
@@ -39,6 +43,8 @@ def insert_order(session: Session, *, data: OrderIn, member_id: int, store_id: i
         session.execute(OrderLine.__table__.insert(), [{"order_id": order.id, "refunded_quantity": 0,
                                                         "refunded_fen": 0, **ln} for ln in lines])
     aggregates.on_order(session, member_id=member_id, amount_fen=amount, paid_at=paid_at)
+    if earn:
+        earning.on_order(session, order, lines)
     _apply_pending(session, order)
     return order
 
@@ -117,6 +123,7 @@ def _apply(session: Session, refund: Refund, order: Order) -> None:
     session.flush()
     session.expire(order, ["status"])
     aggregates.recompute(session, member_id=order.member_id)
+    earning.on_refund(session, refund, order)
 
 
 def _line_refund(item: RefundLineIn, lines: dict[int, OrderLine], by_sku: dict[str, list[OrderLine]],

@@ -221,7 +221,8 @@ def _store(kind: str, prepared: _Prepared, source: str) -> dict[int, pg_bulk.Row
 
 
 def _order(session: Session, clean: dict[str, Any], source: str) -> tuple[str, str | None]:
-    outcome = ingest.ingest(session, principal=SYSTEM, kind="order", data=pg_orders.order_model(clean, source))
+    outcome = ingest.ingest(session, principal=SYSTEM, kind="order", data=pg_orders.order_model(clean, source),
+                            earn=False)
     return ("created" if outcome.status == "created" else "unchanged"), None
 
 
@@ -300,7 +301,7 @@ def _ingest(session: Session, kind: str, schema: type[RefundIn | EventIn], field
     ingestion schema's field (the row validators catch almost everything before this)."""
     try:
         data = schema.model_validate({k: v for k, v in fields.items() if v is not None})
-        return ingest.ingest(session, principal=SYSTEM, kind=kind, data=data)
+        return ingest.ingest(session, principal=SYSTEM, kind=kind, data=data, earn=False)
     except ValidationError as exc:
         error = exc.errors()[0]
         field_ = ".".join(str(p) for p in error["loc"])

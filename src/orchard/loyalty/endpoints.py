@@ -11,12 +11,12 @@ from sqlalchemy import select
 from orchard.auth.roles import Perm
 from orchard.auth.service import Principal
 from orchard.deps import Actor, SessionDep
-from orchard.errors import InvalidInput
+from orchard.errors import InvalidInput, NotFound
 from orchard.kit.clock import as_utc, utcnow
 from orchard.kit.pagination import decode_cursor, encode_cursor
 from orchard.loyalty import ledger, policy
 from orchard.loyalty.models import PointsEntry
-from orchard.loyalty.schemas import AdjustIn, EntryPage, EntryRead, Expiring, PointsRead, SpendIn
+from orchard.loyalty.schemas import AdjustIn, CancelIn, EntryPage, EntryRead, Expiring, PointsRead, SpendIn
 from orchard.members import scope
 from orchard.org.service import store_id_for_code
 
@@ -32,7 +32,7 @@ def get_points(member_id: MemberId, session: SessionDep, principal: Actor(Perm.m
     member = scope.get_visible(session, principal, member_id)
     s = ledger.summary(session, member.id, within=dt.timedelta(days=expiring_within_days))
     return PointsRead(member_id=member.id, balance=s.balance, available=s.available, pending=s.pending,
-                      expiring=[Expiring(amount=n, expires_at=at) for at, n in s.expiring])
+                      expiring=[Expiring(amount=n, expires_at=at) for at, n in s.expiring], debt=s.debt)
 
 
 @router.get("/members/{member_id}/points/entries", response_model=EntryPage, operation_id="listMemberPointsEntries")
@@ -90,4 +90,23 @@ def adjust(member_id: MemberId, body: AdjustIn, session: SessionDep,
         expires_at=expires, pending_until=as_utc(body.pending_until) if body.pending_until else None,
         explanation={"expiry": "given" if body.expires_at else policy.describe() if body.amount > 0 else None},
         request=body.model_dump(mode="json")), now=now)
+    return EntryRead.model_validate(entry)
+
+
+@router.post("/members/{member_id}/points/spends/{external_id}/cancel", response_model=EntryRead,
+             operation_id="cancelMemberPointsSpend",
+             responses={404: {"description": "no such spend for this member"}})
+def cancel_spend(member_id: MemberId, external_id: Annotated[str, Path(min_length=1, max_length=128)],
+                 body: CancelIn, session: SessionDep, principal: Actor(Perm.points_spend),
+                 source: Annotated[str, Query(min_length=1, max_length=64)] = "api") -> EntryRead:
+    """Cancel a redemption (the order was cancelled, the gift not handed over): its points go back
+    to the lots they came from, with their own expiry. Once per spend; a repeat returns the first
+    restore."""
+    member = scope.get_visible(session, principal, member_id)
+    spend = session.scalar(select(PointsEntry).where(PointsEntry.source == source,
+                                                     PointsEntry.external_id == external_id,
+                                                     PointsEntry.member_id == member.id))
+    if spend is None:
+        raise NotFound(f"member {member.id} has no points spend {source}/{external_id}")
+    entry, _ = ledger.restore(session, spend=spend, reason=body.reason, actor=principal.actor)
     return EntryRead.model_validate(entry)

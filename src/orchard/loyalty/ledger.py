@@ -48,6 +48,12 @@ class Command:
     expires_at: dt.datetime | None = None
     pending_until: dt.datetime | None = None
     explanation: dict[str, Any] | None = None
+    order_id: int | None = None
+    #: When the points were earned (an order's paid_at); default: now.
+    earned_at: dt.datetime | None = None
+    #: A debit the lots cannot cover: "refuse" (409 points.insufficient), "debt" (the rest becomes
+    #: debt the next credits repay) or "cap" (move what there is; the caller records the shortfall).
+    on_short: str = "refuse"
     #: What the caller sent, when it is not the command itself (an expiry derived from "now" must not
     #: make a retry look like another command).
     request: dict[str, Any] | None = None
@@ -61,8 +67,9 @@ class Command:
                             "pending_until": self.pending_until.isoformat() if self.pending_until else None})
 
 
-def post(session: Session, cmd: Command, *, now: dt.datetime | None = None) -> tuple[PointsEntry, bool]:
-    """Apply `cmd` once. Returns (entry, created): created is False for a replay."""
+def post(session: Session, cmd: Command, *, now: dt.datetime | None = None) -> tuple[PointsEntry | None, bool]:
+    """Apply `cmd` once. Returns (entry, created): created is False for a replay. The entry is None
+    only for a "cap" debit that found nothing to take."""
     if cmd.amount == 0 or abs(cmd.amount) > MAX_POINTS:
         raise InvalidInput.field("amount", f"a non-zero whole number of points up to {MAX_POINTS}")
     body_hash = cmd.body_hash()
@@ -83,8 +90,10 @@ def post(session: Session, cmd: Command, *, now: dt.datetime | None = None) -> t
         if prior is None:
             raise
         return prior, False
+    if entry is None:
+        return None, True
     audit.record(session, actor=cmd.actor, action=f"points.{cmd.kind}", entity="member", entity_id=cmd.member_id,
-                 data={"entry_id": entry.id, "amount": cmd.amount, "reason": cmd.reason, "source": cmd.source,
+                 data={"entry_id": entry.id, "amount": entry.amount, "reason": cmd.reason, "source": cmd.source,
                        "external_id": cmd.external_id})
     return entry, True
 
@@ -113,13 +122,15 @@ def lock_account(session: Session, member_id: int) -> PointsAccount:
 
 
 def _entry(session: Session, account: PointsAccount, cmd: Command, body_hash: str, now: dt.datetime,
-           kind: str | None = None) -> PointsEntry:
-    account.balance += cmd.amount
+           amount: int | None = None, explanation: dict[str, Any] | None = None) -> PointsEntry:
+    amount = cmd.amount if amount is None else amount
+    account.balance += amount
     account.updated_at = now
-    entry = PointsEntry(member_id=cmd.member_id, kind=kind or cmd.kind, amount=cmd.amount,
+    entry = PointsEntry(member_id=cmd.member_id, kind=cmd.kind, amount=amount,
                         balance_after=account.balance, reason=cmd.reason, source=cmd.source,
                         external_id=cmd.external_id, body_hash=body_hash, actor=cmd.actor,
-                        explanation=cmd.explanation or {}, store_id=cmd.store_id, created_at=now)
+                        explanation=explanation if explanation is not None else cmd.explanation or {},
+                        store_id=cmd.store_id, order_id=cmd.order_id, created_at=now)
     session.add(entry)
     session.flush()
     return entry
@@ -129,11 +140,41 @@ def _credit(session: Session, account: PointsAccount, cmd: Command, body_hash: s
     if cmd.expires_at is not None and cmd.expires_at <= now:
         raise InvalidInput.field("expires_at", "lies in the past: the points would expire before they are credited")
     entry = _entry(session, account, cmd, body_hash, now)
-    session.add(PointsLot(member_id=cmd.member_id, entry_id=entry.id, amount=cmd.amount, remaining=cmd.amount,
-                          earned_at=now, expires_at=cmd.expires_at, pending_until=cmd.pending_until,
-                          store_id=cmd.store_id))
+    lot = PointsLot(member_id=cmd.member_id, entry_id=entry.id, amount=cmd.amount, remaining=cmd.amount,
+                    earned_at=cmd.earned_at or now, expires_at=cmd.expires_at, pending_until=cmd.pending_until,
+                    store_id=cmd.store_id)
+    session.add(lot)
     session.flush()
+    if account.debt > 0:
+        _repay(session, account, lot)
     return entry
+
+
+def _repay(session: Session, account: PointsAccount, lot: PointsLot) -> None:
+    """A credit repays debt first: the new lot pays the oldest debits that no lot paid yet, as late
+    allocations of those debits, so every debit ends fully allocated."""
+    left = min(lot.remaining, account.debt)
+    alloc = select(PointsAllocation.entry_id, func.sum(PointsAllocation.amount).label("paid")) \
+        .group_by(PointsAllocation.entry_id).subquery()
+    owed = session.execute(
+        select(PointsEntry.id, -PointsEntry.amount - func.coalesce(alloc.c.paid, 0))
+        .outerjoin(alloc, alloc.c.entry_id == PointsEntry.id)
+        .where(PointsEntry.member_id == account.member_id, PointsEntry.amount < 0,
+               -PointsEntry.amount > func.coalesce(alloc.c.paid, 0))
+        .order_by(PointsEntry.id)).all()
+    rows = []
+    for entry_id, unpaid in owed:
+        take = min(int(unpaid), left)
+        if take <= 0:
+            break
+        rows.append({"entry_id": entry_id, "lot_id": lot.id, "amount": take})
+        left -= take
+    repaid = sum(r["amount"] for r in rows)
+    if rows:
+        session.execute(insert(PointsAllocation), rows)
+        lot.remaining -= repaid
+        account.debt -= repaid
+        session.flush()
 
 
 def spendable(member_id: int, now: dt.datetime):
@@ -146,27 +187,96 @@ def spendable(member_id: int, now: dt.datetime):
             .order_by(PointsLot.expires_at.is_(None), PointsLot.expires_at, PointsLot.id))
 
 
-def _debit(session: Session, account: PointsAccount, cmd: Command, body_hash: str, now: dt.datetime) -> PointsEntry:
+def _reversal_order(member_id: int, order_id: int | None, now: dt.datetime):
+    """The lots a reversal takes back from: the order's own lot first, whatever its state (those are
+    the very points being reversed), then the member's other unexpired lots, pending ones included,
+    soonest-expiring first."""
+    unexpired = PointsLot.expires_at.is_(None) | (PointsLot.expires_at > now)
+    soonest = (PointsLot.expires_at.is_(None), PointsLot.expires_at, PointsLot.id)
+    q = select(PointsLot.id, PointsLot.remaining).where(PointsLot.member_id == member_id, PointsLot.remaining > 0)
+    if order_id is None:
+        return q.where(unexpired).order_by(*soonest)
+    is_own = PointsLot.entry_id.in_(select(PointsEntry.id).where(PointsEntry.order_id == order_id,
+                                                                 PointsEntry.kind == "earn"))
+    return q.where(is_own | unexpired).order_by(~is_own, *soonest)
+
+
+def _debit(session: Session, account: PointsAccount, cmd: Command, body_hash: str,
+           now: dt.datetime) -> PointsEntry | None:
     need = -cmd.amount
     plan, covered = [], 0
-    for lot_id, remaining in session.execute(spendable(cmd.member_id, now)):
+    lots = _reversal_order(cmd.member_id, cmd.order_id, now) if cmd.kind == "reverse" else \
+        spendable(cmd.member_id, now)
+    for lot_id, remaining in session.execute(lots):
         take = min(remaining, need - covered)
         plan.append((lot_id, take))
         covered += take
         if covered == need:
             break
-    if covered < need:
+    short = need - covered
+    explanation = dict(cmd.explanation or {})
+    if short and cmd.on_short == "refuse":
         raise Insufficient(covered, need)
-    entry = _entry(session, account, cmd, body_hash, now)
+    if short:
+        explanation["shortfall"] = short
+        explanation["on_short"] = cmd.on_short
+    if short and cmd.on_short == "cap" and covered == 0:
+        return None
+    if short and cmd.on_short == "debt":
+        account.debt += short  # before the entry flushes the balance: balance + debt ≥ 0 holds throughout
+    entry = _entry(session, account, cmd, body_hash, now, amount=-covered if cmd.on_short == "cap" else cmd.amount,
+                   explanation=explanation)
     for lot_id, take in plan:
         # Relative and guarded: even a writer that skipped the account lock could not overdraw a lot.
         done = session.execute(update(PointsLot).where(PointsLot.id == lot_id, PointsLot.remaining >= take)
                                .values(remaining=PointsLot.remaining - take))
         if done.rowcount != 1:
             raise Conflict("a points lot changed underneath this debit; retry", code="points.retry")
-    session.execute(insert(PointsAllocation), [{"entry_id": entry.id, "lot_id": lot_id, "amount": take}
-                                               for lot_id, take in plan])
+    if plan:
+        session.execute(insert(PointsAllocation), [{"entry_id": entry.id, "lot_id": lot_id, "amount": take}
+                                                   for lot_id, take in plan])
     return entry
+
+
+def restore(session: Session, *, spend: PointsEntry, reason: str, actor: str,
+            now: dt.datetime | None = None) -> tuple[PointsEntry, bool]:
+    """Cancel a redemption: its points go back to the lots they came from (with those lots' own
+    expiry: points restored into a lot that has expired meanwhile are expired by the next pass).
+    Once per spend: a repeat returns the first restore."""
+    if spend.kind != "spend":
+        raise InvalidInput.field("external_id", f"entry {spend.id} is a {spend.kind}, only a spend can be cancelled")
+    now = now or utcnow()
+    cmd = Command(member_id=spend.member_id, amount=-spend.amount, kind="restore", reason=reason,
+                  source="restore", external_id=str(spend.id), actor=actor, store_id=spend.store_id,
+                  explanation={"spend_entry_id": spend.id, "spend_external_id": spend.external_id,
+                               "spend_source": spend.source}, request={"spend": spend.id})
+    body_hash = cmd.body_hash()
+    if (prior := _replay(session, cmd, body_hash)) is not None:
+        return prior, False
+    with session.begin_nested():
+        account = lock_account(session, spend.member_id)
+        if (prior := _replay(session, cmd, body_hash)) is not None:
+            return prior, False
+        paid = session.execute(select(PointsAllocation.lot_id, PointsAllocation.amount)
+                               .where(PointsAllocation.entry_id == spend.id)).all()
+        entry = _entry(session, account, cmd, body_hash, now)
+        for lot_id, amount in paid:
+            done = session.execute(update(PointsLot).where(PointsLot.id == lot_id,
+                                                           PointsLot.remaining + amount <= PointsLot.amount)
+                                   .values(remaining=PointsLot.remaining + amount))
+            if done.rowcount != 1:
+                raise Conflict("a points lot would exceed its amount; the ledger needs `orchard points verify`",
+                               code="points.inconsistent")
+        session.execute(insert(PointsAllocation), [{"entry_id": entry.id, "lot_id": lot_id, "amount": -amount}
+                                                   for lot_id, amount in paid])
+        for lot_id, _ in paid:  # like any credit, a restore repays debt first
+            if account.debt == 0:
+                break
+            lot = session.get(PointsLot, lot_id, populate_existing=True)
+            _repay(session, account, lot)
+    audit.record(session, actor=actor, action="points.restore", entity="member", entity_id=spend.member_id,
+                 data={"entry_id": entry.id, "amount": entry.amount, "reason": reason, "spend_entry_id": spend.id})
+    return entry, True
 
 
 @dataclass
@@ -175,6 +285,7 @@ class Summary:
     available: int
     pending: int
     expiring: list[tuple[dt.datetime, int]]
+    debt: int = 0
 
 
 def summary(session: Session, member_id: int, *, now: dt.datetime | None = None,
@@ -182,7 +293,9 @@ def summary(session: Session, member_id: int, *, now: dt.datetime | None = None,
     """Balance (Σ entries), available (spendable now), pending (not yet usable) and what expires
     within `within`, grouped by expiry time."""
     now = now or utcnow()
-    balance = session.scalar(select(PointsAccount.balance).where(PointsAccount.member_id == member_id)) or 0
+    account = session.execute(select(PointsAccount.balance, PointsAccount.debt)
+                              .where(PointsAccount.member_id == member_id)).first()
+    balance, debt = account if account is not None else (0, 0)
     available = session.scalar(select(func.coalesce(func.sum(spendable(member_id, now).subquery().c.remaining), 0)))
     pending = session.scalar(select(func.coalesce(func.sum(PointsLot.remaining), 0)).where(
         PointsLot.member_id == member_id, PointsLot.remaining > 0, PointsLot.pending_until > now,
@@ -192,4 +305,4 @@ def summary(session: Session, member_id: int, *, now: dt.datetime | None = None,
         .where(PointsLot.member_id == member_id, PointsLot.remaining > 0, PointsLot.expires_at > now,
                PointsLot.expires_at <= now + within)
         .group_by(PointsLot.expires_at).order_by(PointsLot.expires_at)).all()
-    return Summary(int(balance), int(available), int(pending), [(at, int(n)) for at, n in expiring])
+    return Summary(int(balance), int(available), int(pending), [(at, int(n)) for at, n in expiring], int(debt))

@@ -21,24 +21,41 @@ CHECKS: tuple[tuple[str, str, str], ...] = (
     ("balance_after_is_running_sum", "each entry's balance_after = running Σ in entry order",
      "SELECT count(*) FROM (SELECT balance_after, sum(amount) OVER (PARTITION BY member_id ORDER BY id) AS run "
      "FROM points_entries) x WHERE balance_after <> run"),
-    ("balance_is_sum_of_lots", "account balance = Σ lot remaining",
+    ("balance_is_lots_less_debt", "account balance = Σ lot remaining − debt",
      "SELECT count(*) FROM points_accounts a LEFT JOIN (SELECT member_id, sum(remaining) AS s FROM points_lots "
-     "GROUP BY member_id) l ON l.member_id = a.member_id WHERE a.balance <> coalesce(l.s, 0)"),
+     "GROUP BY member_id) l ON l.member_id = a.member_id WHERE a.balance <> coalesce(l.s, 0) - a.debt"),
     ("lot_remaining_in_range", "0 ≤ lot remaining ≤ lot amount",
      "SELECT count(*) FROM points_lots WHERE remaining < 0 OR remaining > amount"),
     ("lot_remaining_is_amount_less_allocations", "lot remaining = amount − Σ allocations from it",
      "SELECT count(*) FROM points_lots l LEFT JOIN (SELECT lot_id, sum(amount) AS s FROM points_allocations "
      "GROUP BY lot_id) x ON x.lot_id = l.id WHERE l.remaining <> l.amount - coalesce(x.s, 0)"),
-    ("credits_have_their_lot", "every credit entry created one lot of its amount",
+    ("credits_have_their_lot", "every credit (but a restore) created one lot of its amount; a restore none",
      "SELECT count(*) FROM points_entries e LEFT JOIN points_lots l ON l.entry_id = e.id "
-     "WHERE e.amount > 0 AND (l.id IS NULL OR l.amount <> e.amount OR l.member_id <> e.member_id)"),
-    ("debits_fully_allocated", "every debit entry is fully allocated to lots of its member",
+     "WHERE e.amount > 0 AND (CASE WHEN e.kind = 'restore' THEN l.id IS NOT NULL "
+     "ELSE (l.id IS NULL OR l.amount <> e.amount OR l.member_id <> e.member_id) END)"),
+    ("debits_fully_allocated", "every debit and restore is fully allocated to lots of its member (a reversal "
+     "may owe the part that is debt)",
      "SELECT count(*) FROM points_entries e LEFT JOIN (SELECT x.entry_id, sum(x.amount) AS s, "
      "max(CASE WHEN l.member_id <> m.member_id THEN 1 ELSE 0 END) AS foreign_lot FROM points_allocations x "
      "JOIN points_lots l ON l.id = x.lot_id JOIN points_entries m ON m.id = x.entry_id GROUP BY x.entry_id) a "
-     "ON a.entry_id = e.id WHERE e.amount < 0 AND (coalesce(a.s, 0) <> -e.amount OR a.foreign_lot = 1)"),
-    ("allocations_only_for_debits", "allocations belong to debit entries",
-     "SELECT count(*) FROM points_allocations x JOIN points_entries e ON e.id = x.entry_id WHERE e.amount > 0"),
+     "ON a.entry_id = e.id WHERE (e.amount < 0 OR e.kind = 'restore') AND (a.foreign_lot = 1 OR "
+     "CASE WHEN e.kind = 'reverse' THEN coalesce(a.s, 0) > -e.amount OR coalesce(a.s, 0) < 0 "
+     "ELSE coalesce(a.s, 0) <> -e.amount END)"),
+    ("debt_is_unpaid_reversals", "account debt = Σ of debits no lot has paid yet",
+     "SELECT count(*) FROM points_accounts a LEFT JOIN (SELECT e.member_id, sum(-e.amount - coalesce(x.s, 0)) AS owed "
+     "FROM points_entries e LEFT JOIN (SELECT entry_id, sum(amount) AS s FROM points_allocations GROUP BY entry_id) x "
+     "ON x.entry_id = e.id WHERE e.amount < 0 GROUP BY e.member_id) o ON o.member_id = a.member_id "
+     "WHERE a.debt <> coalesce(o.owed, 0)"),
+    ("allocation_signs", "allocations draw (> 0) for debits and give back (< 0) only for restores",
+     "SELECT count(*) FROM points_allocations x JOIN points_entries e ON e.id = x.entry_id "
+     "WHERE (e.amount < 0 AND x.amount < 0) OR (e.amount > 0 AND (e.kind <> 'restore' OR x.amount > 0))"),
+    ("earnings_match_awards", "an earn entry = Σ of its rule awards; a reversal moved no more than its awards",
+     "SELECT count(*) FROM points_entries e JOIN (SELECT entry_id, sum(points) AS s FROM points_awards "
+     "GROUP BY entry_id) w ON w.entry_id = e.id "
+     "WHERE (e.kind = 'earn' AND w.s <> e.amount) OR (e.kind = 'reverse' AND w.s > e.amount)"),
+    ("awards_never_over_reversed", "no order line has more reversed than it earned, per rule",
+     "SELECT count(*) FROM (SELECT order_id, rule_id, line_no, sum(points) AS s FROM points_awards "
+     "WHERE order_id IS NOT NULL GROUP BY order_id, rule_id, line_no) w WHERE w.s < 0"),
 )
 
 

@@ -1,0 +1,206 @@
+"""Earning from orders and events through the rules, and reversal by refunds (SPEC L2, L3).
+
+An order earns once, in the transaction that stores it: one `earn` entry (source "order", external
+id = the order's id, so it cannot earn twice), one lot (earned at the order's paid_at, expiring by
+the configured policy, pending for `points_order_pending_days`), and one award row per rule and
+line saying who gave what. A refund reverses, line by line, the share of each award its refunds
+have now covered — computed from the order's cumulative refunded amounts, so partial refunds in any
+number and order end, at a full refund, in exactly what was earned — as one `reverse` entry linked
+to the order. A refund that arrives before its order is applied when the order arrives, after the
+order has earned, so it reverses too.
+
+Orders whose points would already have expired (history loaded late) earn nothing. Bulk imports
+load history and do not earn (`ingest(earn=False)`); refunds reverse whatever the order earned,
+however they arrive.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from fractions import Fraction
+from typing import Any
+
+from sqlalchemy import case, func, insert, select
+from sqlalchemy.orm import Session
+
+from orchard.audit import service as audit
+from orchard.config import get_settings
+from orchard.events.models import Order, OrderLine, Refund
+from orchard.kit.clock import utcnow
+from orchard.loyalty import ledger, policy
+from orchard.loyalty.models import EarningRule, PointsAward
+from orchard.loyalty.rules import (
+    CapsUsed,
+    Cart,
+    EventFacts,
+    Line,
+    Rule,
+    evaluate_event,
+    evaluate_order,
+    parse_config,
+    period_end,
+    period_start,
+)
+from orchard.members.models import Member
+from orchard.org.models import OrgUnit
+
+ACTOR = "system:earning"
+
+
+def load_rules(session: Session, kinds: tuple[str, ...] = ("amount", "multiplier")) -> list[Rule]:
+    rows = session.scalars(select(EarningRule).where(EarningRule.status == "active", EarningRule.kind.in_(kinds)))
+    return [to_rule(r) for r in rows]
+
+
+def to_rule(row: EarningRule) -> Rule:
+    return Rule(id=row.id, name=row.name, kind=row.kind, config=parse_config(row.kind, row.config),
+                priority=row.priority, stop_further=row.stop_further, starts_at=row.starts_at, ends_at=row.ends_at)
+
+
+def caps_used(session: Session, member_id: int) -> CapsUsed:
+    """What each rule already gave the member in a period (net of reversals)."""
+    def used(rule_id: int, period: str, at: dt.datetime) -> int:
+        q = select(func.coalesce(func.sum(PointsAward.points), 0)).where(
+            PointsAward.member_id == member_id, PointsAward.rule_id == rule_id)
+        start = period_start(period, at)
+        if start is not None:
+            q = q.where(PointsAward.awarded_at >= start, PointsAward.awarded_at < period_end(period, start))
+        return int(session.scalar(q))
+    return used
+
+
+def _store_code(session: Session, store_id: int | None) -> str | None:
+    return session.scalar(select(OrgUnit.code).where(OrgUnit.id == store_id)) if store_id else None
+
+
+def cart_of(session: Session, order: Order, lines: list[dict[str, Any]]) -> Cart:
+    birthday = session.scalar(select(Member.birthday).where(Member.id == order.member_id))
+    return Cart(paid_at=order.paid_at, amount_fen=order.amount_fen, store=_store_code(session, order.store_id),
+                channel=order.channel, birthday=birthday,
+                lines=[Line(ln["line_no"], ln["amount_fen"], ln.get("category"), ln.get("sku")) for ln in lines])
+
+
+def on_order(session: Session, order: Order, lines: list[dict[str, Any]], *,
+             now: dt.datetime | None = None) -> ledger.PointsEntry | None:
+    rules = load_rules(session)
+    if not any(r.kind == "amount" for r in rules):
+        return None
+    outcomes = evaluate_order(cart_of(session, order, lines), rules, caps_used(session, order.member_id))
+    total = sum(o.points for o in outcomes)
+    now = now or utcnow()
+    expires = policy.expires_at(order.paid_at)
+    if total <= 0 or (expires is not None and expires <= now):
+        return None
+    days = get_settings().points_order_pending_days
+    pending = order.paid_at + dt.timedelta(days=days) if days else None
+    entry, created = ledger.post(session, ledger.Command(
+        member_id=order.member_id, amount=total, kind="earn", reason=f"消费积分 订单 {order.external_id}"[:200],
+        source="order", external_id=str(order.id), actor=ACTOR, store_id=order.store_id, expires_at=expires,
+        pending_until=pending if pending and pending > now else None, order_id=order.id, earned_at=order.paid_at,
+        explanation={"order": {"id": order.id, "source": order.source, "external_id": order.external_id,
+                               "amount_fen": order.amount_fen},
+                     "rules": [o.as_json() for o in outcomes], "expiry": policy.describe()},
+        request={"order_id": order.id}), now=now)
+    if created:
+        _awards(session, [{"entry_id": entry.id, "member_id": order.member_id, "rule_id": o.rule_id,
+                           "order_id": order.id, "line_no": line_no, "points": n, "awarded_at": order.paid_at}
+                          for o in outcomes for line_no, n in o.lines.items() if n])
+    return entry
+
+
+def on_event(session: Session, *, event_id: int, member_id: int, name: str, occurred_at: dt.datetime,
+             store_id: int | None, properties: dict[str, Any], now: dt.datetime | None = None
+             ) -> ledger.PointsEntry | None:
+    rules = load_rules(session, ("event",))
+    if not any(r.config.event == name for r in rules):
+        return None
+    facts = EventFacts(name=name, occurred_at=occurred_at, store=_store_code(session, store_id),
+                       properties=properties or {})
+    outcomes = evaluate_event(facts, rules, caps_used(session, member_id))
+    total = sum(o.points for o in outcomes)
+    now = now or utcnow()
+    expires = policy.expires_at(occurred_at)
+    if total <= 0 or (expires is not None and expires <= now):
+        return None
+    entry, created = ledger.post(session, ledger.Command(
+        member_id=member_id, amount=total, kind="earn", reason=f"行为积分 {name}"[:200], source="event",
+        external_id=str(event_id), actor=ACTOR, store_id=store_id, expires_at=expires, earned_at=occurred_at,
+        explanation={"event": {"id": event_id, "name": name}, "rules": [o.as_json() for o in outcomes],
+                     "expiry": policy.describe()},
+        request={"event_id": event_id}), now=now)
+    if created:
+        _awards(session, [{"entry_id": entry.id, "member_id": member_id, "rule_id": o.rule_id, "order_id": None,
+                           "line_no": None, "points": o.points, "awarded_at": occurred_at}
+                          for o in outcomes if o.points])
+    return entry
+
+
+def _awards(session: Session, rows: list[dict[str, Any]]) -> None:
+    if rows:
+        session.execute(insert(PointsAward), [{"refund_id": None, **r} for r in rows])
+
+
+def refunded_share(order: Order, lines: dict[int, OrderLine]) -> dict[int | None, Fraction]:
+    """The refunded fraction of each line (and of the whole order, key None), from the order's
+    cumulative refunds. An amount-only refund (not attributed to lines) is spread over what the
+    lines still have open, pro rata; a fully refunded order is refunded everywhere."""
+    if order.amount_fen <= order.refunded_fen:
+        return {None: Fraction(1), **{n: Fraction(1) for n in lines}}
+    share: dict[int | None, Fraction] = {None: Fraction(order.refunded_fen, order.amount_fen or 1)}
+    by_lines = sum(ln.refunded_fen for ln in lines.values())
+    unattributed = max(0, order.refunded_fen - by_lines)
+    open_total = sum(ln.amount_fen - ln.refunded_fen for ln in lines.values())
+    for n, ln in lines.items():
+        if ln.amount_fen <= 0:
+            share[n] = Fraction(1) if ln.refunded_quantity >= ln.quantity else Fraction(0)
+            continue
+        spread = Fraction(unattributed * (ln.amount_fen - ln.refunded_fen), open_total) if open_total else 0
+        share[n] = min(Fraction(1), (ln.refunded_fen + spread) / ln.amount_fen)
+    return share
+
+
+def on_refund(session: Session, refund: Refund, order: Order, *,
+              now: dt.datetime | None = None) -> ledger.PointsEntry | None:
+    """Take back what the order's refunds now cover and was not taken back yet."""
+    pts = PointsAward.points
+    awards = session.execute(
+        select(PointsAward.rule_id, PointsAward.line_no, func.sum(case((pts > 0, pts), else_=0)),
+               func.sum(case((pts < 0, pts), else_=0)))
+        .where(PointsAward.order_id == order.id).group_by(PointsAward.rule_id, PointsAward.line_no)).all()
+    if not awards:
+        return None
+    lines = {ln.line_no: ln for ln in session.scalars(select(OrderLine).where(OrderLine.order_id == order.id))}
+    share = refunded_share(order, lines)
+    deltas = []
+    for rule_id, line_no, earned, reversed_ in awards:
+        earned = int(earned)  # PostgreSQL sums bigints as numeric
+        f = share.get(line_no, share[None])
+        target = (2 * earned * f.numerator + f.denominator) // (2 * f.denominator)  # round half up
+        if (delta := target + int(reversed_)) > 0:
+            deltas.append((rule_id, line_no, delta))
+    total = sum(d for _, _, d in deltas)
+    if total == 0:
+        return None
+    on_short = get_settings().points_refund_policy
+    entry, created = ledger.post(session, ledger.Command(
+        member_id=order.member_id, amount=-total, kind="reverse",
+        reason=f"退款扣回积分 订单 {order.external_id}"[:200], source="refund", external_id=str(refund.id),
+        actor=ACTOR, store_id=order.store_id, order_id=order.id, on_short=on_short,
+        explanation={"order": {"id": order.id, "external_id": order.external_id, "amount_fen": order.amount_fen,
+                               "refunded_fen": order.refunded_fen},
+                     "refund": {"id": refund.id, "external_id": refund.external_id},
+                     "lines": [{"rule_id": r, "line": "order" if n is None else n, "points": d}
+                               for r, n, d in deltas]},
+        request={"refund_id": refund.id}), now=now)
+    if not created:
+        return entry
+    _awards(session, [{"entry_id": entry.id if entry else None, "member_id": order.member_id, "rule_id": r,
+                       "order_id": order.id, "line_no": n, "points": -d, "awarded_at": order.paid_at,
+                       "refund_id": refund.id} for r, n, d in deltas])
+    moved = -entry.amount if entry else 0
+    if moved < total:
+        audit.record(session, actor=ACTOR, action="points.reverse_shortfall", entity="member",
+                     entity_id=order.member_id,
+                     data={"order_id": order.id, "refund_id": refund.id, "due": total, "taken": moved,
+                           "shortfall": total - moved, "policy": on_short})
+    return entry
