@@ -133,3 +133,15 @@ def test_the_cli_loads_a_small_demo(clean_db, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "orchard.cli", "demo", "--industry", "bank"], capture_output=True,
                          text=True, env=env, timeout=120)
     assert bad.returncode == 2 and "bank" in bad.stderr
+
+
+def test_the_demo_starts_with_earning_rules_and_a_new_order_earns(client, tmp_path):
+    load_demo(members=5, seed=1, directory=tmp_path)
+    load_demo(members=5, seed=1, directory=tmp_path / "again")
+    token = client.post("/api/v1/auth/token", json={"username": "admin", "password": "orchard-demo"}).json()
+    auth_header = {"Authorization": f"Bearer {token['access_token']}"}
+    rules = client.get("/api/v1/points/rules", headers=auth_header).json()
+    assert len(rules) == 5 and {r["kind"] for r in rules} == {"amount", "multiplier", "event"}
+    r = client.post("/api/v1/points/rules/dry-run", headers=auth_header,
+                    json={"paid_at": "2026-11-26T12:00:00+08:00", "amount_fen": 12800})  # a Thursday
+    assert r.json()["total"] == 128

@@ -270,3 +270,39 @@ def test_dry_run_explains_a_cart_rule_by_rule(client, pos):
     assert client.post("/api/v1/points/rules/dry-run", headers=admin, json={}).status_code == 422
     assert client.post("/api/v1/points/rules/dry-run", headers=admin,
                        json={"member_id": 10**9, "amount_fen": 1}).status_code == 404
+
+
+def test_a_merge_moves_points_with_their_expiry_and_debt(client, pos):
+    admin, key = pos
+    add_rule(client, admin, AMOUNT_RULE)
+    a = buy(client, key, "OA", phone="13900000001")  # A: 130
+    b = buy(client, key, "OB", phone="13900000002")  # B: 130 from an order, and a lot of its own expiry
+    client.post(f"/api/v1/members/{b}/points/adjust", headers=admin,
+                json={"amount": 20, "reason": "补偿", "external_id": "B-1", "expires_at": "2099-06-30T16:00:00Z"})
+    r = client.post(f"/api/v1/members/{a}/merge", headers=admin, json={"merge_id": b, "reason": "同一人"})
+    assert r.status_code == 200, r.text
+    assert r.json()["moved"]["points"] == 150
+    p = points(client, admin, a)
+    assert p["balance"] == 280
+    far = client.get(f"/api/v1/members/{a}/points?expiring_within_days=3660", headers=admin).json()
+    assert far["expiring"] == []  # never (the test policy) and 2099 are both beyond ten years
+    # OB is A's order now: its refund takes the points back from A.
+    refund(client, key, "RB", "OB")
+    assert points(client, admin, a)["balance"] == 150
+    assert violations() == {}
+
+
+def test_a_merge_carries_the_merged_members_debt(client, pos):
+    admin, key = pos
+    add_rule(client, admin, AMOUNT_RULE)
+    a = buy(client, key, "OA", phone="13900000001")  # A: 130
+    b = buy(client, key, "OB", phone="13900000002")
+    client.post(f"/api/v1/members/{b}/points/spend", headers=admin,
+                json={"amount": 130, "reason": "兑换", "external_id": "S-B"})
+    refund(client, key, "RB", "OB")  # B owes 130
+    assert points(client, admin, b)["debt"] == 130
+    r = client.post(f"/api/v1/members/{a}/merge", headers=admin, json={"merge_id": b, "reason": "同一人"})
+    assert r.status_code == 200, r.text
+    p = points(client, admin, a)
+    assert (p["balance"], p["debt"]) == (0, 0)  # A's 130 paid B's debt
+    assert violations() == {}

@@ -75,6 +75,7 @@ def load_demo(*, members: int = 300, seed: int = 7, months: int = 12, industry: 
     industry = Industry(industry)
     with transaction() as session:
         ensure_org_and_staff(session)
+        ensure_earning_rules(session)
     directory = directory or Path(tempfile.mkdtemp(prefix="orchard-demo-"))
     directory.mkdir(parents=True, exist_ok=True)
     files = generate.write_csvs(directory, members=members, seed=seed, months=months, industry=industry,
@@ -105,6 +106,29 @@ def load_demo(*, members: int = 300, seed: int = 7, months: int = 12, industry: 
     with transaction() as session:
         result.new_candidates = candidates.scan_name_birthday(session)
     return result
+
+
+#: The rules a brand starts from, so orders and events sent to the demo earn points at once. The
+#: imported history does not earn (imports never do).
+DEMO_RULES: tuple[dict, ...] = (
+    {"name": "每消费1元积1分", "kind": "amount", "config": {"points": 1, "per_fen": 100}},
+    {"name": "周三会员日双倍积分", "kind": "multiplier",
+     "config": {"factor": "2", "when": {"type": "member_day", "weekdays": [3]}}},
+    {"name": "生日月1.5倍积分", "kind": "multiplier", "config": {"factor": "1.5", "when": {"type": "birthday_month"}}},
+    {"name": "注册礼100分", "kind": "event", "config": {"event": "sign_up", "points": 100, "caps": {"lifetime": 100}}},
+    {"name": "每日签到5分", "kind": "event", "config": {"event": "check_in", "points": 5, "caps": {"day": 5}}},
+)
+
+
+def ensure_earning_rules(session) -> None:
+    """Create the demo rules once (a database that already has rules keeps its own)."""
+    from orchard.loyalty import rulebook
+    from orchard.loyalty.schemas import RuleIn
+
+    if rulebook.listing(session):
+        return
+    for body in DEMO_RULES:
+        rulebook.create(session, RuleIn.model_validate(body), actor="demo")
 
 
 def _data_rows(path: Path) -> int:

@@ -205,7 +205,7 @@ def _debit(session: Session, account: PointsAccount, cmd: Command, body_hash: st
            now: dt.datetime) -> PointsEntry | None:
     need = -cmd.amount
     plan, covered = [], 0
-    lots = _reversal_order(cmd.member_id, cmd.order_id, now) if cmd.kind == "reverse" else \
+    lots = _reversal_order(cmd.member_id, cmd.order_id, now) if cmd.kind in ("reverse", "transfer") else \
         spendable(cmd.member_id, now)
     for lot_id, remaining in session.execute(lots):
         take = min(remaining, need - covered)
@@ -277,6 +277,55 @@ def restore(session: Session, *, spend: PointsEntry, reason: str, actor: str,
     audit.record(session, actor=actor, action="points.restore", entity="member", entity_id=spend.member_id,
                  data={"entry_id": entry.id, "amount": entry.amount, "reason": reason, "spend_entry_id": spend.id})
     return entry, True
+
+
+def transfer_all(session: Session, *, from_id: int, to_id: int, tag: str, actor: str,
+                 now: dt.datetime | None = None) -> int:
+    """Move a member's points to another (a merge): each unexpired lot with points left becomes a lot
+    of the survivor with the same expiry, pending time, store and earning time (a `transfer` out of
+    one, a `transfer` in to the other), and any debt moves too. Lots already past expiry stay for the
+    expiry pass. Returns the points moved."""
+    if session.get(PointsAccount, from_id) is None:
+        return 0
+    now = now or utcnow()
+    first, second = sorted((from_id, to_id))
+    locked = {first: lock_account(session, first), second: lock_account(session, second)}
+    src, dst = locked[from_id], locked[to_id]
+    lots = session.scalars(select(PointsLot).where(
+        PointsLot.member_id == from_id, PointsLot.remaining > 0,
+        PointsLot.expires_at.is_(None) | (PointsLot.expires_at > now)).order_by(PointsLot.id)).all()
+    moved = 0
+    for lot in lots:
+        n = lot.remaining
+        out = Command(member_id=from_id, amount=-n, kind="transfer", reason=f"会员合并 转出至会员 {to_id}",
+                      source="merge", external_id=f"{tag}:out:{lot.id}", actor=actor, store_id=lot.store_id,
+                      explanation={"to_member_id": to_id, "lot_id": lot.id})
+        entry = _entry(session, src, out, out.body_hash(), now)
+        done = session.execute(update(PointsLot).where(PointsLot.id == lot.id, PointsLot.remaining == n)
+                               .values(remaining=0))
+        if done.rowcount != 1:
+            raise Conflict("a points lot changed underneath a merge; retry", code="points.retry")
+        session.execute(insert(PointsAllocation), [{"entry_id": entry.id, "lot_id": lot.id, "amount": n}])
+        into = Command(member_id=to_id, amount=n, kind="transfer", reason=f"会员合并 转入自会员 {from_id}",
+                       source="merge", external_id=f"{tag}:in:{lot.id}", actor=actor, store_id=lot.store_id,
+                       expires_at=lot.expires_at, pending_until=lot.pending_until, earned_at=lot.earned_at,
+                       explanation={"from_member_id": from_id, "lot_id": lot.id})
+        _credit(session, dst, into, into.body_hash(), now)
+        moved += n
+    if src.debt:
+        owed = src.debt
+        # The merged member's debt is settled by a transfer credit (which repays it at once) and
+        # becomes the survivor's: taken from its lots, the rest owed.
+        settle = Command(member_id=from_id, amount=owed, kind="transfer", reason=f"会员合并 欠分转至会员 {to_id}",
+                         source="merge", external_id=f"{tag}:debt-out", actor=actor,
+                         explanation={"to_member_id": to_id, "debt": owed})
+        _credit(session, src, settle, settle.body_hash(), now)
+        take = Command(member_id=to_id, amount=-owed, kind="transfer", reason=f"会员合并 承接会员 {from_id} 欠分",
+                       source="merge", external_id=f"{tag}:debt-in", actor=actor, on_short="debt",
+                       explanation={"from_member_id": from_id, "debt": owed})
+        _debit(session, dst, take, take.body_hash(), now)
+    session.flush()
+    return moved
 
 
 @dataclass

@@ -34,12 +34,12 @@ CHECKS: tuple[tuple[str, str, str], ...] = (
      "WHERE e.amount > 0 AND (CASE WHEN e.kind = 'restore' THEN l.id IS NOT NULL "
      "ELSE (l.id IS NULL OR l.amount <> e.amount OR l.member_id <> e.member_id) END)"),
     ("debits_fully_allocated", "every debit and restore is fully allocated to lots of its member (a reversal "
-     "may owe the part that is debt)",
+     "or a merge transfer may owe the part that is debt)",
      "SELECT count(*) FROM points_entries e LEFT JOIN (SELECT x.entry_id, sum(x.amount) AS s, "
      "max(CASE WHEN l.member_id <> m.member_id THEN 1 ELSE 0 END) AS foreign_lot FROM points_allocations x "
      "JOIN points_lots l ON l.id = x.lot_id JOIN points_entries m ON m.id = x.entry_id GROUP BY x.entry_id) a "
      "ON a.entry_id = e.id WHERE (e.amount < 0 OR e.kind = 'restore') AND (a.foreign_lot = 1 OR "
-     "CASE WHEN e.kind = 'reverse' THEN coalesce(a.s, 0) > -e.amount OR coalesce(a.s, 0) < 0 "
+     "CASE WHEN e.kind IN ('reverse', 'transfer') THEN coalesce(a.s, 0) > -e.amount OR coalesce(a.s, 0) < 0 "
      "ELSE coalesce(a.s, 0) <> -e.amount END)"),
     ("debt_is_unpaid_reversals", "account debt = Σ of debits no lot has paid yet",
      "SELECT count(*) FROM points_accounts a LEFT JOIN (SELECT e.member_id, sum(-e.amount - coalesce(x.s, 0)) AS owed "

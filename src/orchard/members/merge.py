@@ -1,7 +1,8 @@
 """Merging member B into member A (SPEC M3), in one transaction.
 
 Moves identities, orders, refunds, events, notes, tags, consents and consent history to A with a
-handful of set-based UPDATE/INSERT statements; fills A's empty profile fields from B; leaves a merge
+handful of set-based UPDATE/INSERT statements, and B's points as ledger transfers (lots keep their
+expiry; B's history stays B's); fills A's empty profile fields from B; leaves a merge
 record and an audit row; marks B merged with `merged_into_id = A` (and re-points anyone already
 merged into B), so B's id resolves to A everywhere. Rows are locked in id order (deadlock-free).
 """
@@ -18,6 +19,8 @@ from orchard.events import aggregates
 from orchard.events.models import Event, Order, Refund
 from orchard.identity.models import Identity
 from orchard.kit.clock import utcnow
+from orchard.loyalty import ledger
+from orchard.loyalty.models import PointsAward
 from orchard.members import scope
 from orchard.members.models import (
     Consent,
@@ -64,6 +67,9 @@ def merge(session: Session, *, principal: Principal, survivor_id: int, merged_id
     session.execute(update(Member).where(Member.merged_into_id == b.id).values(merged_into_id=a.id))
     session.flush()
 
+    moved["points"] = ledger.transfer_all(session, from_id=b.id, to_id=a.id, tag=f"{a.id}<-{b.id}",
+                                          actor=principal.actor)
+    session.execute(update(PointsAward).where(PointsAward.member_id == b.id).values(member_id=a.id))
     _settle_candidates(session, a.id, b.id)
     session.execute(delete(MemberAggregate).where(MemberAggregate.member_id == b.id))
     aggregates.recompute(session, member_id=a.id)
