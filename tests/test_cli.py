@@ -98,3 +98,32 @@ def test_points_rules_load_list_and_refuse_a_bad_file_whole(clean_db, tmp_path):
     listing = run("points", "rules", "list").stdout
     assert "每元1分" in listing and "会员日" in listing and "新规则" not in listing
     assert run("points", "rules", "load", str(tmp_path / "missing.json"), check=False).returncode == 2
+
+
+def test_tiers_evaluate_and_show(client):
+    from tests.factories import headers, token_for
+
+    admin = headers(token_for(client, "admin"))
+    assert run("tiers", "show", check=False).returncode == 1
+    r = client.put("/api/v1/tiers", headers=admin, json={"levels": [
+        {"code": "BASE", "name": "普通会员", "rank": 0, "threshold": 0},
+        {"code": "GOLD", "name": "金卡", "rank": 1, "threshold": 1}], "metric": "orders"})
+    assert r.status_code == 200
+    client.post("/api/v1/members", headers=admin, json={"name": "甲"})
+    assert "evaluated" in run("tiers", "evaluate").stdout
+    out = run("tiers", "show").stdout
+    assert "金卡" in out and "orders" in out
+
+
+def test_points_liability_prints_the_months(clean_db):
+    from tests.loyalty.test_reports import scenario
+
+    scenario()
+    out = run("points", "liability", "--from", "2026-03", "--to", "2026-05").stdout
+    assert "2026-04" in out and "SH001" in out and "70" in out
+    assert run("points", "liability", "--from", "2026-05", "--to", "2026-03", check=False).returncode == 2
+
+
+def test_points_anomalies_scans_a_day(clean_db):
+    assert "member spikes 0" in run("points", "anomalies", "--day", "2026-11-20").stdout
+    assert run("points", "anomalies", "--day", "20th", check=False).returncode == 2

@@ -6,12 +6,19 @@ from orchard.auth.endpoints import router as auth_router
 from orchard.events.endpoints import router as events_router
 from orchard.exports.endpoints import router as exports_router
 from orchard.imports.endpoints import router as imports_router
+from orchard.loyalty.benefit_endpoints import router as benefits_router
+from orchard.loyalty.catalog_endpoints import router as catalog_router
 from orchard.loyalty.endpoints import router as points_router
+from orchard.loyalty.engagement_endpoints import router as engagement_router
+from orchard.loyalty.flag_endpoints import router as points_flags_router
+from orchard.loyalty.report_endpoints import router as points_reports_router
 from orchard.loyalty.rule_endpoints import router as points_rules_router
+from orchard.loyalty.tier_endpoints import router as tiers_router
 from orchard.members.endpoints import router as members_router
 from orchard.org.endpoints import router as org_router
 
 api_router = APIRouter(prefix="/api/v1")
 for router in (auth_router, org_router, members_router, events_router, exports_router, imports_router,
-               points_rules_router, points_router):
+               points_rules_router, points_reports_router, points_router, tiers_router,
+               engagement_router, points_flags_router, benefits_router, catalog_router):
     api_router.include_router(router)

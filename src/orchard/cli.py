@@ -383,6 +383,52 @@ def points_expire() -> None:
     console.print(f"过期 expired {r.points:,} 积分 points in {r.lots:,} lots of {r.members:,} members")
 
 
+@points_app.command("liability")
+def points_liability(first: Annotated[str, typer.Option("--from", help="YYYY-MM (tenant zone)")],
+                     last: Annotated[str, typer.Option("--to", help="YYYY-MM, inclusive")]) -> None:
+    """Points liability by month and issuing store: issued, spent, expired, reversed, adjusted out,
+    outstanding at month end."""
+    from rich.table import Table
+    from sqlalchemy import select
+
+    from orchard.db import transaction
+    from orchard.loyalty import reports
+    from orchard.org.models import OrgUnit
+
+    with transaction(readonly=True) as session:
+        try:
+            rows = reports.liability(session, first, last)
+        except ValueError as exc:
+            console.print(f"[red]{exc}[/red] (months as YYYY-MM)")
+            raise typer.Exit(2) from None
+        codes = dict(session.execute(select(OrgUnit.id, OrgUnit.code)).all())
+    table = Table("月份 month", "门店 store", "发放 issued", "使用 spent", "过期 expired", "退款扣回 reversed",
+                  "调减 adjusted", "余额 outstanding")
+    for r in rows:
+        table.add_row(r.month, codes.get(r.store_id, "-"), *(f"{n:,}" for n in (
+            r.issued, r.spent, r.expired, r.reversed, r.adjusted_out, r.outstanding)))
+    console.print(table)
+
+
+@points_app.command("anomalies")
+def points_anomalies(day: Annotated[str | None, typer.Option(help="YYYY-MM-DD (tenant zone); default yesterday")]
+                     = None, factor: int = 10, min_points: int = 1000, burst_orders: int = 10) -> None:
+    """Flag the day's earning spikes and order bursts for review (schedule daily; re-running adds nothing)."""
+    from orchard.db import transaction
+    from orchard.kit.clock import tenant_zone, utcnow
+    from orchard.loyalty import anomalies
+
+    try:
+        when = dt.date.fromisoformat(day) if day else utcnow().astimezone(tenant_zone()).date() - dt.timedelta(days=1)
+    except ValueError:
+        console.print(f"[red]not a date: {day}[/red] (YYYY-MM-DD)")
+        raise typer.Exit(2) from None
+    with transaction() as session:
+        r = anomalies.scan(session, when, factor=factor, min_points=min_points, burst_orders=burst_orders)
+    console.print(f"{r.day}: 会员积分异常 member spikes {r.member_spikes}, 门店积分异常 store spikes {r.store_spikes}, "
+                  f"同店频繁下单 order bursts {r.order_bursts}")
+
+
 rules_app = typer.Typer(help="积分规则 / earning rules", no_args_is_help=True)
 points_app.add_typer(rules_app, name="rules")
 
@@ -432,6 +478,55 @@ def rules_load(path: Annotated[Path, typer.Argument(help="JSON: a list of rules 
     except OrchardError as exc:
         console.print(f"[red]{exc.detail}[/red] (nothing loaded)")
         raise typer.Exit(1) from None
+
+
+# ---- tiers --------------------------------------------------------------------------------------
+
+tiers_app = typer.Typer(help="会员等级 / tiers", no_args_is_help=True)
+app.add_typer(tiers_app, name="tiers")
+
+
+@tiers_app.command("evaluate")
+def tiers_evaluate() -> None:
+    """Re-evaluate every member's tier in one set-based pass (schedule it daily): upgrades, renewed
+    holds, downgrades after the hold, ended overrides."""
+    from orchard.db import transaction
+    from orchard.loyalty import tiers
+
+    with transaction() as session:
+        r = tiers.evaluate(session, actor="cli")
+    console.print(f"评估 evaluated {r.members:,} members: 升级 upgraded {r.upgraded:,}, 降级 downgraded "
+                  f"{r.downgraded:,}, 特批到期 overrides ended {r.overrides_ended:,}")
+
+
+@tiers_app.command("show")
+def tiers_show() -> None:
+    """The tier program, its levels, and how many members hold each."""
+    from rich.table import Table
+    from sqlalchemy import func, select
+
+    from orchard.db import transaction
+    from orchard.loyalty import tiers
+    from orchard.loyalty.models import MemberTier
+    from orchard.members.models import Member
+
+    with transaction(readonly=True) as session:
+        prog = tiers.program(session)
+        if prog is None:
+            console.print("尚未设置等级体系 / no tier program (PUT /api/v1/tiers)")
+            raise typer.Exit(1)
+        held = dict(session.execute(select(MemberTier.level_id, func.count()).group_by(MemberTier.level_id)).all())
+        active = session.scalar(select(func.count()).select_from(Member).where(Member.status == "active")) or 0
+        levels = tiers.levels(session)
+        console.print(f"指标 metric {prog.metric} · 周期 period {prog.period} · 降级 downgrade {prog.downgrade} · "
+                      f"保级 hold {prog.hold_days} days")
+        table = Table("rank", "code", "名称 name", "门槛 threshold", "会员 members", "权益 benefits")
+        above_base = sum(held.get(lv.id, 0) for lv in levels[1:])
+        for i, lv in enumerate(levels):
+            n = active - above_base if i == 0 else held.get(lv.id, 0)
+            table.add_row(str(lv.rank), lv.code, lv.name, f"{lv.threshold:,}", f"{n:,}",
+                          json.dumps(lv.benefits, ensure_ascii=False))
+    console.print(table)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -43,6 +43,10 @@ class Settings(BaseSettings):
     #: Points earned by an order are pending (not spendable) for this many days after payment, e.g.
     #: the return window; 0: usable at once.
     points_order_pending_days: int = Field(0, ge=0, le=365)
+    #: Points an order earns stay pending until this event arrives for the order (an event whose
+    #: properties name it: {"order_id": external id[, "order_source": …]}), e.g. "order_delivered"
+    #: or "return_window_closed"; empty: no such wait.
+    points_order_pending_event: str = Field("", max_length=64)
 
 
 @lru_cache

@@ -19,6 +19,7 @@ Every test prints how many requests it made and how many leaks it found (always 
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
 from collections.abc import Callable, Iterator
@@ -39,7 +40,7 @@ MASKED_MOBILE = re.compile(r"^1[3-9]\d\*{4}\d{4}$")
 #: Path parameters that name a member or a row belonging to one: routes carrying them are walked.
 MEMBER_PARAMS = {"member_id", "order_id", "refund_id", "identity_id", "event_id", "note_id", "consent_id"}
 #: Id-like path parameters known NOT to address one member's data (admin objects, merge-review pairs).
-NON_MEMBER_PARAMS = {"key_id", "candidate_id", "staff_id", "job_id", "rule_id"}
+NON_MEMBER_PARAMS = {"key_id", "candidate_id", "staff_id", "job_id", "rule_id", "flag_id", "benefit_id"}
 NO_SUCH_ID = 987_654_321
 
 
@@ -66,7 +67,8 @@ class Target:
     def path_values(self) -> dict[str, Any]:
         return {"member_id": self.member_id, "order_id": self.order_id, "refund_id": self.refund_id,
                 "identity_id": self.identity_id, "event_id": self.event_id, "name": self.tag,
-                "channel": "sms", "purpose": "marketing", "external_id": f"W-{self.store}-{self.member_id}"}
+                "channel": "sms", "purpose": "marketing", "external_id": f"W-{self.store}-{self.member_id}",
+                "code": "CUP"}
 
 
 #: Per operation_id: the JSON body a member-scoped route is called with (None: no body). A valid body
@@ -77,6 +79,19 @@ ROUTE_BODIES: dict[str, Callable[[Target], dict | None]] = {
     "listMemberPointsEntries": lambda t: None,
     "spendMemberPoints": lambda t: {"amount": 1, "reason": "兑换", "external_id": f"W-{t.store}-{t.member_id}"},
     "cancelMemberPointsSpend": lambda t: {"reason": "订单取消"},
+    "getMemberTier": lambda t: None,
+    "listMemberTierChanges": lambda t: None,
+    "overrideMemberTier": lambda t: {"level": "GOLD", "until": "2099-01-01T00:00:00Z", "reason": "特批"},
+    "getMemberGrowth": lambda t: None,
+    "checkInMember": lambda t: None,
+    "getMemberCheckin": lambda t: None,
+    "makeUpCheckin": lambda t: {"day": (dt.datetime.now(dt.timezone(dt.timedelta(hours=8))).date()
+                                        - dt.timedelta(days=2)).isoformat()},
+    "listMemberTasks": lambda t: None,
+    "getMemberBenefits": lambda t: None,
+    "redeemCatalogItem": lambda t: {"external_id": f"W-{t.store}-{t.member_id}"},  # cancelled by the next
+    "cancelCatalogRedemption": lambda t: {"reason": "未领取"},
+    "adjustMemberGrowth": lambda t: {"amount": 5, "reason": "补偿", "external_id": f"G-{t.store}-{t.member_id}"},
     "adjustMemberPoints": lambda t: {"amount": 5, "reason": "补偿", "external_id": f"A-{t.store}-{t.member_id}"},
     "updateMember": lambda t: {"region": "新区域", "attributes": {"level": "gold"}},
     "addMemberIdentity": lambda t: {"kind": "card_no", "value": f"NEW-{t.store}-{t.member_id}"},
@@ -173,6 +188,11 @@ class World:
 @pytest.fixture
 def world(api) -> World:
     admin = token_for(api.client, "admin")
+    _ok(api.call("PUT", f"{API}/tiers", admin, {"levels": [{"code": "BASE", "name": "普通", "rank": 0, "threshold": 0},
+                                                            {"code": "GOLD", "name": "金卡", "rank": 1,
+                                                             "threshold": 1000}]}))
+    _ok(api.call("PUT", f"{API}/checkin", admin, {"ladder": [{"points": 1}], "makeup_per_month": 5}))
+    _ok(api.call("PUT", f"{API}/catalog/CUP", admin, {"code": "CUP", "name": "保温杯", "points_cost": 1}))
     sh = seed_member(api, admin, store="SH001", name="王小明", phone="13912345678", card="SHCARD-0001", prefix="SH")
     gz = seed_member(api, admin, store="GZ001", name="陈广州", phone="13712340001", card="GZCARD-0001", prefix="GZ")
     ghost = _ok(api.call("POST", f"{API}/members", admin, {"name": "待合并", "home_store_code": "GZ001"}), 201)
@@ -514,7 +534,7 @@ def test_store_clerk_sees_member_with_masked_phone_on_every_get_route(app, api, 
         if "GET" not in route.methods:
             continue
         url = fill(route, {**sh.path_values(), "key_id": 1, "candidate_id": 1, "staff_id": 1, "job_id": 1,
-              "rule_id": 1})
+              "rule_id": 1, "flag_id": 1, "benefit_id": 1, "code": "CUP"})
         r = api.call("GET", url, clerk)
         if is_member_scoped(route) and route_perms(route) <= ROLE_PERMS[Role.clerk] and r.status_code != 200:
             api.leak(f"GET {url}: the SH001 clerk should see its member, got {r.status_code} {r.text[:200]}")
@@ -597,7 +617,7 @@ def _principals(api: Api) -> dict[Role, str]:
 def test_role_table_is_enforced_on_every_route(app, api, world):
     principals = _principals(api)
     values = {**world.gz.path_values(), "key_id": 1, "candidate_id": 1, "staff_id": 1, "job_id": 1,
-              "rule_id": 1}
+              "rule_id": 1, "flag_id": 1, "benefit_id": 1, "code": "CUP"}
     checked = 0
     for route in api_routes(app):
         perms = route_perms(route)
@@ -651,8 +671,8 @@ def test_role_table_is_enforced_on_every_route(app, api, world):
 
 def test_every_api_route_requires_credentials(app, api):
     values = {"member_id": 1, "order_id": 1, "refund_id": 1, "identity_id": 1, "event_id": 1, "key_id": 1,
-              "candidate_id": 1, "staff_id": 1, "job_id": 1, "rule_id": 1, "name": "vip", "channel": "sms",
-              "purpose": "marketing", "external_id": "S-1"}
+              "candidate_id": 1, "staff_id": 1, "job_id": 1, "rule_id": 1, "flag_id": 1, "benefit_id": 1, "name": "vip",
+              "channel": "sms", "purpose": "marketing", "external_id": "S-1", "code": "CUP"}
     checked = 0
     for route in api_routes(app):
         if route.operation_id == "createToken":

@@ -145,3 +145,18 @@ def test_the_demo_starts_with_earning_rules_and_a_new_order_earns(client, tmp_pa
     r = client.post("/api/v1/points/rules/dry-run", headers=auth_header,
                     json={"paid_at": "2026-11-26T12:00:00+08:00", "amount_fen": 12800})  # a Thursday
     assert r.json()["total"] == 128
+    tiers = client.get("/api/v1/tiers", headers=auth_header).json()
+    assert [lv["code"] for lv in tiers["levels"]] == ["NORMAL", "SILVER", "GOLD", "PLATINUM"]
+    assert len(client.get("/api/v1/tasks", headers=auth_header).json()) == 4
+    assert client.get("/api/v1/checkin", headers=auth_header).json()["makeup_per_month"] == 2
+
+
+def test_the_demo_places_its_history_in_tiers(clean_db, tmp_path):
+    from sqlalchemy import func
+
+    from orchard.loyalty.models import MemberTier
+
+    load_demo(members=200, seed=3, directory=tmp_path)
+    with db.transaction(readonly=True) as s:
+        placed = s.scalar(select(func.count()).select_from(MemberTier))
+    assert placed > 0

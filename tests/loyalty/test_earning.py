@@ -306,3 +306,27 @@ def test_a_merge_carries_the_merged_members_debt(client, pos):
     p = points(client, admin, a)
     assert (p["balance"], p["debt"]) == (0, 0)  # A's 130 paid B's debt
     assert violations() == {}
+
+
+def test_points_wait_for_the_orders_delivery_event(client, pos, settings):
+    admin, key = pos
+    settings(points_order_pending_event="order_delivered")
+    add_rule(client, admin, AMOUNT_RULE)
+    m = buy(client, key, "O1")
+    buy(client, key, "O2")
+    p = points(client, admin, m)
+    assert (p["balance"], p["available"], p["pending"]) == (260, 0, 260)
+    base = {"source": "pos", "member": {"identities": {"phone": "13812341234"}}, "occurred_at": recent(0.1)}
+    other = client.post("/api/v1/events", headers=key, json={**base, "external_id": "D0", "name": "order_shipped",
+                                                              "properties": {"order_id": "O1"}})
+    assert other.status_code == 201
+    r = client.post("/api/v1/events", headers=key, json={**base, "external_id": "D1", "name": "order_delivered",
+                                                          "properties": {"order_id": "O1"}})
+    assert r.status_code == 201, r.text
+    p = points(client, admin, m)
+    assert (p["available"], p["pending"]) == (130, 130)
+    settings(points_order_pending_days=7)  # delivered, but the return window still runs
+    client.post("/api/v1/events", headers=key, json={**base, "external_id": "D2", "name": "order_delivered",
+                                                     "properties": {"order_id": "O2"}})
+    assert points(client, admin, m)["pending"] == 130
+    assert violations() == {}

@@ -38,8 +38,12 @@ class Perm(StrEnum):
     points_spend = "points:spend"
     #: Manual points corrections (reason required, audited).
     points_adjust = "points:adjust"
-    #: Create and edit earning rules (audited).
+    #: Create and edit earning rules and the tier program (audited).
     points_rules = "points:rules"
+    #: Points liability and cross-store settlement reports (store managers see their stores' rows).
+    points_reports = "points:reports"
+    #: Add and retire benefits in the library (store managers: their stores' own, within HQ's share).
+    benefits_manage = "benefits:manage"
 
 
 _FRONT_LINE = {Perm.members_read, Perm.members_write, Perm.members_consent, Perm.members_notes,
@@ -48,8 +52,10 @@ _FRONT_LINE = {Perm.members_read, Perm.members_write, Perm.members_consent, Perm
 ROLE_PERMS: dict[Role, frozenset[Perm]] = {
     Role.admin: frozenset(Perm),
     Role.hq_ops: frozenset(_FRONT_LINE | {Perm.members_merge, Perm.events_ingest, Perm.imports, Perm.points_spend,
-                                          Perm.points_adjust, Perm.points_rules}),
-    Role.store_manager: frozenset(_FRONT_LINE | {Perm.points_spend, Perm.points_adjust}),
+                                          Perm.points_adjust, Perm.points_rules, Perm.points_reports,
+                                          Perm.benefits_manage}),
+    Role.store_manager: frozenset(_FRONT_LINE | {Perm.points_spend, Perm.points_adjust, Perm.points_reports,
+                                                 Perm.benefits_manage}),
     Role.clerk: frozenset(_FRONT_LINE | {Perm.points_spend}),
     Role.service: frozenset(_FRONT_LINE - {Perm.members_write}),
     Role.integrator: frozenset({Perm.members_read, Perm.members_write, Perm.members_consent,

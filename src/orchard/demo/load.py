@@ -105,6 +105,10 @@ def load_demo(*, members: int = 300, seed: int = 7, months: int = 12, industry: 
                 path.unlink(missing_ok=True)
     with transaction() as session:
         result.new_candidates = candidates.scan_name_birthday(session)
+    with transaction() as session:
+        from orchard.loyalty import tiers
+
+        tiers.evaluate(session, actor="demo")  # place the imported history in the demo's tiers
     return result
 
 
@@ -120,15 +124,39 @@ DEMO_RULES: tuple[dict, ...] = (
 )
 
 
-def ensure_earning_rules(session) -> None:
-    """Create the demo rules once (a database that already has rules keeps its own)."""
-    from orchard.loyalty import rulebook
-    from orchard.loyalty.schemas import RuleIn
+#: Tiers by spend over a rolling year, so the imported history places members at once.
+DEMO_TIERS = {"metric": "spend", "period": "rolling_12m", "downgrade": "one_level", "hold_days": 365, "levels": [
+    {"code": "NORMAL", "name": "普通会员", "rank": 0, "threshold": 0},
+    {"code": "SILVER", "name": "银卡会员", "rank": 1, "threshold": 100000, "benefits": {"discount_rate": 0.98}},
+    {"code": "GOLD", "name": "金卡会员", "rank": 2, "threshold": 500000,
+     "benefits": {"discount_rate": 0.95, "free_shipping": True, "birthday_gift": True}},
+    {"code": "PLATINUM", "name": "铂金会员", "rank": 3, "threshold": 2000000,
+     "benefits": {"discount_rate": 0.9, "free_shipping": True, "birthday_gift": True, "priority_service": True}}]}
+DEMO_TASKS = (
+    {"code": "profile", "name": "完善个人资料", "kind": "profile", "points": 50},
+    {"code": "first_order", "name": "完成首单", "kind": "first_order", "points": 100, "growth": 10},
+    {"code": "first_review", "name": "发表首次评价", "kind": "event", "event": "review", "points": 20},
+    {"code": "follow_oa", "name": "关注公众号", "kind": "event", "event": "wechat_follow", "points": 30},
+)
 
-    if rulebook.listing(session):
-        return
-    for body in DEMO_RULES:
-        rulebook.create(session, RuleIn.model_validate(body), actor="demo")
+
+def ensure_earning_rules(session) -> None:
+    """Create the demo's rules, tiers, check-in ladder and tasks once (a database that already has
+    its own keeps them)."""
+    from orchard.loyalty import checkin, rulebook, tasks, tiers
+    from orchard.loyalty.schemas import RuleIn, TaskIn, TierProgramIn
+
+    if not rulebook.listing(session):
+        for body in DEMO_RULES:
+            rulebook.create(session, RuleIn.model_validate(body), actor="demo")
+    if tiers.program(session) is None:
+        tiers.set_program(session, TierProgramIn.model_validate(DEMO_TIERS), actor="demo")
+    if session.get(checkin.CheckinProgram, 1) is None:
+        checkin.set_program(session, ladder=[{"points": 2}, {"points": 2}, {"points": 5}, {"points": 5},
+                                             {"points": 5}, {"points": 5}, {"points": 20, "growth": 5}],
+                            cycle=True, makeup_per_month=2, makeup_cost_points=10, actor="demo")
+    if not tasks.active(session):
+        tasks.set_tasks(session, [TaskIn.model_validate(t) for t in DEMO_TASKS])
 
 
 def _data_rows(path: Path) -> int:

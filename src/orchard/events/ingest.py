@@ -126,6 +126,7 @@ def _write(session: Session, *, principal: Principal, kind: str, data: Any, body
         source=data.source, external_id=data.external_id, body_hash=body_hash, member_id=member_id,
         anonymous_id=data.member.anonymous_id, name=data.name, store_id=store_id, occurred_at=occurred,
         properties=data.properties)).inserted_primary_key[0]
+    earning.release_on_event(session, name=data.name, source=data.source, properties=data.properties)
     if member_id is not None:
         aggregates.on_event(session, member_id=member_id, name=data.name, occurred_at=occurred)
         if earn:

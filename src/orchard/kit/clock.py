@@ -4,7 +4,10 @@ interpreting bare dates sent by integrators (a bare date means midnight in the t
 from __future__ import annotations
 
 import datetime as dt
+from typing import Annotated
 from zoneinfo import ZoneInfo
+
+from pydantic import AfterValidator
 
 from orchard.config import get_settings
 
@@ -22,3 +25,16 @@ def as_utc(value: dt.datetime) -> dt.datetime:
     if value.tzinfo is None:
         value = value.replace(tzinfo=tenant_zone())
     return value.astimezone(dt.UTC)
+
+
+def _plausible(value):
+    """Dates a person could mean: year 1 or 9999 would overflow the moment they are shifted by a
+    zone (a 500 instead of a clear 422)."""
+    if not 1970 <= value.year <= 2999:
+        raise ValueError("must be a date between 1970 and 2999")
+    return value
+
+
+#: A date or date-time field with a plausible year (input validation for API schemas).
+PlausibleDate = Annotated[dt.date, AfterValidator(_plausible)]
+PlausibleDateTime = Annotated[dt.datetime, AfterValidator(_plausible)]

@@ -1,5 +1,8 @@
 """Earning from orders and events through the rules, and reversal by refunds (SPEC L2, L3).
 
+Growth value (成长值) is fed the same way by rules with target "growth" (`loyalty.growth`) and
+reversed the same way; after an order or event the member's tier is re-checked for an upgrade.
+
 An order earns once, in the transaction that stores it: one `earn` entry (source "order", external
 id = the order's id, so it cannot earn twice), one lot (earned at the order's paid_at, expiring by
 the configured policy, pending for `points_order_pending_days`), and one award row per rule and
@@ -20,15 +23,15 @@ import datetime as dt
 from fractions import Fraction
 from typing import Any
 
-from sqlalchemy import case, func, insert, select
+from sqlalchemy import case, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from orchard.audit import service as audit
 from orchard.config import get_settings
 from orchard.events.models import Order, OrderLine, Refund
 from orchard.kit.clock import utcnow
-from orchard.loyalty import ledger, policy
-from orchard.loyalty.models import EarningRule, PointsAward
+from orchard.loyalty import anomalies, growth, ledger, policy, tasks, tiers
+from orchard.loyalty.models import EarningRule, GrowthAccount, GrowthEntry, PointsAward, PointsEntry, PointsLot
 from orchard.loyalty.rules import (
     CapsUsed,
     Cart,
@@ -47,24 +50,31 @@ from orchard.org.models import OrgUnit
 ACTOR = "system:earning"
 
 
-def load_rules(session: Session, kinds: tuple[str, ...] = ("amount", "multiplier")) -> list[Rule]:
-    rows = session.scalars(select(EarningRule).where(EarningRule.status == "active", EarningRule.kind.in_(kinds)))
-    return [to_rule(r) for r in rows]
+def load_rules(session: Session, kinds: tuple[str, ...] = ("amount", "multiplier"),
+               target: str | None = None) -> list[Rule]:
+    q = select(EarningRule).where(EarningRule.status == "active", EarningRule.kind.in_(kinds))
+    if target is not None:
+        q = q.where(EarningRule.target == target)
+    return [to_rule(r) for r in session.scalars(q)]
 
 
 def to_rule(row: EarningRule) -> Rule:
     return Rule(id=row.id, name=row.name, kind=row.kind, config=parse_config(row.kind, row.config),
-                priority=row.priority, stop_further=row.stop_further, starts_at=row.starts_at, ends_at=row.ends_at)
+                priority=row.priority, stop_further=row.stop_further, starts_at=row.starts_at, ends_at=row.ends_at,
+                target=row.target)
 
 
-def caps_used(session: Session, member_id: int) -> CapsUsed:
+def caps_used(session: Session, member_id: int, target: str = "points") -> CapsUsed:
     """What each rule already gave the member in a period (net of reversals)."""
+    table = PointsAward if target == "points" else GrowthEntry
+    amount = PointsAward.points if target == "points" else GrowthEntry.amount
+    at_col = PointsAward.awarded_at if target == "points" else GrowthEntry.occurred_at
+
     def used(rule_id: int, period: str, at: dt.datetime) -> int:
-        q = select(func.coalesce(func.sum(PointsAward.points), 0)).where(
-            PointsAward.member_id == member_id, PointsAward.rule_id == rule_id)
+        q = select(func.coalesce(func.sum(amount), 0)).where(table.member_id == member_id, table.rule_id == rule_id)
         start = period_start(period, at)
         if start is not None:
-            q = q.where(PointsAward.awarded_at >= start, PointsAward.awarded_at < period_end(period, start))
+            q = q.where(at_col >= start, at_col < period_end(period, start))
         return int(session.scalar(q))
     return used
 
@@ -76,27 +86,49 @@ def _store_code(session: Session, store_id: int | None) -> str | None:
 def cart_of(session: Session, order: Order, lines: list[dict[str, Any]]) -> Cart:
     birthday = session.scalar(select(Member.birthday).where(Member.id == order.member_id))
     return Cart(paid_at=order.paid_at, amount_fen=order.amount_fen, store=_store_code(session, order.store_id),
-                channel=order.channel, birthday=birthday,
+                channel=order.channel, birthday=birthday, tier=tiers.effective_code(session, order.member_id),
                 lines=[Line(ln["line_no"], ln["amount_fen"], ln.get("category"), ln.get("sku")) for ln in lines])
 
 
 def on_order(session: Session, order: Order, lines: list[dict[str, Any]], *,
              now: dt.datetime | None = None) -> ledger.PointsEntry | None:
+    """Points and growth value for a new order, then an upgrade if it crossed a tier threshold."""
     rules = load_rules(session)
-    if not any(r.kind == "amount" for r in rules):
-        return None
-    outcomes = evaluate_order(cart_of(session, order, lines), rules, caps_used(session, order.member_id))
+    entry = None
+    if any(r.kind == "amount" for r in rules):
+        cart = cart_of(session, order, lines)
+        now = now or utcnow()
+        points_rules = [r for r in rules if r.target == "points"]
+        if any(r.kind == "amount" for r in points_rules):
+            entry = _order_points(session, order, cart, points_rules, now)
+        growth_rules = [r for r in rules if r.target == "growth"]
+        if any(r.kind == "amount" for r in growth_rules):
+            outcomes = evaluate_order(cart, growth_rules, caps_used(session, order.member_id, "growth"))
+            growth.post(session, order.member_id, [
+                {"kind": "earn", "amount": n, "rule_id": o.rule_id, "order_id": order.id, "line_no": line_no,
+                 "refund_id": None, "source": "order", "reason": f"成长值 订单 {order.external_id}"[:200],
+                 "actor": ACTOR, "explanation": {"text": o.text}, "occurred_at": order.paid_at}
+                for o in outcomes for line_no, n in o.lines.items() if n], now=now)
+    tasks.on_order(session, order.member_id)
+    tiers.on_activity(session, order.member_id)
+    return entry
+
+
+def _order_points(session: Session, order: Order, cart: Cart, rules: list[Rule],
+                  now: dt.datetime) -> ledger.PointsEntry | None:
+    outcomes = evaluate_order(cart, rules, caps_used(session, order.member_id))
     total = sum(o.points for o in outcomes)
-    now = now or utcnow()
     expires = policy.expires_at(order.paid_at)
     if total <= 0 or (expires is not None and expires <= now):
         return None
     days = get_settings().points_order_pending_days
     pending = order.paid_at + dt.timedelta(days=days) if days else None
+    wait_for = get_settings().points_order_pending_event or None
     entry, created = ledger.post(session, ledger.Command(
         member_id=order.member_id, amount=total, kind="earn", reason=f"消费积分 订单 {order.external_id}"[:200],
         source="order", external_id=str(order.id), actor=ACTOR, store_id=order.store_id, expires_at=expires,
         pending_until=pending if pending and pending > now else None, order_id=order.id, earned_at=order.paid_at,
+        pending_event=wait_for,
         explanation={"order": {"id": order.id, "source": order.source, "external_id": order.external_id,
                                "amount_fen": order.amount_fen},
                      "rules": [o.as_json() for o in outcomes], "expiry": policy.describe()},
@@ -105,20 +137,32 @@ def on_order(session: Session, order: Order, lines: list[dict[str, Any]], *,
         _awards(session, [{"entry_id": entry.id, "member_id": order.member_id, "rule_id": o.rule_id,
                            "order_id": order.id, "line_no": line_no, "points": n, "awarded_at": order.paid_at}
                           for o in outcomes for line_no, n in o.lines.items() if n])
+        if (flag := anomalies.open_flag(session, order.member_id)) is not None:
+            anomalies.hold(session, entry, flag)
     return entry
 
 
 def on_event(session: Session, *, event_id: int, member_id: int, name: str, occurred_at: dt.datetime,
              store_id: int | None, properties: dict[str, Any], now: dt.datetime | None = None
              ) -> ledger.PointsEntry | None:
-    rules = load_rules(session, ("event",))
-    if not any(r.config.event == name for r in rules):
+    tasks.on_event(session, member_id, name)
+    rules = [r for r in load_rules(session, ("event",)) if r.config.event == name]
+    if not rules:
         return None
+    now = now or utcnow()
     facts = EventFacts(name=name, occurred_at=occurred_at, store=_store_code(session, store_id),
                        properties=properties or {})
-    outcomes = evaluate_event(facts, rules, caps_used(session, member_id))
+    growth_rules = [r for r in rules if r.target == "growth"]
+    if growth_rules:
+        outcomes = evaluate_event(facts, growth_rules, caps_used(session, member_id, "growth"))
+        if growth.post(session, member_id, [
+                {"kind": "earn", "amount": o.points, "rule_id": o.rule_id, "order_id": None, "line_no": None,
+                 "refund_id": None, "source": "event", "reason": f"成长值 {name}"[:200], "actor": ACTOR,
+                 "explanation": {"text": o.text, "event_id": event_id}, "occurred_at": occurred_at}
+                for o in outcomes if o.points], now=now):
+            tiers.on_activity(session, member_id)
+    outcomes = evaluate_event(facts, [r for r in rules if r.target == "points"], caps_used(session, member_id))
     total = sum(o.points for o in outcomes)
-    now = now or utcnow()
     expires = policy.expires_at(occurred_at)
     if total <= 0 or (expires is not None and expires <= now):
         return None
@@ -132,7 +176,35 @@ def on_event(session: Session, *, event_id: int, member_id: int, name: str, occu
         _awards(session, [{"entry_id": entry.id, "member_id": member_id, "rule_id": o.rule_id, "order_id": None,
                            "line_no": None, "points": o.points, "awarded_at": occurred_at}
                           for o in outcomes if o.points])
+        if (flag := anomalies.open_flag(session, member_id)) is not None:
+            anomalies.hold(session, entry, flag)
     return entry
+
+
+def release_on_event(session: Session, *, name: str, source: str, properties: dict[str, Any] | None,
+                     now: dt.datetime | None = None) -> int:
+    """The event the configured pending points wait for (`points_order_pending_event`) has happened
+    for an order: its points become usable (unless the T+N wait is still running, or an anomaly flag
+    holds them). Returns the lots released."""
+    wanted = get_settings().points_order_pending_event
+    props = properties or {}
+    if not wanted or name != wanted or not isinstance(props.get("order_id"), str):
+        return 0
+    order = session.scalar(select(Order).where(Order.source == str(props.get("order_source") or source),
+                                               Order.external_id == props["order_id"]))
+    if order is None:
+        return 0
+    now = now or utcnow()
+    days = get_settings().points_order_pending_days
+    still = order.paid_at + dt.timedelta(days=days) if days else None
+    earned = select(PointsEntry.id).where(PointsEntry.order_id == order.id, PointsEntry.kind == "earn")
+    released = session.execute(update(PointsLot).where(
+        PointsLot.entry_id.in_(earned), PointsLot.pending_event == name, PointsLot.held_flag_id.is_(None))
+        .values(pending_event=None, pending_until=still if still and still > now else None)).rowcount or 0
+    if released:
+        audit.record(session, actor=ACTOR, action="points.released", entity="member", entity_id=order.member_id,
+                     data={"order_id": order.id, "event": name})
+    return released
 
 
 def _awards(session: Session, rows: list[dict[str, Any]]) -> None:
@@ -159,25 +231,33 @@ def refunded_share(order: Order, lines: dict[int, OrderLine]) -> dict[int | None
     return share
 
 
-def on_refund(session: Session, refund: Refund, order: Order, *,
-              now: dt.datetime | None = None) -> ledger.PointsEntry | None:
-    """Take back what the order's refunds now cover and was not taken back yet."""
-    pts = PointsAward.points
-    awards = session.execute(
-        select(PointsAward.rule_id, PointsAward.line_no, func.sum(case((pts > 0, pts), else_=0)),
-               func.sum(case((pts < 0, pts), else_=0)))
-        .where(PointsAward.order_id == order.id).group_by(PointsAward.rule_id, PointsAward.line_no)).all()
-    if not awards:
-        return None
-    lines = {ln.line_no: ln for ln in session.scalars(select(OrderLine).where(OrderLine.order_id == order.id))}
-    share = refunded_share(order, lines)
-    deltas = []
+def _deltas(awards, share: dict[int | None, Fraction]) -> list[tuple[int, int | None, int]]:
+    """(rule, line, points to take back now) from per-(rule, line) earned and reversed sums."""
+    out = []
     for rule_id, line_no, earned, reversed_ in awards:
         earned = int(earned)  # PostgreSQL sums bigints as numeric
         f = share.get(line_no, share[None])
         target = (2 * earned * f.numerator + f.denominator) // (2 * f.denominator)  # round half up
         if (delta := target + int(reversed_)) > 0:
-            deltas.append((rule_id, line_no, delta))
+            out.append((rule_id, line_no, delta))
+    return out
+
+
+def _sums(amount, *group):
+    return (select(*group, func.sum(case((amount > 0, amount), else_=0)), func.sum(case((amount < 0, amount), else_=0)))
+            .group_by(*group))
+
+
+def on_refund(session: Session, refund: Refund, order: Order, *,
+              now: dt.datetime | None = None) -> ledger.PointsEntry | None:
+    """Take back what the order's refunds now cover and was not taken back yet: points, then growth."""
+    lines = {ln.line_no: ln for ln in session.scalars(select(OrderLine).where(OrderLine.order_id == order.id))}
+    share = refunded_share(order, lines)
+    now = now or utcnow()
+    _reverse_growth(session, refund, order, share, now)
+    awards = session.execute(_sums(PointsAward.points, PointsAward.rule_id, PointsAward.line_no)
+                             .where(PointsAward.order_id == order.id)).all()
+    deltas = _deltas(awards, share)
     total = sum(d for _, _, d in deltas)
     if total == 0:
         return None
@@ -204,3 +284,25 @@ def on_refund(session: Session, refund: Refund, order: Order, *,
                      data={"order_id": order.id, "refund_id": refund.id, "due": total, "taken": moved,
                            "shortfall": total - moved, "policy": on_short})
     return entry
+
+
+def _reverse_growth(session: Session, refund: Refund, order: Order, share: dict[int | None, Fraction],
+                    now: dt.datetime) -> None:
+    """Growth is never spent, so it is all there to take back — unless a manual adjustment lowered
+    it; then what does not fit waits for a later refund of the order to be taken (never below 0)."""
+    awards = session.execute(_sums(GrowthEntry.amount, GrowthEntry.rule_id, GrowthEntry.line_no)
+                             .where(GrowthEntry.order_id == order.id)).all()
+    deltas = _deltas(awards, share)
+    if not deltas:
+        return
+    room = session.scalar(select(GrowthAccount.balance).where(GrowthAccount.member_id == order.member_id)
+                          .with_for_update()) or 0
+    rows = []
+    for rule_id, line_no, d in deltas:
+        take = min(d, room)
+        room -= take
+        rows.append({"kind": "reverse", "amount": -take, "rule_id": rule_id, "order_id": order.id,
+                     "line_no": line_no, "refund_id": refund.id, "source": "refund", "actor": ACTOR,
+                     "reason": f"退款扣回成长值 订单 {order.external_id}"[:200], "explanation": {"due": d},
+                     "occurred_at": order.paid_at})
+    growth.post(session, order.member_id, rows, now=now)

@@ -25,6 +25,8 @@ from orchard.kit.hashing import fingerprint
 from orchard.loyalty.models import PointsAccount, PointsAllocation, PointsEntry, PointsLot
 
 MAX_POINTS = 10**12
+#: A lot waiting for an event is pending "until then": far enough to never come by itself.
+PENDING_EVENT_UNTIL = dt.datetime(2999, 12, 31, tzinfo=dt.UTC)
 
 
 class Insufficient(Conflict):
@@ -51,6 +53,8 @@ class Command:
     order_id: int | None = None
     #: When the points were earned (an order's paid_at); default: now.
     earned_at: dt.datetime | None = None
+    #: The credit's lot waits for this event of its order (loyalty.earning).
+    pending_event: str | None = None
     #: A debit the lots cannot cover: "refuse" (409 points.insufficient), "debt" (the rest becomes
     #: debt the next credits repay) or "cap" (move what there is; the caller records the shortfall).
     on_short: str = "refuse"
@@ -141,8 +145,9 @@ def _credit(session: Session, account: PointsAccount, cmd: Command, body_hash: s
         raise InvalidInput.field("expires_at", "lies in the past: the points would expire before they are credited")
     entry = _entry(session, account, cmd, body_hash, now)
     lot = PointsLot(member_id=cmd.member_id, entry_id=entry.id, amount=cmd.amount, remaining=cmd.amount,
-                    earned_at=cmd.earned_at or now, expires_at=cmd.expires_at, pending_until=cmd.pending_until,
-                    store_id=cmd.store_id)
+                    earned_at=cmd.earned_at or now, expires_at=cmd.expires_at,
+                    pending_until=PENDING_EVENT_UNTIL if cmd.pending_event else cmd.pending_until,
+                    pending_event=cmd.pending_event, store_id=cmd.store_id)
     session.add(lot)
     session.flush()
     if account.debt > 0:
@@ -279,6 +284,26 @@ def restore(session: Session, *, spend: PointsEntry, reason: str, actor: str,
     return entry, True
 
 
+def debit_lots(session: Session, cmd: Command, lots: list[tuple[int, int]], *,
+               now: dt.datetime | None = None) -> PointsEntry:
+    """Debit exactly these (lot, points) — forfeiting held points, say — whatever their state."""
+    now = now or utcnow()
+    account = lock_account(session, cmd.member_id)
+    entry = _entry(session, account, cmd, cmd.body_hash(), now)
+    for lot_id, take in lots:
+        done = session.execute(update(PointsLot).where(PointsLot.id == lot_id, PointsLot.member_id == cmd.member_id,
+                                                       PointsLot.remaining >= take)
+                               .values(remaining=PointsLot.remaining - take))
+        if done.rowcount != 1:
+            raise Conflict("a points lot changed underneath this debit; retry", code="points.retry")
+    session.execute(insert(PointsAllocation), [{"entry_id": entry.id, "lot_id": lot_id, "amount": take}
+                                               for lot_id, take in lots])
+    audit.record(session, actor=cmd.actor, action=f"points.{cmd.kind}", entity="member", entity_id=cmd.member_id,
+                 data={"entry_id": entry.id, "amount": entry.amount, "reason": cmd.reason, "source": cmd.source,
+                       "external_id": cmd.external_id})
+    return entry
+
+
 def transfer_all(session: Session, *, from_id: int, to_id: int, tag: str, actor: str,
                  now: dt.datetime | None = None) -> int:
     """Move a member's points to another (a merge): each unexpired lot with points left becomes a lot
@@ -309,6 +334,7 @@ def transfer_all(session: Session, *, from_id: int, to_id: int, tag: str, actor:
         into = Command(member_id=to_id, amount=n, kind="transfer", reason=f"会员合并 转入自会员 {from_id}",
                        source="merge", external_id=f"{tag}:in:{lot.id}", actor=actor, store_id=lot.store_id,
                        expires_at=lot.expires_at, pending_until=lot.pending_until, earned_at=lot.earned_at,
+                       pending_event=lot.pending_event,
                        explanation={"from_member_id": from_id, "lot_id": lot.id})
         _credit(session, dst, into, into.body_hash(), now)
         moved += n

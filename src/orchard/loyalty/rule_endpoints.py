@@ -12,7 +12,7 @@ from orchard.config import get_settings
 from orchard.deps import Actor, SessionDep
 from orchard.errors import InvalidInput
 from orchard.kit.clock import as_utc, utcnow
-from orchard.loyalty import earning, policy, rulebook
+from orchard.loyalty import earning, policy, rulebook, tiers
 from orchard.loyalty.rules import Cart, Line, evaluate_order
 from orchard.loyalty.schemas import CartIn, DryRunRead, RuleIn, RuleOutcome, RuleRead
 from orchard.members import scope
@@ -55,16 +55,22 @@ def dry_run(body: CartIn, session: SessionDep, principal: Actor(Perm.members_rea
     lines = [Line(ln.line_no or i, ln.amount_fen, ln.category, ln.sku) for i, ln in enumerate(body.lines, start=1)]
     amount = body.amount_fen if body.amount_fen is not None else sum(ln.amount_fen for ln in lines)
     paid_at = as_utc(body.paid_at) if body.paid_at else utcnow()
-    birthday, caps = body.birthday, None
+    birthday, tier, caps, growth_caps = body.birthday, body.tier, None, None
     if body.member_id is not None:
         member = scope.get_visible(session, principal, body.member_id)
         birthday = birthday or member.birthday
-        caps = earning.caps_used(session, member.id)
+        tier = tier or tiers.effective_code(session, member.id)
+        caps, growth_caps = earning.caps_used(session, member.id), earning.caps_used(session, member.id, "growth")
     cart = Cart(paid_at=paid_at, amount_fen=amount, lines=lines, store=body.store_code, channel=body.channel,
-                birthday=birthday)
-    outcomes = evaluate_order(cart, earning.load_rules(session), caps)
+                birthday=birthday, tier=tier)
+    rules = earning.load_rules(session)
+    outcomes = evaluate_order(cart, [r for r in rules if r.target == "points"], caps)
+    grown = evaluate_order(cart, [r for r in rules if r.target == "growth"], growth_caps)
     days = get_settings().points_order_pending_days
     return DryRunRead(total=sum(o.points for o in outcomes), paid_at=paid_at, amount_fen=amount,
                       expires_at=policy.expires_at(paid_at),
                       pending_until=paid_at + dt.timedelta(days=days) if days else None,
-                      rules=[RuleOutcome(**o.as_json()) for o in outcomes])
+                      rules=[RuleOutcome(**o.as_json()) for o in outcomes],
+                      growth_total=sum(o.points for o in grown),
+                      growth_rules=[RuleOutcome(**o.as_json()) for o in grown],
+                      tier=tier)

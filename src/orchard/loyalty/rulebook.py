@@ -43,7 +43,8 @@ def checked_config(session: Session, body: RuleIn) -> dict[str, Any]:
 def create(session: Session, body: RuleIn, *, actor: str) -> EarningRule:
     config = checked_config(session, body)
     now = utcnow()
-    rule = EarningRule(name=body.name, kind=body.kind, status=body.status, priority=body.priority,
+    rule = EarningRule(name=body.name, kind=body.kind, target=body.target, status=body.status,
+                       priority=body.priority,
                        stop_further=body.stop_further, starts_at=as_utc(body.starts_at) if body.starts_at else None,
                        ends_at=as_utc(body.ends_at) if body.ends_at else None, config=config, created_by=actor,
                        created_at=now, updated_at=now)
@@ -61,6 +62,7 @@ def replace(session: Session, rule_id: int, body: RuleIn, *, actor: str) -> Earn
     config = checked_config(session, body)
     before = _snapshot(rule)
     rule.name, rule.status, rule.priority, rule.stop_further = body.name, body.status, body.priority, body.stop_further
+    rule.target = body.target
     rule.starts_at = as_utc(body.starts_at) if body.starts_at else None
     rule.ends_at = as_utc(body.ends_at) if body.ends_at else None
     rule.config, rule.updated_at = config, utcnow()
@@ -88,6 +90,7 @@ def listing(session: Session) -> list[EarningRule]:
 
 
 def _snapshot(rule: EarningRule) -> dict[str, Any]:
-    return {"name": rule.name, "kind": rule.kind, "status": rule.status, "priority": rule.priority,
+    return {"name": rule.name, "kind": rule.kind, "target": rule.target, "status": rule.status,
+            "priority": rule.priority,
             "stop_further": rule.stop_further, "starts_at": rule.starts_at.isoformat() if rule.starts_at else None,
             "ends_at": rule.ends_at.isoformat() if rule.ends_at else None, "config": rule.config}

@@ -9,12 +9,15 @@ Three kinds of rule, each with a validated `config`:
 * **event** — fixed `points` for a behaviour event (sign_up, check_in, profile_completed, review,
   share or any custom name), optionally only when event properties equal given values.
 * **multiplier** — a factor on the amount rules, when: `member_day` (weekdays and/or days of the
-  month, within an optional time window, in the tenant's zone), `birthday_month`, or `campaign`
-  (always, i.e. within the rule's own starts_at/ends_at).
+  month, within an optional time window, in the tenant's zone), `birthday_month`, `tier` (the
+  member's tier is one of the given levels), or `campaign` (always, i.e. within the rule's own
+  starts_at/ends_at).
+
+A rule feeds points or growth value (`target`); each target is evaluated with its own rules.
 
 Evaluation order (documented in the README): amount rules by priority (higher first, then older
 first); a matching rule with `stop_further` ends the amount rules below it. Every matching
-multiplier applies to each line it matches, in the fixed order member_day → birthday_month →
+multiplier applies to each line it matches, in the fixed order member_day → birthday_month → tier →
 campaign, then by priority; a matching multiplier with `stop_further` ends the multipliers after it.
 Factors multiply exactly (fractions); each amount rule rounds once, at the end, then its caps per
 member (day / ISO week / month in the tenant's zone, and lifetime) cut it, counting what the rule
@@ -38,7 +41,7 @@ from orchard.kit.clock import tenant_zone
 Codes = Annotated[list[Annotated[str, Field(min_length=1, max_length=64)]], Field(max_length=500)]
 Rounding = Literal["floor", "round", "ceil"]
 PERIODS = ("day", "week", "month", "lifetime")
-MULTIPLIER_ORDER = ("member_day", "birthday_month", "campaign")
+MULTIPLIER_ORDER = ("member_day", "birthday_month", "tier", "campaign")
 
 
 class Caps(BaseModel):
@@ -128,6 +131,14 @@ class BirthdayMonth(BaseModel):
     type: Literal["birthday_month"]
 
 
+class TierWhen(BaseModel):
+    """The member's tier (its effective one, an override included) is one of `levels` (codes)."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["tier"]
+    levels: Annotated[list[Annotated[str, Field(min_length=1, max_length=32)]], Field(min_length=1, max_length=20)]
+
+
 class Campaign(BaseModel):
     model_config = ConfigDict(extra="forbid")
     type: Literal["campaign"]
@@ -135,7 +146,7 @@ class Campaign(BaseModel):
 
 class MultiplierConfig(Filters):
     factor: Decimal = Field(gt=0, le=100, max_digits=6, decimal_places=3)
-    when: Annotated[MemberDay | BirthdayMonth | Campaign, Field(discriminator="type")]
+    when: Annotated[MemberDay | BirthdayMonth | TierWhen | Campaign, Field(discriminator="type")]
 
     @field_validator("factor", mode="before")
     @classmethod
@@ -158,6 +169,8 @@ class Rule:
     stop_further: bool = False
     starts_at: dt.datetime | None = None
     ends_at: dt.datetime | None = None
+    #: "points" or "growth" (成长值): the same arithmetic feeds either.
+    target: str = "points"
 
     def live_at(self, at: dt.datetime) -> bool:
         return (self.starts_at is None or self.starts_at <= at) and (self.ends_at is None or at < self.ends_at)
@@ -185,6 +198,8 @@ class Cart:
     store: str | None = None
     channel: str | None = None
     birthday: dt.date | None = None
+    #: The member's effective tier code, for tier multipliers.
+    tier: str | None = None
 
 
 @dataclass
@@ -339,6 +354,8 @@ def _multipliers(cart: Cart, rules: list[Rule]) -> list[tuple[Rule, Callable[[Li
         if isinstance(when, MemberDay) and not when.holds(local):
             continue
         if isinstance(when, BirthdayMonth) and (cart.birthday is None or cart.birthday.month != local.month):
+            continue
+        if isinstance(when, TierWhen) and cart.tier not in when.levels:
             continue
         chosen.append((rule, lambda ln, cfg=cfg: _line_in(cfg, ln)))
         if rule.stop_further:

@@ -53,6 +53,12 @@ CHECKS: tuple[tuple[str, str, str], ...] = (
      "SELECT count(*) FROM points_entries e JOIN (SELECT entry_id, sum(points) AS s FROM points_awards "
      "GROUP BY entry_id) w ON w.entry_id = e.id "
      "WHERE (e.kind = 'earn' AND w.s <> e.amount) OR (e.kind = 'reverse' AND w.s > e.amount)"),
+    ("growth_balance_is_sum_of_entries", "growth balance = Σ growth entries (and nobody with entries lacks one)",
+     "SELECT count(*) FROM (SELECT member_id FROM (SELECT member_id, balance AS x FROM growth_accounts UNION ALL "
+     "SELECT member_id, -amount FROM growth_entries) u GROUP BY member_id HAVING sum(x) <> 0) z"),
+    ("growth_never_over_reversed", "no order line has more growth reversed than it earned, per rule",
+     "SELECT count(*) FROM (SELECT order_id, rule_id, line_no, sum(amount) AS s FROM growth_entries "
+     "WHERE order_id IS NOT NULL GROUP BY order_id, rule_id, line_no) w WHERE w.s < 0"),
     ("awards_never_over_reversed", "no order line has more reversed than it earned, per rule",
      "SELECT count(*) FROM (SELECT order_id, rule_id, line_no, sum(points) AS s FROM points_awards "
      "WHERE order_id IS NOT NULL GROUP BY order_id, rule_id, line_no) w WHERE w.s < 0"),

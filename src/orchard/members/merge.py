@@ -19,7 +19,7 @@ from orchard.events import aggregates
 from orchard.events.models import Event, Order, Refund
 from orchard.identity.models import Identity
 from orchard.kit.clock import utcnow
-from orchard.loyalty import ledger
+from orchard.loyalty import growth, ledger, tiers
 from orchard.loyalty.models import PointsAward
 from orchard.members import scope
 from orchard.members.models import (
@@ -70,9 +70,11 @@ def merge(session: Session, *, principal: Principal, survivor_id: int, merged_id
     moved["points"] = ledger.transfer_all(session, from_id=b.id, to_id=a.id, tag=f"{a.id}<-{b.id}",
                                           actor=principal.actor)
     session.execute(update(PointsAward).where(PointsAward.member_id == b.id).values(member_id=a.id))
+    moved["growth"] = growth.move(session, from_id=b.id, to_id=a.id)
     _settle_candidates(session, a.id, b.id)
     session.execute(delete(MemberAggregate).where(MemberAggregate.member_id == b.id))
     aggregates.recompute(session, member_id=a.id)
+    tiers.on_activity(session, a.id)  # the survivor's metric now includes B's orders and growth
 
     record = MemberMerge(survivor_id=a.id, merged_id=b.id, actor=principal.actor, reason=reason, moved=moved)
     session.add(record)

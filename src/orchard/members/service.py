@@ -18,6 +18,7 @@ from orchard.identity.normalize import InvalidIdentity, normalize
 from orchard.kit.clock import as_utc, utcnow
 from orchard.kit.pagination import decode_cursor, encode_cursor
 from orchard.kit.phone import mask_phone
+from orchard.loyalty import tasks
 from orchard.members import scope
 from orchard.members.attributes import validate_attributes
 from orchard.members.models import Consent, Member, MemberAggregate, MemberTag, Tag
@@ -67,12 +68,14 @@ def create(session: Session, *, principal: Principal, data: MemberCreate) -> Mem
         res = identity_resolve.resolve(session, keys=keys, source=data.source_channel or "api", profile=profile)
         if not res.created:  # lost a race with another writer of the same key
             raise Conflict("identity already belongs to a member", code="member.identity_taken")
-        return session.get(Member, res.member_id)
-    member = Member(**profile)
-    session.add(member)
-    session.flush()
-    session.add(MemberAggregate(member_id=member.id))
-    session.flush()
+        member = session.get(Member, res.member_id)
+    else:
+        member = Member(**profile)
+        session.add(member)
+        session.flush()
+        session.add(MemberAggregate(member_id=member.id))
+        session.flush()
+    tasks.on_profile(session, member)
     return member
 
 
@@ -94,6 +97,7 @@ def update(session: Session, *, principal: Principal, member_id: int, data: Memb
         setattr(member, key, value)
     member.updated_at = utcnow()
     session.flush()
+    tasks.on_profile(session, member)
     return member
 
 
