@@ -43,20 +43,32 @@ def expire_due(session: Session, *, now: dt.datetime | None = None, actor: str =
             "SELECT 1 FROM points_accounts WHERE member_id IN (SELECT DISTINCT member_id FROM points_lots "
             "WHERE expires_at <= :now AND remaining > 0) ORDER BY member_id FOR UPDATE"), params)
     session.execute(_sql("DROP TABLE IF EXISTS _due_lots"))
+    session.execute(_sql("DROP TABLE IF EXISTS _due_members"))
     session.execute(_sql(
         "CREATE TEMP TABLE _due_lots AS SELECT id AS lot_id, member_id, remaining FROM points_lots "
         "WHERE expires_at <= :now AND remaining > 0"), params)
-    lots, points = session.execute(_sql("SELECT count(*), coalesce(sum(remaining), 0) FROM _due_lots")).one()
+    # One row per member, keyed: every per-member statement below joins or probes it by member_id (a
+    # correlated sum over _due_lots, unindexed, made the account update quadratic in the members).
+    session.execute(_sql(
+        "CREATE TEMP TABLE _due_members (member_id BIGINT PRIMARY KEY, total BIGINT NOT NULL, lots BIGINT NOT NULL)"))
+    session.execute(_sql(
+        "INSERT INTO _due_members (member_id, total, lots) "
+        "SELECT member_id, sum(remaining), count(*) FROM _due_lots GROUP BY member_id"))
+    if pg:  # autovacuum never analyzes temp tables: without statistics the planner guesses 200 groups
+        session.execute(_sql("ANALYZE _due_lots"))
+        session.execute(_sql("ANALYZE _due_members"))
+    members, lots, points = session.execute(_sql(
+        "SELECT count(*), coalesce(sum(lots), 0), coalesce(sum(total), 0) FROM _due_members")).one()
     if not lots:
         session.execute(_sql("DROP TABLE _due_lots"))
+        session.execute(_sql("DROP TABLE _due_members"))
         return ExpiryResult(0, 0, 0)
     session.execute(_sql(
         "INSERT INTO points_entries (member_id, kind, amount, balance_after, reason, source, external_id, body_hash, "
         "actor, explanation, created_at) "
         "SELECT d.member_id, 'expire', -d.total, a.balance - d.total, '积分过期 points expired', :src, "
         "'expire-' || d.member_id || '-' || :stamp, '', :actor, '{}', :now "
-        "FROM (SELECT member_id, sum(remaining) AS total FROM _due_lots GROUP BY member_id) d "
-        "JOIN points_accounts a ON a.member_id = d.member_id"), params)
+        "FROM _due_members d JOIN points_accounts a ON a.member_id = d.member_id"), params)
     session.execute(_sql(
         "INSERT INTO points_allocations (entry_id, lot_id, amount) "
         "SELECT e.id, d.lot_id, d.remaining FROM _due_lots d JOIN points_entries e "
@@ -64,13 +76,12 @@ def expire_due(session: Session, *, now: dt.datetime | None = None, actor: str =
     session.execute(_sql(
         "UPDATE points_lots SET remaining = 0 WHERE id IN (SELECT lot_id FROM _due_lots)"))
     session.execute(_sql(
-        "UPDATE points_accounts SET balance = balance - (SELECT sum(d.remaining) FROM _due_lots d "
+        "UPDATE points_accounts SET balance = balance - (SELECT d.total FROM _due_members d "
         "WHERE d.member_id = points_accounts.member_id), updated_at = :now "
-        "WHERE member_id IN (SELECT member_id FROM _due_lots)"), params)
-    members = session.execute(_sql("SELECT count(DISTINCT member_id) FROM _due_lots")).scalar_one()
+        "WHERE member_id IN (SELECT member_id FROM _due_members)"), params)
     session.execute(_sql(
         "INSERT INTO audit_log (at, actor, action, entity, entity_id, data) "
-        "SELECT :now, :actor, 'points.expire', 'member', CAST(member_id AS varchar), '{}' "
-        "FROM (SELECT DISTINCT member_id FROM _due_lots) m"), params)
+        "SELECT :now, :actor, 'points.expire', 'member', CAST(member_id AS varchar), '{}' FROM _due_members"), params)
     session.execute(_sql("DROP TABLE _due_lots"))
+    session.execute(_sql("DROP TABLE _due_members"))
     return ExpiryResult(int(members), int(lots), int(points))
