@@ -8,6 +8,7 @@ import itertools
 from orchard import db
 from orchard.coupons import issuing
 from orchard.coupons.models import Coupon
+from orchard.members.models import Member, MemberAggregate
 
 API = "/api/v1"
 _ids = itertools.count(1)
@@ -35,3 +36,13 @@ def coupons_of(template_id: int) -> list[Coupon]:
 
 def redeem_body(order: str, amount_fen: int = 12000, **extra) -> dict:
     return {"order_external_id": order, "amount_fen": amount_fen, **extra}
+
+
+def members(n: int) -> list[int]:
+    """n bare members in one transaction."""
+    with db.transaction() as s:
+        rows = [Member(name=f"券会员{i}") for i in range(n)]
+        s.add_all(rows)
+        s.flush()
+        s.add_all([MemberAggregate(member_id=m.id) for m in rows])
+        return [m.id for m in rows]
