@@ -163,7 +163,9 @@ def _targets(session: Session, t: CouponTemplate, ids: list[int], pg: bool) -> _
         session.execute(sql(f"DROP TABLE IF EXISTS {name}"))
     session.execute(sql("CREATE TEMP TABLE _coupon_ids (member_id BIGINT PRIMARY KEY)"))
     if pg:
-        session.execute(sql("INSERT INTO _coupon_ids SELECT unnest(CAST(:ids AS BIGINT[]))"), {"ids": ids})
+        # One array literal: PostgreSQL parses it faster than the driver adapts a list of a million ints.
+        session.execute(sql("INSERT INTO _coupon_ids SELECT unnest(CAST(:ids AS BIGINT[]))"),
+                        {"ids": "{" + ",".join(map(str, ids)) + "}"})
     else:
         session.execute(sql("INSERT INTO _coupon_ids SELECT value FROM json_each(:ids)"), {"ids": json.dumps(ids)})
     under_limit, held = "1", ""
@@ -188,7 +190,8 @@ def _insert_pass(session: Session, t: CouponTemplate, batch_id: int, *, limit: i
     when the total limit leaves room for only some. Returns the rows inserted (a collided code
     leaves its member for the next pass)."""
     missing = "" if first else \
-        " AND NOT EXISTS (SELECT 1 FROM coupons c WHERE c.batch_id = :b AND c.member_id = g.member_id)"
+        " AND NOT EXISTS (SELECT 1 FROM coupons c WHERE c.template_id = :t AND c.member_id = g.member_id " \
+        "AND c.batch_id = :b)"
     order = " ORDER BY g.member_id LIMIT :lim" if ordered or not first else ""
     draw = ", uuid_send(gen_random_uuid()) AS rb" if pg else ""
     code = codes.sql_code("postgresql" if pg else "sqlite", code_length)

@@ -108,7 +108,7 @@ def upgrade() -> None:
     sa.Column('source', sa.String(length=64), nullable=True),
     sa.Column('external_id', sa.String(length=128), nullable=True),
     sa.Column('body_hash', sa.String(length=64), nullable=True),
-    sa.Column('batch_id', ID, nullable=True),
+    sa.Column('batch_id', sa.BigInteger(), nullable=True),
     sa.Column('issued_by', sa.String(length=64), nullable=False),
     sa.Column('reason', sa.String(length=200), nullable=True),
     sa.Column('redeemed_at', TS, nullable=True),
@@ -131,18 +131,18 @@ def upgrade() -> None:
                             name=op.f('fk_coupons_template_id_coupon_templates')),
     sa.ForeignKeyConstraint(['member_id'], ['members.id'], name=op.f('fk_coupons_member_id_members'),
                             ondelete='CASCADE'),
-    sa.ForeignKeyConstraint(['batch_id'], ['coupon_batches.id'], name=op.f('fk_coupons_batch_id_coupon_batches')),
     sa.ForeignKeyConstraint(['redeemed_store_id'], ['org_units.id'],
                             name=op.f('fk_coupons_redeemed_store_id_org_units')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_coupons')),
-    sa.UniqueConstraint('code', name=op.f('uq_coupons_code')),
-    sa.UniqueConstraint('source', 'external_id', name=op.f('uq_coupons_source_external_id'))
+    sa.UniqueConstraint('code', name=op.f('uq_coupons_code'))
     )
     with op.batch_alter_table('coupons', schema=None) as batch_op:
+        batch_op.create_index('uq_coupons_source_external_id', ['source', 'external_id'], unique=True,
+                              postgresql_where=sa.text('external_id IS NOT NULL'),
+                              sqlite_where=sa.text('external_id IS NOT NULL'))
         batch_op.create_index('ix_coupons_member_id_status', ['member_id', 'status'], unique=False)
         batch_op.create_index('ix_coupons_template_id_member_id', ['template_id', 'member_id'], unique=False)
         batch_op.create_index('ix_coupons_status_valid_to', ['status', 'valid_to'], unique=False)
-        batch_op.create_index('ix_coupons_batch_id_member_id', ['batch_id', 'member_id'], unique=False)
 
     op.create_table('coupon_redemptions',
     sa.Column('id', ID, nullable=False),
