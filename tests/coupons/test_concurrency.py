@@ -87,3 +87,22 @@ def test_concurrent_issuers_never_pass_the_limits(live_server, clean_db):
     assert len(issued) == 30 and max(per_member.values()) <= 2
     with httpx.Client(base_url=live_server, headers=admin, timeout=60) as c:
         assert c.get(f"{API}/coupon-templates/{t['id']}").json()["issued_count"] == 30
+
+
+def test_one_issue_key_sent_at_once_for_two_templates_is_one_coupon_and_a_409(live_server, clean_db):
+    """Different templates hold different locks, so only the unique key decides: one 201, the rest
+    409 coupon.id_reused (never a 500)."""
+    admin = headers(api_key("admin", name="ops"))
+    with httpx.Client(base_url=live_server, timeout=60) as c:
+        ts = [template(c, admin, name=f"T{i}")["id"] for i in range(2)]
+    m = member()
+
+    def call(i):
+        with httpx.Client(base_url=live_server, headers=admin, timeout=60) as c:
+            r = c.post(f"{API}/members/{m}/coupons", json={"template_id": ts[i % 2], "external_id": "SAME"})
+            return r.status_code, r.json()["code"] if r.status_code == 409 else "ok"
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=10) as pool:
+        answers = list(pool.map(call, range(10)))
+    assert set(answers) <= {(201, "ok"), (409, "coupon.id_reused")}, answers
+    assert sum(len(coupons_of(t)) for t in ts) == 1

@@ -21,6 +21,7 @@ import json
 from dataclasses import dataclass
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from orchard.audit import service as audit
@@ -87,7 +88,15 @@ def issue_one(session: Session, *, template_id: int, member_id: int, source: str
     coupon = Coupon(code=code, template_id=t.id, member_id=member_id, status="issued", issued_at=now,
                     valid_from=valid_from, valid_to=valid_to, source=source, external_id=external_id,
                     body_hash=body_hash, issued_by=actor, reason=reason, updated_at=now)
-    session.add(coupon)
+    try:
+        with session.begin_nested():
+            session.add(coupon)
+            session.flush()
+    except IntegrityError:
+        # The same key sent at once for another template (which holds another lock): its answer stands.
+        if (prior := _replay_one(session, source, external_id, body_hash)) is not None:
+            return prior, False
+        raise
     t.issued_count += 1
     session.flush()
     audit.record(session, actor=actor, action="coupon.issued", entity="coupon", entity_id=coupon.id,
@@ -131,8 +140,14 @@ def issue_bulk(session: Session, *, template_id: int, member_ids: list[int], sou
     room = plan.eligible if t.total_limit is None else min(plan.eligible, t.total_limit - t.issued_count)
     batch = CouponBatch(template_id=t.id, source=source, external_id=external_id, body_hash=body_hash,
                         reason=reason, requested=plan.requested, issued=0, skipped={}, actor=actor, created_at=now)
-    session.add(batch)
-    session.flush()
+    try:
+        with session.begin_nested():
+            session.add(batch)
+            session.flush()
+    except IntegrityError:
+        if (prior := _replay_batch(session, source, external_id, body_hash)) is not None:
+            return prior, False
+        raise
     valid_from, valid_to = window_for(t, now)
     issued = 0
     for n in range(MAX_PASSES):
