@@ -9,8 +9,10 @@ from different templates is not.
 
 Bulk issue: the ids go into a temporary table (an array on PostgreSQL, a JSON array on SQLite), the
 targets are computed with one join, and one INSERT … SELECT makes the coupons with codes generated
-by the database (coupons.codes). A code that collides with an existing one is skipped by
-`ON CONFLICT (code) DO NOTHING`, and a further pass issues to exactly the members that lost one.
+by the database (coupons.codes). The first try is a plain INSERT; if a generated code collides (the
+unique index on `code` aborts it; ~1e-5 likely for a million codes among ten million) it is redone
+with `ON CONFLICT (code) DO NOTHING`, which skips the colliding rows, and further passes issue to
+exactly the members that lost theirs. (ON CONFLICT costs ~15% per row, hence not on the first try.)
 Voided coupons still count against both limits: a limit is on issuing.
 """
 
@@ -149,14 +151,21 @@ def issue_bulk(session: Session, *, template_id: int, member_ids: list[int], sou
             return prior, False
         raise
     valid_from, valid_to = window_for(t, now)
+    params = {"now": now, "valid_from": valid_from, "valid_to": valid_to, "actor": actor, "reason": reason}
     issued = 0
+    try:
+        # Fast path: a plain INSERT (no speculative insertion per row). A collision aborts it whole,
+        # and the passes below redo it with ON CONFLICT.
+        with session.begin_nested():
+            issued = _insert_pass(session, t, batch.id, limit=room, first=True, ordered=room < plan.eligible,
+                                  pg=pg, code_length=code_length, params=params, on_conflict=False)
+    except IntegrityError:
+        issued = 0
     for n in range(MAX_PASSES):
         if issued >= room:
             break
         issued += _insert_pass(session, t, batch.id, limit=room - issued, first=n == 0,
-                               ordered=room < plan.eligible, pg=pg, code_length=code_length,
-                               params={"now": now, "valid_from": valid_from, "valid_to": valid_to,
-                                       "actor": actor, "reason": reason})
+                               ordered=room < plan.eligible, pg=pg, code_length=code_length, params=params)
     if issued < room:
         raise Conflict("coupon codes kept colliding: the code space is nearly full", code="coupon.codes_exhausted")
     session.execute(sql("DROP TABLE _coupon_targets"))
@@ -200,12 +209,12 @@ def _targets(session: Session, t: CouponTemplate, ids: list[int], pg: bool) -> _
 
 
 def _insert_pass(session: Session, t: CouponTemplate, batch_id: int, *, limit: int, first: bool, ordered: bool,
-                 pg: bool, code_length: int | None, params: dict) -> int:
+                 pg: bool, code_length: int | None, params: dict, on_conflict: bool = True) -> int:
     """Insert coupons for up to `limit` targets without one in this batch yet, lowest member ids first
     when the total limit leaves room for only some. Returns the rows inserted (a collided code
     leaves its member for the next pass)."""
     missing = "" if first else \
-        " AND NOT EXISTS (SELECT 1 FROM coupons c WHERE c.template_id = :t AND c.member_id = g.member_id " \
+        " AND NOT EXISTS (SELECT 1 FROM coupons c WHERE c.member_id = g.member_id AND c.template_id = :t " \
         "AND c.batch_id = :b)"
     order = " ORDER BY g.member_id LIMIT :lim" if ordered or not first else ""
     draw = ", uuid_send(gen_random_uuid()) AS rb" if pg else ""
@@ -215,6 +224,6 @@ def _insert_pass(session: Session, t: CouponTemplate, batch_id: int, *, limit: i
         "issued_by, reason, updated_at) "
         f"SELECT {code}, :t, x.member_id, 'issued', :now, :valid_from, :valid_to, :b, :actor, :reason, :now "
         f"FROM (SELECT g.member_id{draw} FROM _coupon_targets g WHERE g.ok = 1{missing}{order}) x "
-        "WHERE true ON CONFLICT (code) DO NOTHING"),
+        f"WHERE true{' ON CONFLICT (code) DO NOTHING' if on_conflict else ''}"),
         {**params, "t": t.id, "b": batch_id, "lim": limit})
     return done.rowcount or 0

@@ -17,7 +17,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
 
 from orchard.audit import service as audit
@@ -195,7 +195,3 @@ def expire_due(session: Session, *, now: dt.datetime | None = None, actor: str =
             {"now": now, "actor": actor})
     return n
 
-
-def held(session: Session, *, template_id: int, member_id: int) -> int:
-    return session.scalar(select(func.count()).select_from(Coupon).where(Coupon.template_id == template_id,
-                                                                         Coupon.member_id == member_id))

@@ -140,9 +140,7 @@ def upgrade() -> None:
         batch_op.create_index('uq_coupons_source_external_id', ['source', 'external_id'], unique=True,
                               postgresql_where=sa.text('external_id IS NOT NULL'),
                               sqlite_where=sa.text('external_id IS NOT NULL'))
-        batch_op.create_index('ix_coupons_member_id_status', ['member_id', 'status'], unique=False)
-        batch_op.create_index('ix_coupons_template_id_member_id', ['template_id', 'member_id'], unique=False)
-        batch_op.create_index('ix_coupons_status_valid_to', ['status', 'valid_to'], unique=False)
+        batch_op.create_index('ix_coupons_member_id_template_id', ['member_id', 'template_id'], unique=False)
 
     op.create_table('coupon_redemptions',
     sa.Column('id', ID, nullable=False),
