@@ -37,7 +37,7 @@ def _visible(session: Session, principal: Principal, code: str) -> Coupon:
     try:
         scope.get_visible(session, principal, coupon.member_id)
     except NotFound:
-        raise NotFound("coupon not found", code="coupon.not_found") from None
+        raise NotFound("券不存在 coupon not found", code="coupon.not_found") from None
     return coupon
 
 
@@ -95,7 +95,7 @@ def redeem(code: CodePath, body: RedeemIn, session: SessionDep,
     order gets 409 coupon.already_redeemed."""
     coupon = _visible(session, principal, code)
     if body.member_id is not None and scope.get_visible(session, principal, body.member_id).id != coupon.member_id:
-        raise Conflict("the coupon belongs to another member", code="coupon.other_member")
+        raise Conflict("该券属于其他会员 the coupon belongs to another member", code="coupon.other_member")
     lines = None if body.lines is None else tuple(rules.Line(ln.category, ln.amount_fen) for ln in body.lines)
     if lines and sum(ln.amount_fen for ln in lines) > body.amount_fen:
         raise InvalidInput.field("lines", "the lines add up to more than amount_fen")

@@ -42,9 +42,10 @@ MAX_PASSES = 10
 
 def issuable(t: CouponTemplate, now: dt.datetime) -> None:
     if t.status != "active":
-        raise Conflict(f"coupon template {t.id} is inactive", code="coupon_template.inactive")
+        raise Conflict(f"券模板已停用 coupon template {t.id} is inactive", code="coupon_template.inactive")
     if t.validity == "fixed" and t.valid_to <= now:
-        raise Conflict(f"coupon template {t.id} ended at {t.valid_to.isoformat()}", code="coupon_template.ended")
+        raise Conflict(f"券模板已结束 coupon template {t.id} ended at {t.valid_to.isoformat()}",
+                       code="coupon_template.ended")
 
 
 def window_for(t: CouponTemplate, now: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
@@ -57,7 +58,7 @@ def _replay_one(session: Session, source: str, external_id: str, body_hash: str)
     coupon = session.scalar(select(Coupon).where(Coupon.source == source, Coupon.external_id == external_id)
                             .execution_options(populate_existing=True))
     if coupon is not None and coupon.body_hash != body_hash:
-        raise Conflict(f"coupon issue {source}/{external_id} was already received with another body",
+        raise Conflict(f"重复的请求编号 coupon issue {source}/{external_id} was already received with another body",
                        code="coupon.id_reused", source=source, external_id=external_id)
     return coupon
 
@@ -75,13 +76,13 @@ def issue_one(session: Session, *, template_id: int, member_id: int, source: str
         return prior, False  # a concurrent retry won while we waited for the lock
     issuable(t, now)
     if t.total_limit is not None and t.issued_count >= t.total_limit:
-        raise Conflict(f"all {t.total_limit} coupons of template {t.id} are issued", code="coupon.limit_reached",
-                       total_limit=t.total_limit)
+        raise Conflict(f"券已发完 all {t.total_limit} coupons of template {t.id} are issued",
+                       code="coupon.limit_reached", total_limit=t.total_limit)
     if t.per_member_limit is not None:
         held = session.scalar(select(func.count()).select_from(Coupon)
                               .where(Coupon.template_id == t.id, Coupon.member_id == member_id))
         if held >= t.per_member_limit:
-            raise Conflict(f"the member already received {held} coupons of template {t.id}",
+            raise Conflict(f"已达每人限领数量 the member already received {held} coupons of template {t.id}",
                            code="coupon.member_limit_reached", per_member_limit=t.per_member_limit)
     valid_from, valid_to = window_for(t, now)
     code = codes.new_code()
@@ -118,7 +119,7 @@ def _replay_batch(session: Session, source: str, external_id: str, body_hash: st
     batch = session.scalar(select(CouponBatch).where(CouponBatch.source == source,
                                                      CouponBatch.external_id == external_id))
     if batch is not None and batch.body_hash != body_hash:
-        raise Conflict(f"coupon batch {source}/{external_id} was already received with another body",
+        raise Conflict(f"重复的请求编号 coupon batch {source}/{external_id} was already received with another body",
                        code="coupon.id_reused", source=source, external_id=external_id)
     return batch
 
@@ -167,7 +168,8 @@ def issue_bulk(session: Session, *, template_id: int, member_ids: list[int], sou
         issued += _insert_pass(session, t, batch.id, limit=room - issued, first=n == 0,
                                ordered=room < plan.eligible, pg=pg, code_length=code_length, params=params)
     if issued < room:
-        raise Conflict("coupon codes kept colliding: the code space is nearly full", code="coupon.codes_exhausted")
+        raise Conflict("券码冲突过多 coupon codes kept colliding: the code space is nearly full",
+                       code="coupon.codes_exhausted")
     session.execute(sql("DROP TABLE _coupon_targets"))
     t.issued_count += issued
     batch.issued = issued

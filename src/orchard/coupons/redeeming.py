@@ -48,7 +48,7 @@ def by_code(session: Session, raw: str, *, lock: bool = False) -> Coupon:
     stmt = select(Coupon).where(Coupon.code == code).execution_options(populate_existing=True)
     coupon = session.scalar(stmt.with_for_update() if lock else stmt)
     if coupon is None:
-        raise NotFound("coupon not found", code="coupon.not_found")
+        raise NotFound("券不存在 coupon not found", code="coupon.not_found")
     return coupon
 
 
@@ -67,10 +67,12 @@ def _replay(session: Session, coupon: Coupon, order: Order, body_hash: str) -> C
     if prior is None:
         return None
     if prior.body_hash != body_hash:
-        raise Conflict(f"order {order.source}/{order.external_id} already redeemed this coupon with another body",
+        raise Conflict(f"该订单已用此券核销，内容不同 "
+                       f"order {order.source}/{order.external_id} already redeemed this coupon with another body",
                        code="coupon.id_reused")
     if prior.cancelled_at is not None:
-        raise Conflict("this order's redemption of the coupon was undone; a new order needs its own reference",
+        raise Conflict("该订单的核销已撤销 this order's redemption of the coupon was undone; "
+                       "a new order needs its own reference",
                        code="coupon.redemption_cancelled")
     return prior
 
@@ -117,7 +119,8 @@ def redeem(session: Session, *, coupon: Coupon, order: Order, actor: str,
             return prior, False
         current = _fresh(session, coupon.id)
         rules.check_state(current.status, current.valid_from, current.valid_to, now)
-        raise Conflict("the coupon changed while it was being redeemed; retry", code="coupon.retry")
+        raise Conflict("券状态已变化，请重试 the coupon changed while it was being redeemed; retry",
+                       code="coupon.retry")
     redemption = CouponRedemption(coupon_id=coupon.id, order_source=order.source, order_id=order.external_id,
                                   store_id=order.store_id, channel=order.channel, order_amount_fen=order.amount_fen,
                                   eligible_fen=eligible, discount_fen=discount, body_hash=body_hash, actor=actor,
@@ -137,7 +140,8 @@ def cancel(session: Session, *, coupon: Coupon, order_source: str, order_id: str
     again, or expired if its window has passed. Once: a repeat returns the undone redemption."""
     redemption = _redemption(session, coupon.id, order_source, order_id)
     if redemption is None:
-        raise NotFound("this coupon was not redeemed by that order", code="coupon.redemption_not_found")
+        raise NotFound("该订单未核销此券 this coupon was not redeemed by that order",
+                       code="coupon.redemption_not_found")
     if redemption.cancelled_at is not None:
         return redemption, False
     now = now or utcnow()
@@ -169,7 +173,7 @@ def void(session: Session, *, coupon: Coupon, reason: str, actor: str, now: dt.d
     if done != 1:
         if current.status == "voided":
             return current
-        raise Conflict(f"a {current.status} coupon cannot be voided", code="coupon.not_voidable",
+        raise Conflict(f"该券不可作废 a {current.status} coupon cannot be voided", code="coupon.not_voidable",
                        status=current.status)
     audit.record(session, actor=actor, action="coupon.voided", entity="coupon", entity_id=coupon.id,
                  data={"reason": reason, "member_id": coupon.member_id, "template_id": coupon.template_id})

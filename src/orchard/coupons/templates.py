@@ -116,7 +116,7 @@ def get(session: Session, template_id: int, *, lock: bool = False) -> CouponTemp
         stmt = stmt.with_for_update().execution_options(populate_existing=True)
     t = session.scalar(stmt)
     if t is None:
-        raise NotFound(f"no coupon template {template_id}", code="coupon_template.not_found")
+        raise NotFound(f"券模板不存在 no coupon template {template_id}", code="coupon_template.not_found")
     return t
 
 
