@@ -3,6 +3,8 @@
 from fastapi import APIRouter
 
 from orchard.auth.endpoints import router as auth_router
+from orchard.coupons.endpoints import router as coupons_router
+from orchard.coupons.template_endpoints import router as coupon_templates_router
 from orchard.events.endpoints import router as events_router
 from orchard.exports.endpoints import router as exports_router
 from orchard.imports.endpoints import router as imports_router
@@ -20,5 +22,6 @@ from orchard.org.endpoints import router as org_router
 api_router = APIRouter(prefix="/api/v1")
 for router in (auth_router, org_router, members_router, events_router, exports_router, imports_router,
                points_rules_router, points_reports_router, points_router, tiers_router,
-               engagement_router, points_flags_router, benefits_router, catalog_router):
+               engagement_router, points_flags_router, benefits_router, catalog_router, coupon_templates_router,
+               coupons_router):
     api_router.include_router(router)

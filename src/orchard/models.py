@@ -2,6 +2,7 @@
 
 from orchard.audit.models import AuditEntry  # noqa: F401
 from orchard.auth.models import AccessToken, ApiKey, Staff, StaffScope  # noqa: F401
+from orchard.coupons.models import Coupon, CouponBatch, CouponRedemption, CouponTemplate  # noqa: F401
 from orchard.db import Base  # noqa: F401
 from orchard.events.models import Event, Order, OrderLine, Refund, RefundLine  # noqa: F401
 from orchard.idempotency.models import IdempotencyRecord  # noqa: F401

@@ -38,9 +38,10 @@ PROBLEM_KEYS = {"type", "title", "status", "detail", "code", "errors"}
 MOBILE = re.compile(r"1[3-9]\d{9}")
 MASKED_MOBILE = re.compile(r"^1[3-9]\d\*{4}\d{4}$")
 #: Path parameters that name a member or a row belonging to one: routes carrying them are walked.
-MEMBER_PARAMS = {"member_id", "order_id", "refund_id", "identity_id", "event_id", "note_id", "consent_id"}
+MEMBER_PARAMS = {"member_id", "order_id", "refund_id", "identity_id", "event_id", "note_id", "consent_id", "code"}
 #: Id-like path parameters known NOT to address one member's data (admin objects, merge-review pairs).
-NON_MEMBER_PARAMS = {"key_id", "candidate_id", "staff_id", "job_id", "rule_id", "flag_id", "benefit_id"}
+NON_MEMBER_PARAMS = {"key_id", "candidate_id", "staff_id", "job_id", "rule_id", "flag_id", "benefit_id",
+                     "template_id", "item_code"}
 NO_SUCH_ID = 987_654_321
 
 
@@ -62,13 +63,15 @@ class Target:
     card: str
     note: str
     event_id: int = 0
+    coupon_code: str = ""  # a coupon in the member's wallet ({code} routes)
+    coupon_template_id: int = 0
     markers: list[str] = field(default_factory=list)
 
     def path_values(self) -> dict[str, Any]:
         return {"member_id": self.member_id, "order_id": self.order_id, "refund_id": self.refund_id,
                 "identity_id": self.identity_id, "event_id": self.event_id, "name": self.tag,
                 "channel": "sms", "purpose": "marketing", "external_id": f"W-{self.store}-{self.member_id}",
-                "code": "CUP"}
+                "code": self.coupon_code, "item_code": "CUP"}
 
 
 #: Per operation_id: the JSON body a member-scoped route is called with (None: no body). A valid body
@@ -109,6 +112,14 @@ ROUTE_BODIES: dict[str, Callable[[Target], dict | None]] = {
     "listMemberEvents": lambda t: None,
     "getOrder": lambda t: None,
     "getRefund": lambda t: None,
+    "listMemberCoupons": lambda t: None,
+    "issueMemberCoupon": lambda t: {"template_id": t.coupon_template_id, "external_id": f"CI-{t.store}-{t.member_id}",
+                                    "reason": "到店关怀"},
+    "getCoupon": lambda t: None,
+    "redeemCoupon": lambda t: {"order_external_id": f"W-{t.store}-{t.member_id}", "amount_fen": 10000,
+                               "store_code": t.store},
+    "cancelCouponRedemption": lambda t: {"order_external_id": f"W-{t.store}-{t.member_id}", "reason": "订单取消"},
+    "voidCoupon": lambda t: {"reason": "发错券"},
 }
 
 
@@ -146,8 +157,8 @@ def _ok(r, *codes: int) -> dict:
 
 
 def seed_member(api: Api, admin: str, *, store: str, name: str, phone: str, card: str, prefix: str) -> Target:
-    """A member of `store` with a phone, a card, an order, a refund, an event, a note, a tag, consent
-    and points."""
+    """A member of `store` with a phone, a card, an order, a refund, an event, a note, a tag, consent,
+    points and a coupon."""
     m = _ok(api.call("POST", f"{API}/members", admin, {
         "name": name, "home_store_code": store, "birthday": "1991-02-03",
         "identities": [{"kind": "phone", "value": phone}, {"kind": "card_no", "value": card}]}), 201)
@@ -167,11 +178,16 @@ def seed_member(api: Api, admin: str, *, store: str, name: str, phone: str, card
     _ok(api.call("PUT", f"{API}/members/{m['id']}/consents/sms/marketing", admin, {"granted": True}))
     _ok(api.call("POST", f"{API}/members/{m['id']}/points/adjust", admin,
                  {"amount": 1000, "reason": "开卡礼", "external_id": f"{prefix}-P1"}))
+    tpl = _ok(api.call("POST", f"{API}/coupon-templates", admin, {
+        "name": f"{store} 无门槛券", "kind": "amount_off", "off_fen": 500, "validity": "relative",
+        "valid_days": 30}), 201)
+    coupon = _ok(api.call("POST", f"{API}/members/{m['id']}/coupons", admin,
+                          {"template_id": tpl["id"], "external_id": f"{prefix}-C1"}), 201)
     card_identity = next(i["id"] for i in m["identities"] if i["kind"] == "card_no")
     national = re.sub(r"\D", "", phone)
     t = Target(store=store, member_id=m["id"], sibling_id=sibling["id"], order_id=o["id"], refund_id=refund["id"],
                identity_id=card_identity, tag=tag, name=name, phone=phone, card=card, note=note,
-               event_id=event["id"])
+               event_id=event["id"], coupon_code=coupon["code"], coupon_template_id=tpl["id"])
     t.markers = [name, national, f"+86{national}", f"{national[:3]}****{national[-4:]}", card, note, tag,
                  f"{prefix}-O1", f"{prefix}-R1", f"{prefix}-E1"]
     return t
@@ -286,7 +302,7 @@ def snapshot(api: Api, admin: str, t: Target) -> dict[str, Any]:
     """Everything an HQ admin can read about the member (to prove outsiders changed nothing)."""
     base = f"{API}/members/{t.member_id}"
     out = {}
-    for suffix in ("", "/consents", "/notes", "/tags", "/merges", "/orders", "/events"):
+    for suffix in ("", "/consents", "/notes", "/tags", "/merges", "/orders", "/events", "/coupons"):
         r = api.call("GET", base + suffix, admin)
         assert r.status_code == 200, r.text
         out[suffix or "/"] = r.json()
@@ -534,7 +550,7 @@ def test_store_clerk_sees_member_with_masked_phone_on_every_get_route(app, api, 
         if "GET" not in route.methods:
             continue
         url = fill(route, {**sh.path_values(), "key_id": 1, "candidate_id": 1, "staff_id": 1, "job_id": 1,
-              "rule_id": 1, "flag_id": 1, "benefit_id": 1, "code": "CUP"})
+              "rule_id": 1, "flag_id": 1, "benefit_id": 1, "item_code": "CUP", "template_id": sh.coupon_template_id})
         r = api.call("GET", url, clerk)
         if is_member_scoped(route) and route_perms(route) <= ROLE_PERMS[Role.clerk] and r.status_code != 200:
             api.leak(f"GET {url}: the SH001 clerk should see its member, got {r.status_code} {r.text[:200]}")
@@ -617,7 +633,8 @@ def _principals(api: Api) -> dict[Role, str]:
 def test_role_table_is_enforced_on_every_route(app, api, world):
     principals = _principals(api)
     values = {**world.gz.path_values(), "key_id": 1, "candidate_id": 1, "staff_id": 1, "job_id": 1,
-              "rule_id": 1, "flag_id": 1, "benefit_id": 1, "code": "CUP"}
+              "rule_id": 1, "flag_id": 1, "benefit_id": 1, "item_code": "CUP",
+              "template_id": world.gz.coupon_template_id}
     checked = 0
     for route in api_routes(app):
         perms = route_perms(route)
@@ -671,8 +688,9 @@ def test_role_table_is_enforced_on_every_route(app, api, world):
 
 def test_every_api_route_requires_credentials(app, api):
     values = {"member_id": 1, "order_id": 1, "refund_id": 1, "identity_id": 1, "event_id": 1, "key_id": 1,
-              "candidate_id": 1, "staff_id": 1, "job_id": 1, "rule_id": 1, "flag_id": 1, "benefit_id": 1, "name": "vip",
-              "channel": "sms", "purpose": "marketing", "external_id": "S-1", "code": "CUP"}
+              "candidate_id": 1, "staff_id": 1, "job_id": 1, "rule_id": 1, "flag_id": 1, "benefit_id": 1,
+              "name": "vip", "channel": "sms", "purpose": "marketing", "external_id": "S-1", "template_id": 1,
+              "code": "7K3M9QWX2D8F", "item_code": "CUP"}
     checked = 0
     for route in api_routes(app):
         if route.operation_id == "createToken":

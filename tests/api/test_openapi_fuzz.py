@@ -7,8 +7,9 @@ the credential its operation's `security` asks for: an admin token for HTTPBeare
 as Bearer or as Segment write key for the tracking schemes; an unknown scheme fails the test.
 
 The database is seeded with an org tree, members, orders, a refund, an event, a note, a tag, a consent,
-an API key, a duplicate candidate and a finished import job with an error report, and generated path
-ids are swapped for real ones half of the time so the "row exists" branches run, not only the 404s.
+an API key, a coupon template and coupons, a duplicate candidate and a finished import job with an
+error report, and generated path ids are swapped for real ones half of the time so the "row exists"
+branches run, not only the 404s.
 Write requests sometimes carry an Idempotency-Key (fresh, or a deliberate re-use) so the middleware
 sees fuzzed input too.
 
@@ -101,6 +102,10 @@ def seed(client, token: str) -> Seeded:
         assert time.monotonic() < deadline, job
         time.sleep(0.05)
     assert job["has_error_report"], job
+    tpl = post("/api/v1/coupon-templates", {"name": "满100减20", "kind": "amount_off", "off_fen": 2000,
+                                            "threshold_fen": 10000, "validity": "relative", "valid_days": 30})
+    coupons = [post(f"/api/v1/members/{mid}/coupons", {"template_id": tpl["id"], "external_id": f"FZ-C{mid}"})
+               for mid in out.member_ids]
     out.path_values = {
         "member_id": out.member_ids,
         "order_id": [o["id"] for o in orders],
@@ -112,6 +117,8 @@ def seed(client, token: str) -> Seeded:
         "name": ["vip"],
         "channel": ["sms", "wechat"],
         "purpose": ["marketing", "service"],
+        "template_id": [tpl["id"]],
+        "code": [c["code"] for c in coupons],
     }
     return out
 

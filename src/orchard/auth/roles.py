@@ -44,6 +44,12 @@ class Perm(StrEnum):
     points_reports = "points:reports"
     #: Add and retire benefits in the library (store managers: their stores' own, within HQ's share).
     benefits_manage = "benefits:manage"
+    #: Create and change coupon templates, issue in bulk, void coupons (audited).
+    coupons_manage = "coupons:manage"
+    #: Issue one coupon to a member (a clerk's quick issue with a reason, a journey, a mini-program).
+    coupons_issue = "coupons:issue"
+    #: Redeem a coupon at a POS or online, and undo a redemption when the order is cancelled.
+    coupons_redeem = "coupons:redeem"
 
 
 _FRONT_LINE = {Perm.members_read, Perm.members_write, Perm.members_consent, Perm.members_notes,
@@ -53,14 +59,15 @@ ROLE_PERMS: dict[Role, frozenset[Perm]] = {
     Role.admin: frozenset(Perm),
     Role.hq_ops: frozenset(_FRONT_LINE | {Perm.members_merge, Perm.events_ingest, Perm.imports, Perm.points_spend,
                                           Perm.points_adjust, Perm.points_rules, Perm.points_reports,
-                                          Perm.benefits_manage}),
+                                          Perm.benefits_manage, Perm.coupons_manage, Perm.coupons_issue,
+                                          Perm.coupons_redeem}),
     Role.store_manager: frozenset(_FRONT_LINE | {Perm.points_spend, Perm.points_adjust, Perm.points_reports,
-                                                 Perm.benefits_manage}),
-    Role.clerk: frozenset(_FRONT_LINE | {Perm.points_spend}),
+                                                 Perm.benefits_manage, Perm.coupons_issue, Perm.coupons_redeem}),
+    Role.clerk: frozenset(_FRONT_LINE | {Perm.points_spend, Perm.coupons_issue, Perm.coupons_redeem}),
     Role.service: frozenset(_FRONT_LINE - {Perm.members_write}),
     Role.integrator: frozenset({Perm.members_read, Perm.members_write, Perm.members_consent,
                                 Perm.events_ingest, Perm.events_read, Perm.org_read, Perm.imports,
-                                Perm.points_spend}),
+                                Perm.points_spend, Perm.coupons_issue, Perm.coupons_redeem}),
 }
 
 STORE_SCOPED = frozenset({Role.store_manager, Role.clerk})

@@ -25,7 +25,7 @@ from orchard.org.service import store_id_for_code
 
 router = APIRouter(tags=["points catalog"])
 MemberId = Annotated[int, Path(ge=1, le=2**62)]
-Code = Annotated[str, Path(min_length=1, max_length=32)]
+ItemCode = Annotated[str, Path(min_length=1, max_length=32)]
 
 
 @router.get("/catalog", response_model=list[CatalogItemRead], operation_id="listCatalog")
@@ -37,11 +37,11 @@ def list_items(session: SessionDep, principal: Actor(Perm.members_read),
     return [CatalogItemRead.model_validate(i) for i in session.scalars(q)]
 
 
-@router.put("/catalog/{code}", response_model=CatalogItemRead, operation_id="putCatalogItem")
-def put_item(code: Code, body: CatalogItemIn, session: SessionDep,
+@router.put("/catalog/{item_code}", response_model=CatalogItemRead, operation_id="putCatalogItem")
+def put_item(item_code: ItemCode, body: CatalogItemIn, session: SessionDep,
              principal: Actor(Perm.points_rules)) -> CatalogItemRead:
     """Create or replace an item (audited). Stock set here is what is left to redeem."""
-    if body.code != code:
+    if body.code != item_code:
         raise InvalidInput.field("code", "must match the path")
     if (body.kind == "coupon") != (body.coupon_template_id is not None):
         raise InvalidInput.field("coupon_template_id", "a coupon item names its coupon template; others do not")
@@ -52,11 +52,11 @@ def put_item(code: Code, body: CatalogItemIn, session: SessionDep,
     return CatalogItemRead.model_validate(catalog.upsert_item(session, body, actor=principal.actor))
 
 
-@router.post("/members/{member_id}/catalog/{code}/redeem", response_model=CatalogRedemptionRead,
+@router.post("/members/{member_id}/catalog/{item_code}/redeem", response_model=CatalogRedemptionRead,
              operation_id="redeemCatalogItem",
              responses={409: {"description": "catalog.out_of_stock, catalog.limit, catalog.unavailable, "
                                              "points.insufficient or catalog.id_reused"}})
-def redeem(member_id: MemberId, code: Code, body: CatalogRedeemIn, session: SessionDep,
+def redeem(member_id: MemberId, item_code: ItemCode, body: CatalogRedeemIn, session: SessionDep,
            principal: Actor(Perm.points_spend)) -> CatalogRedemptionRead:
     """Redeem an item for points: stock, the member's limit and balance are checked atomically; a
     repeated `external_id` returns the first redemption."""
@@ -64,7 +64,7 @@ def redeem(member_id: MemberId, code: Code, body: CatalogRedeemIn, session: Sess
     store_id = store_id_for_code(session, body.store_code) if body.store_code else None
     if store_id is not None and principal.store_ids is not None and store_id not in principal.store_ids:
         raise InvalidInput.field("store_code", f"store {body.store_code!r} is outside your stores")
-    row, _ = catalog.redeem(session, member_id=member.id, code=code, quantity=body.quantity, source=body.source,
+    row, _ = catalog.redeem(session, member_id=member.id, code=item_code, quantity=body.quantity, source=body.source,
                             external_id=body.external_id, store_id=store_id, actor=principal.actor)
     return CatalogRedemptionRead.model_validate(row)
 

@@ -1,6 +1,6 @@
 """Merging member B into member A (SPEC M3), in one transaction.
 
-Moves identities, orders, refunds, events, notes, tags, consents and consent history to A with a
+Moves identities, orders, refunds, events, notes, coupons, tags, consents and consent history to A with a
 handful of set-based UPDATE/INSERT statements, and B's points as ledger transfers (lots keep their
 expiry; B's history stays B's); fills A's empty profile fields from B; leaves a merge
 record and an audit row; marks B merged with `merged_into_id = A` (and re-points anyone already
@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session, aliased
 
 from orchard.audit import service as audit
 from orchard.auth.service import Principal
+from orchard.coupons.models import Coupon
 from orchard.errors import Conflict, InvalidInput
 from orchard.events import aggregates
 from orchard.events.models import Event, Order, Refund
@@ -48,7 +49,7 @@ def merge(session: Session, *, principal: Principal, survivor_id: int, merged_id
 
     moved = {}
     for model, label in ((Identity, "identities"), (Order, "orders"), (Refund, "refunds"), (Event, "events"),
-                         (MemberNote, "notes"), (ConsentChange, "consent_changes")):
+                         (MemberNote, "notes"), (ConsentChange, "consent_changes"), (Coupon, "coupons")):
         moved[label] = session.execute(
             update(model).where(model.member_id == b.id).values(member_id=a.id)).rowcount or 0
     moved["tags"] = _move_tags(session, a.id, b.id)
