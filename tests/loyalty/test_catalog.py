@@ -93,3 +93,32 @@ def test_concurrent_redemptions_never_oversell(live_server, clean_db):
         stock = {i["code"]: i["stock"] for i in c.get("/api/v1/catalog").json()}
     assert stock["LAMP"] == 0 and summary(rich).balance == 50
     assert violations() == {}
+
+
+def test_a_coupon_item_issues_its_coupons_and_cancelling_voids_them(client):
+    admin = headers(token_for(client, "admin"))
+    t = client.post("/api/v1/coupon-templates", headers=admin, json={
+        "name": "满100减10", "kind": "amount_off", "off_fen": 1000, "threshold_fen": 10000,
+        "validity": "relative", "valid_days": 30, "per_member_limit": 2})
+    assert t.status_code == 201, t.text
+    item(client, admin, "C10", kind="coupon", coupon_template_id=t.json()["id"], points_cost=50)
+    m = member("SH001")
+    post(m, 500)
+    r = client.post(f"/api/v1/members/{m}/catalog/C10/redeem", headers=admin, json={"external_id": "K1",
+                                                                                   "quantity": 2})
+    assert r.status_code == 200, r.text
+    codes = r.json()["coupon_codes"]
+    assert len(codes) == 2
+    wallet = client.get(f"/api/v1/members/{m}/coupons", headers=admin).json()
+    assert len(wallet["items"] if isinstance(wallet, dict) else wallet) == 2
+    over = client.post(f"/api/v1/members/{m}/catalog/C10/redeem", headers=admin, json={"external_id": "K2"})
+    assert over.status_code == 409  # the template's own per-member limit; points and stock untouched
+    assert summary(m).balance == 400
+    c = client.post(f"/api/v1/members/{m}/catalog/redemptions/K1/cancel", headers=admin, json={"reason": "退回"})
+    assert c.status_code == 200 and c.json()["status"] == "cancelled"
+    assert {client.get(f"/api/v1/coupons/{code}", headers=admin).json()["status"] for code in codes} == {"voided"}
+    assert summary(m).balance == 500
+    bad = client.put("/api/v1/catalog/C11", headers=admin, json={"code": "C11", "name": "x", "points_cost": 1,
+                                                                 "kind": "coupon", "coupon_template_id": 999})
+    assert bad.status_code == 422
+    assert violations() == {}

@@ -6,8 +6,10 @@ A redemption, in one transaction: lock the member's points account (so one membe
 serialise and the per-member count is exact), take the stock with a conditional UPDATE (`stock >=
 quantity`; the item row stays locked until commit, so concurrent buyers of the last unit queue and
 the loser sees 409 `catalog.out_of_stock`), spend the points through the ledger (409
-`points.insufficient` rolls the stock back with everything else), and record the redemption. It is
-idempotent on (source, external_id). Cancelling restores the points to their lots and the stock.
+`points.insufficient` rolls the stock back with everything else), and record the redemption; a
+coupon item issues its template's coupons in the same transaction. It is idempotent on (source,
+external_id). Cancelling voids those coupons (refused if one was used), restores the points to
+their lots and the stock.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from orchard.audit import service as audit
+from orchard.coupons import issuing, redeeming
+from orchard.coupons.models import Coupon, CouponTemplate
 from orchard.errors import Conflict, InvalidInput, NotFound
 from orchard.kit.clock import utcnow
 from orchard.kit.hashing import fingerprint
@@ -44,6 +48,8 @@ def upsert_item(session: Session, body: Any, *, actor: str) -> CatalogItem:
     item.starts_at = body.starts_at
     item.ends_at = body.ends_at
     item.coupon_template_id = body.coupon_template_id
+    if body.coupon_template_id is not None and session.get(CouponTemplate, body.coupon_template_id) is None:
+        raise InvalidInput.field("coupon_template_id", f"no coupon template {body.coupon_template_id}")
     session.flush()
     audit.record(session, actor=actor, action="catalog.item_created" if created else "catalog.item_updated",
                  entity="catalog_item", entity_id=item.id, data=body.model_dump(mode="json"))
@@ -88,9 +94,25 @@ def redeem(session: Session, *, member_id: int, code: str, quantity: int, source
                                 created_at=now)
         session.add(row)
         session.flush()
+        if item.kind == "coupon":  # the coupon template's limits apply too: a refusal undoes it all
+            for n in range(quantity):
+                issuing.issue_one(session, template_id=item.coupon_template_id, member_id=member_id,
+                                  source="catalog", external_id=_coupon_key(row, n), reason=f"积分兑换 {item.name}",
+                                  actor=actor, now=now)
     audit.record(session, actor=actor, action="catalog.redeemed", entity="member", entity_id=member_id,
                  data={"item": item.code, "quantity": quantity, "points": points, "redemption_id": row.id})
     return row, True
+
+
+def _coupon_key(row: CatalogRedemption, n: int) -> str:
+    return f"redemption-{row.id}-{n + 1}"
+
+
+def coupons_of(session: Session, row: CatalogRedemption) -> list[Coupon]:
+    """The coupons a coupon item's redemption issued."""
+    keys = [_coupon_key(row, n) for n in range(row.quantity)]
+    return list(session.scalars(select(Coupon).where(Coupon.source == "catalog", Coupon.external_id.in_(keys))
+                                .order_by(Coupon.id)))
 
 
 def _replay(session: Session, source: str, external_id: str, body_hash: str) -> CatalogRedemption | None:
@@ -114,6 +136,8 @@ def cancel(session: Session, *, member_id: int, source: str, external_id: str, r
         return row
     if reason.strip() == "":
         raise InvalidInput.field("reason", "required")
+    for coupon in coupons_of(session, row):  # a coupon already used cannot be given back (409)
+        redeeming.void(session, coupon=coupon, reason=f"取消兑换 {reason}"[:200], actor=actor)
     spend = session.get(PointsEntry, row.points_entry_id)
     ledger.restore(session, spend=spend, reason=f"取消兑换 {reason}"[:200], actor=actor)
     session.execute(update(CatalogItem).where(CatalogItem.id == row.item_id).values(

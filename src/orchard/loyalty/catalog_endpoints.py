@@ -64,9 +64,14 @@ def redeem(member_id: MemberId, item_code: ItemCode, body: CatalogRedeemIn, sess
     store_id = store_id_for_code(session, body.store_code) if body.store_code else None
     if store_id is not None and principal.store_ids is not None and store_id not in principal.store_ids:
         raise InvalidInput.field("store_code", f"store {body.store_code!r} is outside your stores")
-    row, _ = catalog.redeem(session, member_id=member.id, code=item_code, quantity=body.quantity, source=body.source,
-                            external_id=body.external_id, store_id=store_id, actor=principal.actor)
-    return CatalogRedemptionRead.model_validate(row)
+    row, _ = catalog.redeem(session, member_id=member.id, code=item_code, quantity=body.quantity,
+                            source=body.source, external_id=body.external_id, store_id=store_id, actor=principal.actor)
+    return _read(session, row)
+
+
+def _read(session, row) -> CatalogRedemptionRead:
+    return CatalogRedemptionRead.model_validate(row).model_copy(
+        update={"coupon_codes": [c.code for c in catalog.coupons_of(session, row)]})
 
 
 @router.post("/members/{member_id}/catalog/redemptions/{external_id}/cancel", response_model=CatalogRedemptionRead,
@@ -76,6 +81,5 @@ def cancel(member_id: MemberId, external_id: Annotated[str, Path(min_length=1, m
            source: Annotated[str, Query(min_length=1, max_length=64)] = "api") -> CatalogRedemptionRead:
     """Cancel a redemption (not handed over): points back to their lots, stock back; once."""
     member = scope.get_visible(session, principal, member_id)
-    return CatalogRedemptionRead.model_validate(catalog.cancel(
-        session, member_id=member.id, source=source, external_id=external_id, reason=body.reason,
-        actor=principal.actor))
+    return _read(session, catalog.cancel(session, member_id=member.id, source=source, external_id=external_id,
+                                         reason=body.reason, actor=principal.actor))

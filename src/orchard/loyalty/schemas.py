@@ -436,3 +436,5 @@ class CatalogRedemptionRead(BaseModel):
     external_id: str
     created_at: dt.datetime
     cancelled_at: dt.datetime | None
+    #: For a coupon item: the codes of the coupons it issued.
+    coupon_codes: list[str] = []
