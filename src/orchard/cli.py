@@ -441,10 +441,10 @@ def rules_list() -> None:
     from orchard.db import transaction
     from orchard.loyalty import rulebook
 
-    table = Table("id", "名称 name", "类型 kind", "状态 status", "优先级 priority", "配置 config")
+    table = Table("id", "名称 name", "类型 kind", "目标 target", "状态 status", "优先级 priority", "配置 config")
     with transaction(readonly=True) as session:
         for r in rulebook.listing(session):
-            table.add_row(str(r.id), r.name, r.kind, r.status, str(r.priority),
+            table.add_row(str(r.id), r.name, r.kind, r.target, r.status, str(r.priority),
                           json.dumps(r.config, ensure_ascii=False))
     console.print(table)
 

@@ -121,6 +121,7 @@ def evaluate(session: Session, *, member_ids: list[int] | None = None, now: dt.d
         members_filter = f"AND m.id IN ({', '.join(str(int(i)) for i in member_ids)})"
     session.execute(_sql("DROP TABLE IF EXISTS _tier_eval"))
     # current: the member's stored level (base when none); target: the highest active level reached.
+    # (The member_tiers updates are UPDATE … FROM the keyed temp table: PostgreSQL and SQLite ≥ 3.33.)
     session.execute(_sql(
         "CREATE TEMP TABLE _tier_eval AS "
         "SELECT x.member_id, x.value, t.level_id AS cur_id, coalesce(cl.rank, bl.rank) AS cur_rank, "
@@ -152,10 +153,9 @@ def evaluate(session: Session, *, member_ids: list[int] | None = None, now: dt.d
         "SELECT member_id, coalesce(cur_id, :base), new_id, why, value, :actor, '{}', :now FROM _tier_eval "
         "WHERE why IS NOT NULL"), params)
     session.execute(_sql(
-        "UPDATE member_tiers SET level_id = (SELECT e.new_id FROM _tier_eval e WHERE e.member_id = "
-        "member_tiers.member_id), since = :now, keep_until = :hold_until, metric_value = (SELECT e.value FROM "
-        "_tier_eval e WHERE e.member_id = member_tiers.member_id), evaluated_at = :now "
-        "WHERE member_id IN (SELECT member_id FROM _tier_eval WHERE why IS NOT NULL)"), params)
+        "UPDATE member_tiers SET level_id = e.new_id, since = :now, keep_until = :hold_until, metric_value = e.value, "
+        "evaluated_at = :now FROM _tier_eval e WHERE e.member_id = member_tiers.member_id AND e.why IS NOT NULL"),
+        params)
     session.execute(_sql(
         "INSERT INTO member_tiers (member_id, level_id, since, keep_until, metric_value, evaluated_at) "
         "SELECT member_id, new_id, :now, :hold_until, value, :now FROM _tier_eval "
@@ -163,11 +163,9 @@ def evaluate(session: Session, *, member_ids: list[int] | None = None, now: dt.d
     if not upgrade_only:
         # Qualified again: the hold starts over. Everyone evaluated gets the metric stored.
         session.execute(_sql(
-            f"UPDATE member_tiers SET keep_until = :hold_until WHERE member_id IN (SELECT member_id FROM _tier_eval "
-            f"WHERE why IS NULL AND {rank} >= cur_rank)"), params)
-        session.execute(_sql(
-            "UPDATE member_tiers SET metric_value = (SELECT e.value FROM _tier_eval e WHERE e.member_id = "
-            "member_tiers.member_id), evaluated_at = :now WHERE member_id IN (SELECT member_id FROM _tier_eval)"),
+            "UPDATE member_tiers SET metric_value = e.value, evaluated_at = :now, keep_until = CASE WHEN e.why IS NULL "
+            "AND l.rank >= e.cur_rank THEN :hold_until ELSE member_tiers.keep_until END "
+            "FROM _tier_eval e JOIN tier_levels l ON l.id = e.target_id WHERE e.member_id = member_tiers.member_id"),
             params)
     ended = 0
     if not upgrade_only:
