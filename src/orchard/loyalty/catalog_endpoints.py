@@ -12,6 +12,7 @@ from orchard.deps import Actor, SessionDep
 from orchard.errors import InvalidInput
 from orchard.kit.clock import as_utc
 from orchard.loyalty import catalog
+from orchard.loyalty.endpoints import store_for
 from orchard.loyalty.models import CatalogItem
 from orchard.loyalty.schemas import (
     CancelIn,
@@ -21,7 +22,6 @@ from orchard.loyalty.schemas import (
     CatalogRedemptionRead,
 )
 from orchard.members import scope
-from orchard.org.service import store_id_for_code
 
 router = APIRouter(tags=["points catalog"])
 MemberId = Annotated[int, Path(ge=1, le=2**62)]
@@ -61,9 +61,7 @@ def redeem(member_id: MemberId, item_code: ItemCode, body: CatalogRedeemIn, sess
     """Redeem an item for points: stock, the member's limit and balance are checked atomically; a
     repeated `external_id` returns the first redemption."""
     member = scope.get_visible(session, principal, member_id)
-    store_id = store_id_for_code(session, body.store_code) if body.store_code else None
-    if store_id is not None and principal.store_ids is not None and store_id not in principal.store_ids:
-        raise InvalidInput.field("store_code", f"store {body.store_code!r} is outside your stores")
+    store_id = store_for(session, principal, body.store_code)
     row, _ = catalog.redeem(session, member_id=member.id, code=item_code, quantity=body.quantity,
                             source=body.source, external_id=body.external_id, store_id=store_id, actor=principal.actor)
     return _read(session, row)

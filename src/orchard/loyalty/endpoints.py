@@ -49,7 +49,7 @@ def list_entries(member_id: MemberId, session: SessionDep, principal: Actor(Perm
     return EntryPage(items=[EntryRead.model_validate(r) for r in rows[:limit]], next_cursor=nxt)
 
 
-def _store_id(session, principal: Principal, code: str | None) -> int | None:
+def store_for(session, principal: Principal, code: str | None) -> int | None:
     """The store a points command names (org.service.store_id_for_code), which store staff may only
     name among their own stores."""
     store_id = store_id_for_code(session, code)
@@ -65,7 +65,7 @@ def spend(member_id: MemberId, body: SpendIn, session: SessionDep, principal: Ac
     member = scope.get_visible(session, principal, member_id)
     entry, _ = ledger.post(session, ledger.Command(
         member_id=member.id, amount=-body.amount, kind="spend", reason=body.reason, source=body.source,
-        external_id=body.external_id, actor=principal.actor, store_id=_store_id(session, principal, body.store_code),
+        external_id=body.external_id, actor=principal.actor, store_id=store_for(session, principal, body.store_code),
         request=body.model_dump(mode="json")))
     return EntryRead.model_validate(entry)
 
@@ -86,7 +86,7 @@ def adjust(member_id: MemberId, body: AdjustIn, session: SessionDep,
     expires = as_utc(body.expires_at) if body.expires_at else policy.expires_at(now) if body.amount > 0 else None
     entry, _ = ledger.post(session, ledger.Command(
         member_id=member.id, amount=body.amount, kind="adjust", reason=body.reason, source=body.source,
-        external_id=body.external_id, actor=principal.actor, store_id=_store_id(session, principal, body.store_code),
+        external_id=body.external_id, actor=principal.actor, store_id=store_for(session, principal, body.store_code),
         expires_at=expires, pending_until=as_utc(body.pending_until) if body.pending_until else None,
         explanation={"expiry": "given" if body.expires_at else policy.describe() if body.amount > 0 else None},
         request=body.model_dump(mode="json")), now=now)
