@@ -43,7 +43,7 @@ class PointsEntry(Base):
     __table_args__ = (
         UniqueConstraint("source", "external_id"),
         Index("ix_points_entries_member_id_id", "member_id", "id"),
-        CheckConstraint("kind in ('earn','spend','expire','adjust','reverse','restore','transfer')", name="kind"),
+        CheckConstraint(f"kind in ({','.join(repr(k) for k in ENTRY_KINDS)})", name="kind"),
         CheckConstraint("amount <> 0", name="amount_nonzero"),
     )
 

@@ -73,10 +73,6 @@ class Filters(BaseModel):
         return _in(category, self.categories, self.exclude_categories) and (sku is None or
                                                                              sku not in self.exclude_skus)
 
-    @property
-    def by_line(self) -> bool:
-        return bool(self.categories or self.exclude_categories or self.exclude_skus)
-
 
 def _in(value: str | None, include: list[str], exclude: list[str]) -> bool:
     if include and value not in include:
