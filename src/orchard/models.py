@@ -19,5 +19,15 @@ from orchard.members.models import (  # noqa: F401
     MemberTag,
     MergeCandidate,
     Tag,
+    TagChange,
 )
 from orchard.org.models import OrgUnit  # noqa: F401
+from orchard.scheduler.models import ScheduledJob  # noqa: F401
+from orchard.scoring.models import LifecycleChange, MemberLifecycle, MemberRfm, ScoringPolicy  # noqa: F401
+from orchard.segments.models import (  # noqa: F401
+    DirtyMember,
+    Segment,
+    SegmentFlip,
+    SegmentMembership,
+    SegmentSize,
+)

@@ -91,7 +91,7 @@ class IdempotencyMiddleware:
             if claim is not None:
                 return await _send(send, *claim, replayed=True)
 
-            captured: dict = {"status": 500, "headers": [], "body": b""}
+            captured: dict = {"status": 500, "headers": [], "body": b"", "finished": False}
 
             async def capture(message: Message) -> None:
                 if message["type"] == "http.response.start":
@@ -99,12 +99,18 @@ class IdempotencyMiddleware:
                     captured["headers"] = message.get("headers", [])
                 elif message["type"] == "http.response.body":
                     captured["body"] += message.get("body", b"")
+                    if not message.get("more_body", False):
+                        # Record the outcome before the client sees the end of the response, so a
+                        # retry sent the moment the first answer arrives is a replay, not "in progress".
+                        captured["finished"] = True
+                        await to_thread.run_sync(_finish, actor, key, captured)
                 await send(message)
 
             try:
                 await self.app(scope, body.receive(), capture)
             finally:
-                await to_thread.run_sync(_finish, actor, key, captured)
+                if not captured["finished"]:
+                    await to_thread.run_sync(_finish, actor, key, captured)
         finally:
             body.close()
 

@@ -119,24 +119,65 @@ class MemberNote(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
+TAG_KINDS = ("attribute", "behaviour", "value", "preference")
+TAG_SOURCES = ("manual", "rule", "import")
+
+
 class Tag(Base):
+    """A tag in the catalog. `kind` says what it describes; `source` how members get it: by staff
+    (manual), by a segment definition refreshed with the segments (rule; `definition` set), or by an
+    import. A refresh only ever adds or removes assignments whose own source is 'rule'."""
+
     __tablename__ = "tags"
-    __table_args__ = (CheckConstraint("kind in ('manual','rule','imported')", name="kind"),)
+    __table_args__ = (
+        CheckConstraint("kind in ('attribute','behaviour','value','preference')", name="kind"),
+        CheckConstraint("source in ('manual','rule','import')", name="source"),
+        CheckConstraint("(source = 'rule') = (definition IS NOT NULL)", name="rule_has_definition"),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)
-    kind: Mapped[str] = mapped_column(String(16), default="manual")
+    kind: Mapped[str] = mapped_column(String(16), default="attribute")
+    source: Mapped[str] = mapped_column(String(16), default="manual")
+    description: Mapped[str | None] = mapped_column(Text)
+    #: For rule tags: a segment definition (the segments language); members matching it carry the tag.
+    definition: Mapped[dict[str, Any] | None] = mapped_column(Json)
+    refreshed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class MemberTag(Base):
     __tablename__ = "member_tags"
-    __table_args__ = (Index("ix_member_tags_tag_id", "tag_id"),)
+    __table_args__ = (
+        Index("ix_member_tags_tag_id", "tag_id"),
+        CheckConstraint("source in ('manual','rule','import')", name="source"),
+    )
 
     member_id: Mapped[int] = mapped_column(ForeignKey("members.id", ondelete="CASCADE"), primary_key=True)
     tag_id: Mapped[int] = mapped_column(ForeignKey("tags.id", ondelete="CASCADE"), primary_key=True)
+    #: How this member got the tag; a rule refresh removes only 'rule' assignments.
+    source: Mapped[str] = mapped_column(String(16), default="manual")
     added_by: Mapped[str] = mapped_column(String(64))
     added_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class TagChange(Base):
+    """Tag history: every assignment added or removed, when, and by which rule or person."""
+
+    __tablename__ = "tag_changes"
+    __table_args__ = (
+        CheckConstraint("change in ('added','removed')", name="change"),
+        Index("ix_tag_changes_tag_at", "tag_id", "at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    member_id: Mapped[int] = mapped_column(ForeignKey("members.id", ondelete="CASCADE"), index=True)
+    tag_id: Mapped[int] = mapped_column(ForeignKey("tags.id", ondelete="CASCADE"))
+    change: Mapped[str] = mapped_column(String(8))
+    source: Mapped[str] = mapped_column(String(16))
+    #: The person (staff actor) or the rule ("rule:<tag name>") that made the change.
+    actor: Mapped[str] = mapped_column(String(64))
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class MemberMerge(Base):

@@ -27,12 +27,12 @@ def list_notes(session: Session, *, principal: Principal, member_id: int) -> lis
                                 .order_by(MemberNote.id.desc())))
 
 
-def tag_by_name(session: Session, name: str, *, create: bool, kind: str = "manual") -> Tag | None:
+def tag_by_name(session: Session, name: str, *, create: bool, source: str = "manual") -> Tag | None:
     tag = session.scalar(select(Tag).where(Tag.name == name))
     if tag is None and create:
         try:
             with session.begin_nested():
-                tag = Tag(name=name, kind=kind)
+                tag = Tag(name=name, source=source)
                 session.add(tag)
                 session.flush()
         except IntegrityError:
