@@ -96,6 +96,11 @@ def deferred(session: Session) -> Iterator[None]:
         session.info.pop(_KEY, None)
 
 
+def is_deferred(session: Session) -> bool:
+    """True inside a `deferred` block (a batch that applies its changes at its end)."""
+    return _KEY in session.info
+
+
 @contextmanager
 def item(session: Session) -> Iterator[None]:
     """One item of a batch: its aggregate changes are kept only if the block completes."""

@@ -32,6 +32,7 @@ from orchard.kit.clock import as_utc, utcnow
 from orchard.kit.hashing import fingerprint
 from orchard.loyalty import earning
 from orchard.org import service as org
+from orchard.segments import dirty
 
 _MODELS: dict[str, type] = {"order": Order, "refund": Refund, "event": Event}
 _SCHEMAS: dict[str, type] = {"order": OrderIn, "refund": RefundIn, "event": EventIn}
@@ -58,7 +59,10 @@ def ingest(session: Session, *, principal: Principal, kind: str, data: OrderIn |
                 return prior
         try:
             with aggregates.item(session), session.begin_nested():
-                return _write(session, principal=principal, kind=kind, data=data, body_hash=body_hash, earn=earn)
+                outcome = _write(session, principal=principal, kind=kind, data=data, body_hash=body_hash, earn=earn)
+            if not aggregates.is_deferred(session):  # a batch marks its members once, at its end
+                dirty.mark(session, [outcome.member_id])
+            return outcome
         except IntegrityError:
             # Someone wrote the same item concurrently (or a key race in identity resolution): re-read.
             if attempt == 1:
@@ -251,5 +255,7 @@ def _ingest_batch(session: Session, *, principal: Principal, items: list[Any]) -
                 problem = InvalidInput("a value cannot be stored (e.g. it contains a NUL character)",
                                        code="invalid_input.unstorable").to_problem()
                 results.append(ItemResult(index=index, ok=False, error=problem))
+    dirty.mark(session, [r.outcome.member_id for r in results
+                         if r.ok and r.outcome is not None and r.outcome.status != "duplicate"])
     ok = sum(r.ok for r in results)
     return BatchOut(accepted=ok, rejected=len(results) - ok, results=results)
