@@ -65,7 +65,7 @@ class SegmentMembership(Base):
     segment_id: Mapped[int] = mapped_column(ForeignKey("segments.id", ondelete="CASCADE"))
     member_id: Mapped[int] = mapped_column(ForeignKey("members.id", ondelete="CASCADE"))
     entered_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
-    #: refresh | event | flip | merge: what found the change.
+    #: refresh | realtime (an event or a flip time) | archive: what found the change.
     entered_by: Mapped[str] = mapped_column(String(16))
     exited_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     exited_by: Mapped[str | None] = mapped_column(String(16))
@@ -94,7 +94,7 @@ class SegmentSize(Base):
     size: Mapped[int] = mapped_column(BigInteger)
     entered: Mapped[int] = mapped_column(BigInteger, default=0)
     exited: Mapped[int] = mapped_column(BigInteger, default=0)
-    #: refresh | event | flip
+    #: refresh | realtime
     cause: Mapped[str] = mapped_column(String(16))
     duration_ms: Mapped[int] = mapped_column(Integer, default=0)
 

@@ -39,6 +39,8 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column('source', sa.String(length=16), nullable=False, server_default='manual'))
         batch_op.create_check_constraint('source', "source in ('manual','rule','import')")
 
+    op.create_index('ix_events_name_time', 'events', ['name', 'occurred_at'], unique=False)
+
     op.create_table('tag_changes',
     sa.Column('id', ID, nullable=False),
     sa.Column('member_id', ID, nullable=False),
@@ -223,6 +225,7 @@ def downgrade() -> None:
                   'segment_dirty_members', 'segment_sizes', 'segment_flips', 'segment_memberships', 'segments',
                   'tag_changes'):
         op.drop_table(table)
+    op.drop_index('ix_events_name_time', table_name='events')
     with op.batch_alter_table('member_tags', schema=None) as batch_op:
         batch_op.drop_constraint('source', type_='check')
         batch_op.drop_column('source')

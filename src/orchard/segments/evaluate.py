@@ -1,0 +1,154 @@
+"""Evaluate definitions in the database: previews with per-condition counts, and the membership diff
+that a refresh or a real-time sweep applies (spells opened and closed, flips recomputed, sizes kept).
+
+Everything is set-based: the new member set is materialised once into a temporary table, then one
+INSERT opens the spells of members who entered, one UPDATE closes the spells of those who left, and
+one INSERT … SELECT stores the next flip times. `restrict` limits all three to a subset of members
+(the dirty ones), which is how a real-time sweep reuses the same statements.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    MetaData,
+    Select,
+    Table,
+    case,
+    delete,
+    func,
+    insert,
+    literal,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.orm import Session
+
+from orchard.auth.service import Principal
+from orchard.members import scope
+from orchard.members.models import Member
+from orchard.segments import compiler as C
+from orchard.segments import language as lang
+from orchard.segments.models import Segment, SegmentFlip, SegmentMembership, SegmentSize
+
+_NEW = "_segment_new"
+#: The new member set of one evaluation: a temporary table, created per `apply` in its transaction.
+NEW = Table(_NEW, MetaData(), Column("member_id", BigInteger, primary_key=True))
+
+
+@dataclass
+class Compiled:
+    tree: Any
+    ctx: C.Context
+    condition: Any
+
+
+def compile_definition(session: Session, definition: Any, *, now: dt.datetime | None = None,
+                       self_code: str | None = None, root: str = "$") -> Compiled:
+    """Parse and compile, raising `InvalidInput` that names the JSON path of the first problem."""
+    tree = lang.parse(definition, root=root)
+    ctx = C.context(session, now=now, self_code=self_code)
+    return Compiled(tree, ctx, C.compile_condition(tree, ctx, root))
+
+
+def preview(session: Session, *, principal: Principal, definition: Any, sample_size: int = 10,
+            now: dt.datetime | None = None) -> dict[str, Any]:
+    """The live count, each condition's own count and a sample, in two statements: one pass that sums
+    every condition at once (so an operator sees which one narrows the group) and one for the sample."""
+    started = time.perf_counter()
+    compiled = compile_definition(session, definition, now=now)
+    ctx = compiled.ctx
+    leaves = lang.leaves(compiled.tree)
+    leaf_sql = [C.compile_condition(leaf, ctx, path) for leaf, path in leaves]
+    visible = scope.visible(principal)
+    columns = [func.count().label("population"),
+               func.coalesce(func.sum(case((compiled.condition, 1), else_=0)), 0).label("count")]
+    columns += [func.coalesce(func.sum(case((sql, 1), else_=0)), 0).label(f"c{i}") for i, sql in enumerate(leaf_sql)]
+    row = session.execute(select(*columns).select_from(C.frame(ctx)).where(C.live(), visible)).one()
+    ids = list(session.scalars(C.members_query(compiled.condition, ctx, visible).order_by(C.m.c.id)
+                               .limit(sample_size))) if sample_size else []
+    from orchard.members.service import read_many  # members.service imports widely; keep this edge late
+
+    members = {mm.id: mm for mm in session.scalars(select(Member).where(Member.id.in_(ids)))} if ids else {}
+    sample = [r.model_dump(mode="json") for r in read_many(session, principal, [members[i] for i in ids])]
+    return {
+        "count": int(row.count),
+        "population": int(row.population),
+        "conditions": [{"path": path, "condition": lang.dump(leaf), "count": int(row._mapping[f"c{i}"])}
+                       for i, (leaf, path) in enumerate(leaves)],
+        "sample": sample,
+        "definition": lang.dump(compiled.tree),
+        "elapsed_ms": round((time.perf_counter() - started) * 1000, 1),
+    }
+
+
+def _temp_table(session: Session) -> None:
+    dialect = session.get_bind().dialect.name
+    session.execute(text(f"DROP TABLE IF EXISTS {_NEW}"))
+    if dialect == "postgresql":
+        session.execute(text(f"CREATE TEMP TABLE {_NEW} (member_id bigint PRIMARY KEY) ON COMMIT DROP"))
+    else:
+        session.execute(text(f"CREATE TEMP TABLE {_NEW} (member_id INTEGER PRIMARY KEY)"))
+
+
+def apply(session: Session, segment: Segment, *, now: dt.datetime, cause: str,
+          restrict: Select | None = None) -> dict[str, Any]:
+    """Bring the segment's open spells in line with its definition (for `restrict`ed members only,
+    when given), recompute their flip times, and record the size. Returns the counts."""
+    started = time.perf_counter()
+    compiled = compile_definition(session, segment.definition, now=now, self_code=segment.code)
+    ctx = compiled.ctx
+    extra = [C.m.c.id.in_(restrict)] if restrict is not None else []
+    _temp_table(session)
+    session.execute(insert(NEW).from_select(["member_id"], C.members_query(compiled.condition, ctx, *extra)))
+    S = SegmentMembership
+    is_open = select(S.member_id).where(S.segment_id == segment.id, S.exited_at.is_(None))
+    entered = session.execute(insert(S).from_select(
+        ["segment_id", "member_id", "entered_at", "entered_by"],
+        select(literal(segment.id), NEW.c.member_id, literal(now, C.UTCDateTime()), literal(cause))
+        .where(NEW.c.member_id.not_in(is_open)))).rowcount or 0
+    leaving = update(S).where(S.segment_id == segment.id, S.exited_at.is_(None),
+                              S.member_id.not_in(select(NEW.c.member_id)))
+    if restrict is not None:
+        leaving = leaving.where(S.member_id.in_(restrict))
+    exited = session.execute(leaving.values(exited_at=now, exited_by=cause)
+                             .execution_options(synchronize_session=False)).rowcount or 0
+    _flips(session, segment, compiled, restrict)
+    size = session.scalar(select(func.count()).select_from(S).where(S.segment_id == segment.id,
+                                                                     S.exited_at.is_(None))) or 0
+    elapsed = int((time.perf_counter() - started) * 1000)
+    if cause == "refresh" or entered or exited:
+        session.add(SegmentSize(segment_id=segment.id, at=now, size=size, entered=entered, exited=exited,
+                                cause=cause, duration_ms=elapsed))
+    segment.size = size
+    if cause == "refresh":
+        segment.refreshed_at = now
+        segment.next_refresh_at = now + dt.timedelta(minutes=segment.refresh_minutes) \
+            if segment.refresh_minutes else None
+    session.execute(text(f"DROP TABLE IF EXISTS {_NEW}"))
+    session.flush()
+    return {"segment": segment.code, "size": size, "entered": entered, "exited": exited, "ms": elapsed}
+
+
+def _flips(session: Session, segment: Segment, compiled: Compiled, restrict: Select | None) -> None:
+    F = SegmentFlip
+    stale = delete(F).where(F.segment_id == segment.id)
+    if restrict is not None:
+        stale = stale.where(F.member_id.in_(restrict))
+    session.execute(stale.execution_options(synchronize_session=False))
+    flip = C.flip_expression(compiled.ctx)
+    if flip is None:
+        return
+    source = select(literal(segment.id), C.m.c.id, flip).select_from(C.frame(compiled.ctx)).where(
+        C.live(), flip.is_not(None))
+    if restrict is not None:
+        source = source.where(C.m.c.id.in_(restrict))
+    session.execute(insert(F).from_select(["segment_id", "member_id", "flip_at"], source))
+
