@@ -50,6 +50,10 @@ class Perm(StrEnum):
     coupons_issue = "coupons:issue"
     #: Redeem a coupon at a POS or online, and undo a redemption when the order is cancelled.
     coupons_redeem = "coupons:redeem"
+    #: Preview definitions and read saved segments (store staff: segments their stores own).
+    segments_read = "segments:read"
+    #: Create, change, refresh and archive saved segments and rule tags (audited).
+    segments_manage = "segments:manage"
 
 
 _FRONT_LINE = {Perm.members_read, Perm.members_write, Perm.members_consent, Perm.members_notes,
@@ -60,9 +64,10 @@ ROLE_PERMS: dict[Role, frozenset[Perm]] = {
     Role.hq_ops: frozenset(_FRONT_LINE | {Perm.members_merge, Perm.events_ingest, Perm.imports, Perm.points_spend,
                                           Perm.points_adjust, Perm.points_rules, Perm.points_reports,
                                           Perm.benefits_manage, Perm.coupons_manage, Perm.coupons_issue,
-                                          Perm.coupons_redeem}),
+                                          Perm.coupons_redeem, Perm.segments_read, Perm.segments_manage}),
     Role.store_manager: frozenset(_FRONT_LINE | {Perm.points_spend, Perm.points_adjust, Perm.points_reports,
-                                                 Perm.benefits_manage, Perm.coupons_issue, Perm.coupons_redeem}),
+                                                 Perm.benefits_manage, Perm.coupons_issue, Perm.coupons_redeem,
+                                                 Perm.segments_read, Perm.segments_manage}),
     Role.clerk: frozenset(_FRONT_LINE | {Perm.points_spend, Perm.coupons_issue, Perm.coupons_redeem}),
     Role.service: frozenset(_FRONT_LINE - {Perm.members_write}),
     Role.integrator: frozenset({Perm.members_read, Perm.members_write, Perm.members_consent,

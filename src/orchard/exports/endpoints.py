@@ -76,10 +76,11 @@ def export_members(
                        ] = None,
     joined_from: dt.datetime | None = None, joined_to: dt.datetime | None = None,
     q: Annotated[str | None, Query(max_length=100, description="name contains")] = None,
+    segment: Annotated[str | None, Query(max_length=64, description="current members of a saved segment")] = None,
 ) -> ExportResponse:
     """Members visible to the caller (same filters as `listMembers`), identities masked as in the API."""
     filters = service.MemberFilters(phone=phone, identity=identity, store=store, tag=tag, consent=consent,
-                                    joined_from=joined_from, joined_to=joined_to, q=q)
+                                    joined_from=joined_from, joined_to=joined_to, q=q, segment=segment)
     return _download(service.plan_members(session, principal=principal, fmt=fmt, fields=fields,
                                           english=_english(request, lang), filters=filters))
 

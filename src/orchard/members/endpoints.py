@@ -51,11 +51,12 @@ def list_members(
                                           description="channel:purpose granted, e.g. sms:marketing")] = None,
     joined_from: dt.datetime | None = None, joined_to: dt.datetime | None = None,
     q: Annotated[str | None, Query(max_length=100, description="name contains")] = None,
+    segment: Annotated[str | None, Query(max_length=64, description="current members of a saved segment")] = None,
     limit: Limit = 50, cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> MemberPage:
     items, nxt = service.list_members(session, principal=principal, phone=phone, identity=identity, store=store,
                                       tag=tag, consent=consent_, joined_from=joined_from, joined_to=joined_to, q=q,
-                                      limit=limit, cursor=cursor)
+                                      limit=limit, cursor=cursor, segment=segment)
     return MemberPage(items=items, next_cursor=nxt)
 
 

@@ -219,6 +219,8 @@ class MemberFilters:
     joined_from: dt.datetime | None = None
     joined_to: dt.datetime | None = None
     q: str | None = None
+    #: Current members of a saved segment (by code).
+    segment: str | None = None
 
 
 def apply_filters(session: Session, stmt: Select, *, principal: Principal, filters: MemberFilters) -> Select:
@@ -257,6 +259,14 @@ def apply_filters(session: Session, stmt: Select, *, principal: Principal, filte
             stmt = stmt.where(Member.joined_at >= bound if name == "joined_from" else Member.joined_at < bound)
     if f.q:
         stmt = stmt.where(Member.name.contains(f.q, autoescape=True))
+    if f.segment is not None:
+        from orchard.segments.models import Segment, SegmentMembership  # segments build on members
+
+        seg_id = session.scalar(select(Segment.id).where(Segment.code == f.segment))
+        if seg_id is None:
+            raise InvalidInput.field("segment", f"no segment with code {f.segment!r}")
+        stmt = stmt.where(Member.id.in_(select(SegmentMembership.member_id).where(
+            SegmentMembership.segment_id == seg_id, SegmentMembership.exited_at.is_(None))))
     return stmt
 
 
@@ -264,9 +274,9 @@ def list_members(session: Session, *, principal: Principal, phone: str | None = 
                  identity: str | None = None, store: str | None = None, tag: str | None = None,
                  consent: str | None = None, joined_from: dt.datetime | None = None,
                  joined_to: dt.datetime | None = None, q: str | None = None, limit: int = 50,
-                 cursor: str | None = None) -> tuple[list[MemberRead], str | None]:
+                 cursor: str | None = None, segment: str | None = None) -> tuple[list[MemberRead], str | None]:
     filters = MemberFilters(phone=phone, identity=identity, store=store, tag=tag, consent=consent,
-                            joined_from=joined_from, joined_to=joined_to, q=q)
+                            joined_from=joined_from, joined_to=joined_to, q=q, segment=segment)
     stmt = apply_filters(session, select(Member), principal=principal, filters=filters)
     after = decode_cursor(cursor)
     if after is not None:

@@ -103,6 +103,8 @@ def apply(session: Session, segment: Segment, *, now: dt.datetime, cause: str,
     """Bring the segment's open spells in line with its definition (for `restrict`ed members only,
     when given), recompute their flip times, and record the size. Returns the counts."""
     started = time.perf_counter()
+    # One evaluation of a segment at a time (the scheduler, a manual refresh and a sweep may meet).
+    session.execute(select(Segment.id).where(Segment.id == segment.id).with_for_update())
     compiled = compile_definition(session, segment.definition, now=now, self_code=segment.code)
     ctx = compiled.ctx
     extra = [C.m.c.id.in_(restrict)] if restrict is not None else []
@@ -110,10 +112,12 @@ def apply(session: Session, segment: Segment, *, now: dt.datetime, cause: str,
     session.execute(insert(NEW).from_select(["member_id"], C.members_query(compiled.condition, ctx, *extra)))
     S = SegmentMembership
     is_open = select(S.member_id).where(S.segment_id == segment.id, S.exited_at.is_(None))
-    entered = session.execute(insert(S).from_select(
+    # Counted first: psycopg does not always report a row count for INSERT … SELECT (it gave -1 here).
+    entering = NEW.c.member_id.not_in(is_open)
+    entered = session.scalar(select(func.count()).select_from(NEW).where(entering)) or 0
+    session.execute(insert(S.__table__).from_select(
         ["segment_id", "member_id", "entered_at", "entered_by"],
-        select(literal(segment.id), NEW.c.member_id, literal(now, C.UTCDateTime()), literal(cause))
-        .where(NEW.c.member_id.not_in(is_open)))).rowcount or 0
+        select(literal(segment.id), NEW.c.member_id, literal(now, C.UTCDateTime()), literal(cause)).where(entering)))
     leaving = update(S).where(S.segment_id == segment.id, S.exited_at.is_(None),
                               S.member_id.not_in(select(NEW.c.member_id)))
     if restrict is not None:
@@ -150,5 +154,5 @@ def _flips(session: Session, segment: Segment, compiled: Compiled, restrict: Sel
         C.live(), flip.is_not(None))
     if restrict is not None:
         source = source.where(C.m.c.id.in_(restrict))
-    session.execute(insert(F).from_select(["segment_id", "member_id", "flip_at"], source))
+    session.execute(insert(F.__table__).from_select(["segment_id", "member_id", "flip_at"], source))
 

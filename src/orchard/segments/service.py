@@ -213,11 +213,15 @@ def sweep(session: Session, *, now: dt.datetime | None = None, limit: int = SWEE
         result = evaluate.apply(session, segment, now=now, cause="realtime", restrict=restrict)
         if result["entered"] or result["exited"]:
             results.append(result)
-    handled = text("DELETE FROM segment_dirty_members WHERE EXISTS (SELECT 1 FROM _segment_batch b "
-                   "WHERE b.member_id = segment_dirty_members.member_id AND b.since = segment_dirty_members.since)")
-    session.execute(handled)
-    session.execute(text("DROP TABLE IF EXISTS _segment_batch"))
+    _forget_handled(session)
     return {"flipped": flipped, "members": len(batch), "segments": results}
+
+
+def _forget_handled(session: Session) -> None:
+    """Remove the queue rows this sweep read — only those still carrying the `since` it read."""
+    session.execute(text("DELETE FROM segment_dirty_members WHERE EXISTS (SELECT 1 FROM _segment_batch b WHERE "
+                         "b.member_id = segment_dirty_members.member_id AND b.since = segment_dirty_members.since)"))
+    session.execute(text("DROP TABLE IF EXISTS _segment_batch"))
 
 
 def _queue(session: Session, due, now: dt.datetime) -> int:
