@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -45,10 +46,16 @@ def db_downgrade(revision: str) -> None:
 
 
 @app.command()
-def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:
-    """Serve the API (and docs at /docs)."""
+def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
+          scheduler: Annotated[bool, typer.Option(help="run the periodic jobs in this server")] = True) -> None:
+    """Serve the API (and docs at /docs), with the scheduler of periodic jobs (segment sweeps every
+    10 s, due segment refreshes, nightly `orchard refresh`, points and coupon expiry, tiers)."""
     import uvicorn
 
+    from orchard.config import get_settings
+
+    os.environ["ORCHARD_SCHEDULER"] = "true" if scheduler else "false"
+    get_settings.cache_clear()
     uvicorn.run("orchard.app:create_app", factory=True, host=host, port=port, workers=workers)
 
 
@@ -623,3 +630,132 @@ def coupons_expire() -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     app()
+
+
+# ---- segments, refresh, scheduler ---------------------------------------------------------------
+
+segments_app = typer.Typer(help="人群包 / saved segments", no_args_is_help=True)
+app.add_typer(segments_app, name="segments")
+
+
+@app.command("refresh")
+def refresh_command(
+    only: Annotated[list[str] | None, typer.Option(help="lifecycle, rfm, preferences, tags, segments")] = None,
+) -> None:
+    """Recompute lifecycle stages, RFM and value tiers, preference and rule tags and saved segments,
+    in dependency order, set-based (the server also runs it nightly)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from orchard.segments import refresh
+
+    steps = [s for s in refresh.available_steps() if not only or s in only]
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console) as bar:
+        task = bar.add_task("刷新 refresh", total=len(steps))
+
+        def progress(name: str, entry: dict) -> None:
+            bar.update(task, advance=1, description=f"刷新 refresh: {name} {entry['seconds']} s")
+
+        try:
+            results = refresh.run(only=only, progress=progress)
+        except OrchardError as exc:
+            _fail(exc)
+    for entry in results:
+        console.print(f"{entry['step']:<12} {entry['seconds']:>8} s  {_brief(entry['result'])}")
+
+
+def _brief(result) -> str:
+    if isinstance(result, list):
+        return "; ".join(", ".join(f"{k}={v}" for k, v in r.items()) for r in result[:20]) or "—"
+    if isinstance(result, dict):
+        return ", ".join(f"{k}={v}" for k, v in result.items())
+    return str(result)
+
+
+@segments_app.command("list")
+def segments_list() -> None:
+    """Saved segments with their size and last refresh."""
+    from sqlalchemy import select
+
+    from orchard.db import transaction
+    from orchard.segments.models import Segment
+
+    with transaction(readonly=True) as session:
+        for seg in session.scalars(select(Segment).order_by(Segment.code)):
+            console.print(f"{seg.code:<24} {seg.status:<9} {seg.size:>10,}  v{seg.version}  "
+                          f"{seg.refreshed_at or '—'}  {seg.name}")
+
+
+@segments_app.command("preview")
+def segments_preview(file: Annotated[Path, typer.Argument(help="a JSON file holding a definition")]) -> None:
+    """Count and per-condition counts of a definition (unmasked: the CLI is an operator's tool)."""
+    from orchard.db import transaction
+    from orchard.imports.pg_bulk import SYSTEM
+    from orchard.segments import evaluate
+
+    try:
+        definition = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        console.print(f"[red]无法读取 cannot read {file}: {exc}[/red]")
+        raise typer.Exit(2) from None
+    try:
+        with transaction(readonly=True) as session:
+            out = evaluate.preview(session, principal=SYSTEM, definition=definition, sample_size=0)
+    except OrchardError as exc:
+        _fail(exc)
+    console.print(f"人数 count {out['count']:,} / {out['population']:,}  ({out['elapsed_ms']} ms)")
+    for c in out["conditions"]:
+        console.print(f"  {c['path']:<28} {c['count']:>10,}  {json.dumps(c['condition'], ensure_ascii=False)}")
+
+
+@segments_app.command("refresh")
+def segments_refresh(codes: Annotated[list[str] | None, typer.Argument()] = None) -> None:
+    """Refresh the named saved segments (all when none is named)."""
+    from orchard.db import transaction
+    from orchard.segments import service
+
+    try:
+        with transaction() as session:
+            for r in service.refresh(session, codes=codes or None):
+                console.print(f"{r['segment']:<24} size {r['size']:,}  +{r['entered']:,} −{r['exited']:,}  "
+                              f"{r['ms']} ms")
+    except OrchardError as exc:
+        _fail(exc)
+
+
+@segments_app.command("sweep")
+def segments_sweep() -> None:
+    """Re-check queued members and those whose flip time has come (the server does this every 10 s)."""
+    from orchard.db import transaction
+    from orchard.segments import service
+
+    with transaction() as session:
+        r = service.sweep(session)
+    console.print(f"flipped {r['flipped']:,}, members re-checked {r['members']:,}, segments changed "
+                  f"{len(r['segments'])}")
+
+
+scheduler_app = typer.Typer(help="定时任务 / scheduled jobs", no_args_is_help=True)
+app.add_typer(scheduler_app, name="scheduler")
+
+
+@scheduler_app.command("status")
+def scheduler_status() -> None:
+    """Each periodic job: next run, last run, status and duration."""
+    from orchard.db import transaction
+    from orchard.scheduler import runner
+
+    with transaction() as session:
+        runner.ensure_rows(session)
+    with transaction(readonly=True) as session:
+        for job in runner.status(session):
+            console.print(f"{job.name:<22} next {job.next_run_at:%Y-%m-%d %H:%M:%S}Z  last "
+                          f"{job.last_status or '—'} {job.last_duration_ms or 0} ms")
+
+
+@scheduler_app.command("run")
+def scheduler_run() -> None:
+    """Run every job that is due now, once (for cron-driven deployments without `orchard serve`)."""
+    from orchard.scheduler import runner
+
+    console.print("ran: " + (", ".join(runner.run_due()) or "nothing due"))

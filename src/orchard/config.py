@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     upload_max_bytes: int = 2 * 1024**3
     #: Run queued HTTP imports in this server process (one worker thread, one job at a time).
     import_worker: bool = True
+    #: Run the periodic jobs (segment sweeps and refreshes, nightly scores, expiry, tiers) in this
+    #: process. `orchard serve` turns it on unless given --no-scheduler; off for embedded apps and tests.
+    scheduler: bool = False
     #: When earned points expire, in the tenant's zone (loyalty.policy): "never", "days:365",
     #: "month_end" (end of the month earned) or "year_end:1" (31 Dec of the next year, 年底清零).
     points_expiry: str = "year_end:1"

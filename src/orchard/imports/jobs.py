@@ -326,13 +326,20 @@ class Worker:
 
 @asynccontextmanager
 async def lifespan(app: Any) -> AsyncIterator[None]:
-    """Start the worker with the app and stop it on shutdown (`app.state.import_worker`)."""
+    """Start the import worker and (when enabled) the scheduler with the app; stop them on shutdown."""
+    from orchard.scheduler.runner import Scheduler  # the scheduler's jobs import most domains
+
     worker = Worker() if get_settings().import_worker else None
-    app.state.import_worker = worker
+    scheduler = Scheduler() if get_settings().scheduler else None
+    app.state.import_worker, app.state.scheduler = worker, scheduler
     if worker is not None:
         await to_thread.run_sync(worker.start)
+    if scheduler is not None:
+        scheduler.start()
     try:
         yield
     finally:
+        if scheduler is not None:
+            await to_thread.run_sync(scheduler.stop)
         if worker is not None:
             await to_thread.run_sync(worker.stop)

@@ -10,7 +10,7 @@ from orchard.auth.service import Principal
 from orchard.errors import NotFound
 from orchard.kit.clock import utcnow
 from orchard.members import scope
-from orchard.members.models import MemberNote, MemberTag, Tag
+from orchard.members.models import MemberNote, MemberTag, Tag, TagChange
 
 
 def add_note(session: Session, *, principal: Principal, member_id: int, body: str) -> MemberNote:
@@ -44,7 +44,11 @@ def add_tag(session: Session, *, principal: Principal, member_id: int, name: str
     member = scope.get_visible(session, principal, member_id)
     tag = tag_by_name(session, name, create=True)
     if session.get(MemberTag, (member.id, tag.id)) is None:
-        session.add(MemberTag(member_id=member.id, tag_id=tag.id, added_by=principal.actor, added_at=utcnow()))
+        now = utcnow()
+        session.add(MemberTag(member_id=member.id, tag_id=tag.id, source="manual", added_by=principal.actor,
+                              added_at=now))
+        session.add(TagChange(member_id=member.id, tag_id=tag.id, change="added", source="manual",
+                              actor=principal.actor, at=now))
         session.flush()
     return member_tags(session, member.id)
 
@@ -55,6 +59,9 @@ def remove_tag(session: Session, *, principal: Principal, member_id: int, name: 
     if tag is None or session.get(MemberTag, (member.id, tag.id)) is None:
         raise NotFound("the member has no such tag", code="tag.not_on_member")
     session.execute(delete(MemberTag).where(MemberTag.member_id == member.id, MemberTag.tag_id == tag.id))
+    session.add(TagChange(member_id=member.id, tag_id=tag.id, change="removed", source="manual",
+                          actor=principal.actor, at=utcnow()))
+    session.flush()
     return member_tags(session, member.id)
 
 

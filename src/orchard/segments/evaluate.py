@@ -89,7 +89,8 @@ def preview(session: Session, *, principal: Principal, definition: Any, sample_s
     }
 
 
-def _temp_table(session: Session) -> None:
+def temp_table(session: Session) -> None:
+    """A fresh, empty NEW table for this transaction."""
     dialect = session.get_bind().dialect.name
     session.execute(text(f"DROP TABLE IF EXISTS {_NEW}"))
     if dialect == "postgresql":
@@ -108,7 +109,7 @@ def apply(session: Session, segment: Segment, *, now: dt.datetime, cause: str,
     compiled = compile_definition(session, segment.definition, now=now, self_code=segment.code)
     ctx = compiled.ctx
     extra = [C.m.c.id.in_(restrict)] if restrict is not None else []
-    _temp_table(session)
+    temp_table(session)
     session.execute(insert(NEW).from_select(["member_id"], C.members_query(compiled.condition, ctx, *extra)))
     S = SegmentMembership
     is_open = select(S.member_id).where(S.segment_id == segment.id, S.exited_at.is_(None))
@@ -136,9 +137,13 @@ def apply(session: Session, segment: Segment, *, now: dt.datetime, cause: str,
         segment.refreshed_at = now
         segment.next_refresh_at = now + dt.timedelta(minutes=segment.refresh_minutes) \
             if segment.refresh_minutes else None
-    session.execute(text(f"DROP TABLE IF EXISTS {_NEW}"))
+    drop_temp_table(session)
     session.flush()
     return {"segment": segment.code, "size": size, "entered": entered, "exited": exited, "ms": elapsed}
+
+
+def drop_temp_table(session: Session) -> None:
+    session.execute(text(f"DROP TABLE IF EXISTS {_NEW}"))
 
 
 def _flips(session: Session, segment: Segment, compiled: Compiled, restrict: Select | None) -> None:

@@ -1,0 +1,104 @@
+"""Rule tags: a tag whose members are given by a segment definition, refreshed with the segments.
+
+A refresh adds the tag (source 'rule') to matching members who do not carry it at all, and removes
+only 'rule' assignments from members who no longer match: a tag given by staff or an import is never
+taken away by a rule. Every add and remove is written to `tag_changes` with the rule as actor, in the
+same set-based statements.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import and_, delete, exists, func, insert, literal, select
+from sqlalchemy.orm import Session
+
+from orchard.audit.service import record
+from orchard.auth.service import Principal
+from orchard.db import UTCDateTime
+from orchard.errors import Conflict, InvalidInput, NotFound
+from orchard.kit.clock import utcnow
+from orchard.members.models import TAG_KINDS, MemberTag, Tag, TagChange
+from orchard.segments import compiler as C
+from orchard.segments import evaluate, language
+from orchard.segments.evaluate import NEW
+
+
+def is_builtin(tag: Tag) -> bool:
+    """Built-in preference tags carry {"builtin": name}: the scoring package computes them."""
+    return isinstance(tag.definition, dict) and "builtin" in tag.definition
+
+
+def define(session: Session, *, principal: Principal, name: str, kind: str = "behaviour",
+           description: str | None = None, definition: Any = None) -> Tag:
+    """Create a tag in the catalog: a rule tag when `definition` is given (applied at once), else a
+    manual one."""
+    if kind not in TAG_KINDS:
+        raise InvalidInput.field("kind", "one of " + ", ".join(TAG_KINDS))
+    if session.scalar(select(Tag.id).where(Tag.name == name)) is not None:
+        raise Conflict(f"a tag named {name!r} exists", code="tag.name_taken")
+    canonical = None
+    if definition is not None:
+        canonical = language.dump(evaluate.compile_definition(session, definition, root="$.definition").tree)
+    tag = Tag(name=name, kind=kind, description=description, source="rule" if canonical else "manual",
+              definition=canonical, created_at=utcnow())
+    session.add(tag)
+    session.flush()
+    record(session, actor=principal.actor, action="tag.define", entity="tag", entity_id=tag.id,
+           data={"name": name, "kind": kind, "definition": canonical})
+    if canonical is not None:
+        refresh_one(session, tag, now=tag.created_at)
+    return tag
+
+
+def get(session: Session, name: str) -> Tag:
+    tag = session.scalar(select(Tag).where(Tag.name == name))
+    if tag is None:
+        raise NotFound("tag not found", code="tag.not_found")
+    return tag
+
+
+def refresh_one(session: Session, tag: Tag, *, now: dt.datetime) -> dict[str, Any]:
+    compiled = evaluate.compile_definition(session, tag.definition, now=now)
+    evaluate.temp_table(session)
+    session.execute(insert(NEW).from_select(["member_id"], C.members_query(compiled.condition, compiled.ctx)))
+    actor = f"rule:{tag.name}"[:64]
+    MT, TC = MemberTag.__table__, TagChange.__table__
+    has_any = exists().where(MT.c.member_id == NEW.c.member_id, MT.c.tag_id == tag.id)
+    adding = select(NEW.c.member_id).where(~has_any)
+    added = session.scalar(select(func.count()).select_from(adding.subquery())) or 0
+    at = literal(now, UTCDateTime())
+    session.execute(insert(TC).from_select(["member_id", "tag_id", "change", "source", "actor", "at"], select(
+        NEW.c.member_id, literal(tag.id), literal("added"), literal("rule"), literal(actor), at).where(~has_any)))
+    session.execute(insert(MT).from_select(["member_id", "tag_id", "source", "added_by", "added_at"], select(
+        NEW.c.member_id, literal(tag.id), literal("rule"), literal(actor), at).where(~has_any)))
+    stale = and_(MT.c.tag_id == tag.id, MT.c.source == "rule", MT.c.member_id.not_in(select(NEW.c.member_id)))
+    removed = session.scalar(select(func.count()).select_from(MT).where(stale)) or 0
+    session.execute(insert(TC).from_select(["member_id", "tag_id", "change", "source", "actor", "at"], select(
+        MT.c.member_id, literal(tag.id), literal("removed"), literal("rule"), literal(actor), at).where(stale)))
+    session.execute(delete(MT).where(stale))
+    evaluate.drop_temp_table(session)
+    tag.refreshed_at = now
+    session.flush()
+    return {"tag": tag.name, "added": added, "removed": removed,
+            "size": session.scalar(select(func.count()).select_from(MT).where(MT.c.tag_id == tag.id)) or 0}
+
+
+def refresh(session: Session, *, now: dt.datetime | None = None, names: list[str] | None = None) -> list[dict]:
+    """Refresh rule tags (all, or the named ones), built-in preference tags excepted."""
+    now = now or utcnow()
+    stmt = select(Tag).where(Tag.source == "rule").order_by(Tag.name)
+    if names:
+        stmt = stmt.where(Tag.name.in_(names))
+    return [refresh_one(session, t, now=now) for t in session.scalars(stmt) if not is_builtin(t)]
+
+
+def history(session: Session, *, tag_id: int | None = None, member_id: int | None = None,
+            limit: int = 100) -> list[TagChange]:
+    stmt = select(TagChange).order_by(TagChange.id.desc()).limit(limit)
+    if tag_id is not None:
+        stmt = stmt.where(TagChange.tag_id == tag_id)
+    if member_id is not None:
+        stmt = stmt.where(TagChange.member_id == member_id)
+    return list(session.scalars(stmt))
