@@ -41,7 +41,7 @@ MASKED_MOBILE = re.compile(r"^1[3-9]\d\*{4}\d{4}$")
 MEMBER_PARAMS = {"member_id", "order_id", "refund_id", "identity_id", "event_id", "note_id", "consent_id", "code"}
 #: Id-like path parameters known NOT to address one member's data (admin objects, merge-review pairs).
 NON_MEMBER_PARAMS = {"key_id", "candidate_id", "staff_id", "job_id", "rule_id", "flag_id", "benefit_id",
-                     "template_id", "item_code"}
+                     "template_id", "item_code", "segment_code"}
 NO_SUCH_ID = 987_654_321
 
 
@@ -71,7 +71,7 @@ class Target:
         return {"member_id": self.member_id, "order_id": self.order_id, "refund_id": self.refund_id,
                 "identity_id": self.identity_id, "event_id": self.event_id, "name": self.tag,
                 "channel": "sms", "purpose": "marketing", "external_id": f"W-{self.store}-{self.member_id}",
-                "code": self.coupon_code, "item_code": "CUP"}
+                "code": self.coupon_code, "item_code": "CUP", "segment_code": "none"}
 
 
 #: Per operation_id: the JSON body a member-scoped route is called with (None: no body). A valid body
@@ -550,7 +550,8 @@ def test_store_clerk_sees_member_with_masked_phone_on_every_get_route(app, api, 
         if "GET" not in route.methods:
             continue
         url = fill(route, {**sh.path_values(), "key_id": 1, "candidate_id": 1, "staff_id": 1, "job_id": 1,
-              "rule_id": 1, "flag_id": 1, "benefit_id": 1, "item_code": "CUP", "template_id": sh.coupon_template_id})
+              "rule_id": 1, "flag_id": 1, "benefit_id": 1, "item_code": "CUP", "template_id": sh.coupon_template_id,
+              })
         r = api.call("GET", url, clerk)
         if is_member_scoped(route) and route_perms(route) <= ROLE_PERMS[Role.clerk] and r.status_code != 200:
             api.leak(f"GET {url}: the SH001 clerk should see its member, got {r.status_code} {r.text[:200]}")
@@ -690,7 +691,7 @@ def test_every_api_route_requires_credentials(app, api):
     values = {"member_id": 1, "order_id": 1, "refund_id": 1, "identity_id": 1, "event_id": 1, "key_id": 1,
               "candidate_id": 1, "staff_id": 1, "job_id": 1, "rule_id": 1, "flag_id": 1, "benefit_id": 1,
               "name": "vip", "channel": "sms", "purpose": "marketing", "external_id": "S-1", "template_id": 1,
-              "code": "7K3M9QWX2D8F", "item_code": "CUP"}
+              "code": "7K3M9QWX2D8F", "item_code": "CUP", "segment_code": "none"}
     checked = 0
     for route in api_routes(app):
         if route.operation_id == "createToken":

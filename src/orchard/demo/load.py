@@ -109,6 +109,12 @@ def load_demo(*, members: int = 300, seed: int = 7, months: int = 12, industry: 
         from orchard.loyalty import tiers
 
         tiers.evaluate(session, actor="demo")  # place the imported history in the demo's tiers
+    with transaction() as session:
+        ensure_segments(session)
+    from orchard.segments import refresh
+
+    done = tracker.start("刷新 refresh (lifecycle, RFM, tags, segments)", len(refresh.available_steps()))
+    refresh.run(progress=lambda name, entry: done(1))
     return result
 
 
@@ -138,6 +144,48 @@ DEMO_TASKS = (
     {"code": "first_review", "name": "发表首次评价", "kind": "event", "event": "review", "points": 20},
     {"code": "follow_oa", "name": "关注公众号", "kind": "event", "event": "wechat_follow", "points": 30},
 )
+
+
+#: Segments and rule tags an operations team starts from (see docs/segments.md for the language).
+DEMO_SEGMENTS: tuple[dict, ...] = (
+    {"code": "signed_up_no_order", "name": "注册7天未下单", "definition": {"all": [
+        {"field": "order_count", "op": "eq", "value": 0},
+        {"field": "joined_at", "op": "older_than_days", "value": 7}]}},
+    {"code": "active_30d", "name": "近30天有购买", "definition": {
+        "field": "days_since_last_order", "op": "lte", "value": 29}},
+    {"code": "sleeping_high_value", "name": "沉睡高价值会员", "definition": {"all": [
+        {"field": "total_spend_fen", "op": "gte", "value": 100000},
+        {"field": "days_since_last_order", "op": "gte", "value": 90}]}},
+    {"code": "browsed_not_bought", "name": "近30天浏览≥3次未购买", "definition": {"all": [
+        {"event": "product_viewed", "last_days": 30, "op": "gte", "value": 3},
+        {"event": "$order", "last_days": 30, "op": "eq", "value": 0}]}},
+    {"code": "birthday_week_sms", "name": "7天内生日且可短信营销", "definition": {"all": [
+        {"field": "birthday", "op": "within_next_days", "value": 6}, {"consent": "sms"},
+        {"not": {"field": "reduce_disturbance", "op": "eq", "value": True}}]}},
+)
+DEMO_RULE_TAGS: tuple[dict, ...] = (
+    {"name": "高消费", "kind": "value", "definition": {"field": "total_spend_fen", "op": "gte", "value": 500000}},
+    {"name": "复购客户", "kind": "behaviour", "definition": {"field": "order_count", "op": "gte", "value": 2}},
+)
+
+
+def ensure_segments(session) -> None:
+    """Create the demo's saved segments and rule tags once, without evaluating them: the refresh that
+    follows the load computes them with everything else."""
+    from sqlalchemy import select
+
+    from orchard.imports.pg_bulk import SYSTEM
+    from orchard.members.models import Tag
+    from orchard.segments import service as segments
+    from orchard.segments import tags
+    from orchard.segments.models import Segment
+
+    for body in DEMO_SEGMENTS:
+        if session.scalar(select(Segment.id).where(Segment.code == body["code"])) is None:
+            segments.create(session, principal=SYSTEM, refresh_now=False, **body)
+    for body in DEMO_RULE_TAGS:
+        if session.scalar(select(Tag.id).where(Tag.name == body["name"])) is None:
+            tags.define(session, principal=SYSTEM, apply_now=False, **body)
 
 
 def ensure_earning_rules(session) -> None:

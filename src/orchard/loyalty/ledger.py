@@ -23,6 +23,7 @@ from orchard.errors import Conflict, InvalidInput
 from orchard.kit.clock import utcnow
 from orchard.kit.hashing import fingerprint
 from orchard.loyalty.models import PointsAccount, PointsAllocation, PointsEntry, PointsLot
+from orchard.segments import dirty
 
 MAX_POINTS = 10**12
 #: A lot waiting for an event is pending "until then": far enough to never come by itself.
@@ -99,6 +100,7 @@ def post(session: Session, cmd: Command, *, now: dt.datetime | None = None) -> t
     audit.record(session, actor=cmd.actor, action=f"points.{cmd.kind}", entity="member", entity_id=cmd.member_id,
                  data={"entry_id": entry.id, "amount": entry.amount, "reason": cmd.reason, "source": cmd.source,
                        "external_id": cmd.external_id})
+    dirty.mark(session, [cmd.member_id], at=now)  # segments on points balance re-check in real time
     return entry, True
 
 

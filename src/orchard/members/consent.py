@@ -12,6 +12,7 @@ from orchard.kit.clock import utcnow
 from orchard.members import scope
 from orchard.members.models import CHANNELS, PURPOSES, Consent, ConsentChange
 from orchard.members.schemas import ConsentRead
+from orchard.segments import dirty
 
 
 def list_consents(session: Session, *, principal: Principal, member_id: int) -> list[ConsentRead]:
@@ -49,6 +50,7 @@ def set_consent(session: Session, *, member_id: int, channel: str, purpose: str,
     audit.record(session, actor=actor, action="consent.granted" if granted else "consent.withdrawn",
                  entity="member", entity_id=member_id, data={"channel": channel, "purpose": purpose, "source": source})
     session.flush()
+    dirty.mark(session, [member_id], at=now)
     return row
 
 

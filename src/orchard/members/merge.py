@@ -33,6 +33,7 @@ from orchard.members.models import (
     MemberTag,
     MergeCandidate,
 )
+from orchard.segments import dirty
 
 _FILLABLE = ("name", "birthday", "region", "source_channel", "home_store_id")
 
@@ -73,6 +74,7 @@ def merge(session: Session, *, principal: Principal, survivor_id: int, merged_id
     session.execute(update(PointsAward).where(PointsAward.member_id == b.id).values(member_id=a.id))
     moved["growth"] = growth.move(session, from_id=b.id, to_id=a.id)
     _settle_candidates(session, a.id, b.id)
+    dirty.mark(session, [a.id, b.id])  # the survivor's data changed; the merged one leaves every segment
     session.execute(delete(MemberAggregate).where(MemberAggregate.member_id == b.id))
     aggregates.recompute(session, member_id=a.id)
     tiers.on_activity(session, a.id)  # the survivor's metric now includes B's orders and growth

@@ -11,6 +11,7 @@ from orchard.errors import NotFound
 from orchard.kit.clock import utcnow
 from orchard.members import scope
 from orchard.members.models import MemberNote, MemberTag, Tag, TagChange
+from orchard.segments import dirty
 
 
 def add_note(session: Session, *, principal: Principal, member_id: int, body: str) -> MemberNote:
@@ -50,6 +51,7 @@ def add_tag(session: Session, *, principal: Principal, member_id: int, name: str
         session.add(TagChange(member_id=member.id, tag_id=tag.id, change="added", source="manual",
                               actor=principal.actor, at=now))
         session.flush()
+        dirty.mark(session, [member.id], at=now)
     return member_tags(session, member.id)
 
 
@@ -62,6 +64,7 @@ def remove_tag(session: Session, *, principal: Principal, member_id: int, name: 
     session.add(TagChange(member_id=member.id, tag_id=tag.id, change="removed", source="manual",
                           actor=principal.actor, at=utcnow()))
     session.flush()
+    dirty.mark(session, [member.id])
     return member_tags(session, member.id)
 
 

@@ -33,6 +33,7 @@ from orchard.members.schemas import (
 )
 from orchard.org import service as org
 from orchard.org.models import OrgUnit
+from orchard.segments import dirty
 
 _MASKED_KINDS = {"phone", "email", "wechat_openid", "wechat_unionid", "card_no"}
 
@@ -76,6 +77,7 @@ def create(session: Session, *, principal: Principal, data: MemberCreate) -> Mem
         session.add(MemberAggregate(member_id=member.id))
         session.flush()
     tasks.on_profile(session, member)
+    dirty.mark(session, [member.id])
     return member
 
 
@@ -98,6 +100,7 @@ def update(session: Session, *, principal: Principal, member_id: int, data: Memb
     member.updated_at = utcnow()
     session.flush()
     tasks.on_profile(session, member)
+    dirty.mark(session, [member.id])
     return member
 
 

@@ -72,50 +72,50 @@ def create(body: SegmentIn, session: SessionDep, principal: Actor(Perm.segments_
     return SegmentRead.model_validate(seg)
 
 
-@router.get("/segments/{code}", response_model=SegmentRead, operation_id="getSegment")
-def get(code: SegmentCode, session: SessionDep, principal: Actor(Perm.segments_read)) -> SegmentRead:
-    return SegmentRead.model_validate(service.get(session, principal, code))
+@router.get("/segments/{segment_code}", response_model=SegmentRead, operation_id="getSegment")
+def get(segment_code: SegmentCode, session: SessionDep, principal: Actor(Perm.segments_read)) -> SegmentRead:
+    return SegmentRead.model_validate(service.get(session, principal, segment_code))
 
 
-@router.patch("/segments/{code}", response_model=SegmentRead, operation_id="changeSegment")
-def change(code: SegmentCode, body: SegmentPatch, session: SessionDep,
+@router.patch("/segments/{segment_code}", response_model=SegmentRead, operation_id="changeSegment")
+def change(segment_code: SegmentCode, body: SegmentPatch, session: SessionDep,
            principal: Actor(Perm.segments_manage)) -> SegmentRead:
     """A new definition makes a new version and is applied at once; members' spells record the change."""
     changes = body.model_dump(exclude_unset=True)
     if "definition" in changes and changes["definition"] is None:
         raise InvalidInput.field("definition", "a segment needs a definition")
-    return SegmentRead.model_validate(service.change(session, principal=principal, code=code, fields=changes))
+    return SegmentRead.model_validate(service.change(session, principal=principal, code=segment_code, fields=changes))
 
 
-@router.post("/segments/{code}/archive", response_model=SegmentRead, operation_id="archiveSegment")
-def archive(code: SegmentCode, session: SessionDep, principal: Actor(Perm.segments_manage)) -> SegmentRead:
+@router.post("/segments/{segment_code}/archive", response_model=SegmentRead, operation_id="archiveSegment")
+def archive(segment_code: SegmentCode, session: SessionDep, principal: Actor(Perm.segments_manage)) -> SegmentRead:
     """Every current member exits now; the history stays. Refused while another segment uses it."""
-    return SegmentRead.model_validate(service.archive(session, principal=principal, code=code))
+    return SegmentRead.model_validate(service.archive(session, principal=principal, code=segment_code))
 
 
-@router.post("/segments/{code}/refresh", response_model=RefreshOut, operation_id="refreshSegment")
-def refresh(code: SegmentCode, session: SessionDep, principal: Actor(Perm.segments_manage)) -> RefreshOut:
-    seg = service.get(session, principal, code)
+@router.post("/segments/{segment_code}/refresh", response_model=RefreshOut, operation_id="refreshSegment")
+def refresh(segment_code: SegmentCode, session: SessionDep, principal: Actor(Perm.segments_manage)) -> RefreshOut:
+    seg = service.get(session, principal, segment_code)
     return RefreshOut(**service.refresh(session, codes=[seg.code])[0])
 
 
-@router.get("/segments/{code}/sizes", response_model=list[SizeRead], operation_id="listSegmentSizes")
-def sizes(code: SegmentCode, session: SessionDep, principal: Actor(Perm.segments_read),
+@router.get("/segments/{segment_code}/sizes", response_model=list[SizeRead], operation_id="listSegmentSizes")
+def sizes(segment_code: SegmentCode, session: SessionDep, principal: Actor(Perm.segments_read),
           limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[SizeRead]:
     """Size over time, newest first: one row per refresh and per real-time change."""
-    seg = service.get(session, principal, code)
+    seg = service.get(session, principal, segment_code)
     rows = session.scalars(select(SegmentSize).where(SegmentSize.segment_id == seg.id)
                            .order_by(SegmentSize.at.desc(), SegmentSize.id.desc()).limit(limit))
     return [SizeRead.model_validate(r) for r in rows]
 
 
-@router.get("/segments/{code}/changes", response_model=SpellPage, operation_id="listSegmentChanges")
-def changes(code: SegmentCode, session: SessionDep, principal: Actor(Perm.segments_read),
+@router.get("/segments/{segment_code}/changes", response_model=SpellPage, operation_id="listSegmentChanges")
+def changes(segment_code: SegmentCode, session: SessionDep, principal: Actor(Perm.segments_read),
             since: dt.datetime | None = None, limit: Annotated[int, Query(ge=1, le=1000)] = 100,
             cursor: Annotated[str | None, Query(max_length=200)] = None) -> SpellPage:
     """Membership spells that began or ended at or after `since` (entries and exits), oldest id first:
     what journeys trigger on. Store staff see only their stores' members."""
-    seg = service.get(session, principal, code)
+    seg = service.get(session, principal, segment_code)
     S = SegmentMembership
     stmt = (select(S).join(Member, Member.id == S.member_id)
             .where(S.segment_id == seg.id, scope.visible(principal)))

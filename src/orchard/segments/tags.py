@@ -31,7 +31,7 @@ def is_builtin(tag: Tag) -> bool:
 
 
 def define(session: Session, *, principal: Principal, name: str, kind: str = "behaviour",
-           description: str | None = None, definition: Any = None) -> Tag:
+           description: str | None = None, definition: Any = None, apply_now: bool = True) -> Tag:
     """Create a tag in the catalog: a rule tag when `definition` is given (applied at once), else a
     manual one."""
     if kind not in TAG_KINDS:
@@ -47,7 +47,7 @@ def define(session: Session, *, principal: Principal, name: str, kind: str = "be
     session.flush()
     record(session, actor=principal.actor, action="tag.define", entity="tag", entity_id=tag.id,
            data={"name": name, "kind": kind, "definition": canonical})
-    if canonical is not None:
+    if canonical is not None and apply_now:
         refresh_one(session, tag, now=tag.created_at)
     return tag
 
