@@ -25,3 +25,8 @@ for router in (auth_router, org_router, members_router, events_router, exports_r
                engagement_router, points_flags_router, benefits_router, catalog_router, coupon_templates_router,
                coupons_router):
     api_router.include_router(router)
+
+# Scoring (issue 5): lifecycle, RFM, value tiers, the scoring policy.
+from orchard.scoring.endpoints import router as scoring_router  # noqa: E402
+
+api_router.include_router(scoring_router)

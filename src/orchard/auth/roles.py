@@ -50,6 +50,8 @@ class Perm(StrEnum):
     coupons_issue = "coupons:issue"
     #: Redeem a coupon at a POS or online, and undo a redemption when the order is cancelled.
     coupons_redeem = "coupons:redeem"
+    #: Set the scoring policy: lifecycle thresholds, RFM scoring, value-tier shares (audited).
+    scoring_policy = "scoring:policy"
 
 
 _FRONT_LINE = {Perm.members_read, Perm.members_write, Perm.members_consent, Perm.members_notes,
@@ -69,6 +71,9 @@ ROLE_PERMS: dict[Role, frozenset[Perm]] = {
                                 Perm.events_ingest, Perm.events_read, Perm.org_read, Perm.imports,
                                 Perm.points_spend, Perm.coupons_issue, Perm.coupons_redeem}),
 }
+
+# Scoring (issue 5): HQ operations own the scoring policy; reads of scores need members:read.
+ROLE_PERMS[Role.hq_ops] = ROLE_PERMS[Role.hq_ops] | {Perm.scoring_policy}
 
 STORE_SCOPED = frozenset({Role.store_manager, Role.clerk})
 MASKED = frozenset({Role.store_manager, Role.clerk, Role.service})
