@@ -19,8 +19,10 @@ trend it cannot have yet; with new_days <= active_days its previous window is em
 new = the first order, dormant/lost = local midnight of (last order's date + dormant_days/lost_days),
 active after new = local midnight of (first order's date + new_days), the declining gap = last
 order's date + active_days; otherwise (e.g. back to active from dormant) the pass time. A member
-whose stage did not change keeps its `since`. A transition is recorded in lifecycle_changes with
-`at` = the pass time (when the system saw it, so a consumer polling `at` never misses one).
+whose stage did not change keeps its `since` and its row is not rewritten (`computed_at` is the pass
+that set the stage: a steady-state pass writes nothing, which keeps it cheap). A transition is
+recorded in lifecycle_changes with `at` = the pass time (when the system saw it, so a consumer
+polling `at` never misses one).
 
 First and last order come from member_aggregates (kept at ingestion, lifetime); only the
 declining test reads orders, over the last 2 × active_days via the paid_at index. Merged members are
