@@ -628,6 +628,52 @@ def coupons_expire() -> None:
     console.print(f"过期 expired {n:,} 张券 coupons")
 
 
+# Scoring (issue 5): lifecycle, RFM and preference tags.
+scoring_app = typer.Typer(help="评分 / lifecycle, RFM, preference tags", no_args_is_help=True)
+app.add_typer(scoring_app, name="scoring")
+
+
+@scoring_app.command("run")
+def scoring_run(at: When = None) -> None:
+    """Recompute lifecycle stages, RFM and the built-in preference tags in one transaction (schedule it
+    daily, after midnight in the tenant's zone). --at: the snapshot moment (default now)."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from orchard.db import transaction
+    from orchard.kit.clock import as_utc, utcnow
+    from orchard.scoring import lifecycle, preferences, rfm
+
+    given = _when(at, "at")
+    now = as_utc(given) if given is not None else utcnow()
+    steps = (("生命周期 / lifecycle", lifecycle.refresh), ("RFM", rfm.refresh),
+             ("偏好标签 / preference tags", preferences.refresh))
+    results = {}
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err) as progress, \
+            transaction() as session:
+        for label, refresh in steps:
+            task = progress.add_task(label, total=1)
+            results[label] = refresh(session, now=now)
+            progress.update(task, completed=1)
+    console.print_json(json.dumps(results, ensure_ascii=False, default=str))
+
+
+@scoring_app.command("show")
+def scoring_show(member_id: int) -> None:
+    """A member's stage, RFM class and lifecycle history as JSON."""
+    from orchard.auth.roles import Role
+    from orchard.auth.service import Principal
+    from orchard.db import transaction
+    from orchard.scoring import reads
+
+    system = Principal("system", 0, "cli", Role.admin, None, False)
+    try:
+        with transaction(readonly=True) as session:
+            read = reads.member_scores(session, system, member_id, english=False)
+    except OrchardError as exc:
+        _fail(exc)
+    console.print_json(json.dumps(read.model_dump(mode="json"), ensure_ascii=False))
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()
 
@@ -648,7 +694,7 @@ def refresh_command(
 
     from orchard.segments import refresh
 
-    steps = [s for s in refresh.available_steps() if not only or s in only]
+    steps = [s for s in refresh.STEPS if not only or s in only]
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console) as bar:
         task = bar.add_task("刷新 refresh", total=len(steps))

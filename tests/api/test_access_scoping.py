@@ -83,6 +83,7 @@ ROUTE_BODIES: dict[str, Callable[[Target], dict | None]] = {
     "spendMemberPoints": lambda t: {"amount": 1, "reason": "兑换", "external_id": f"W-{t.store}-{t.member_id}"},
     "cancelMemberPointsSpend": lambda t: {"reason": "订单取消"},
     "getMemberTier": lambda t: None,
+    "getMemberScores": lambda t: None,
     "listMemberTierChanges": lambda t: None,
     "overrideMemberTier": lambda t: {"level": "GOLD", "until": "2099-01-01T00:00:00Z", "reason": "特批"},
     "getMemberGrowth": lambda t: None,

@@ -54,6 +54,8 @@ class Perm(StrEnum):
     segments_read = "segments:read"
     #: Create, change, refresh and archive saved segments and rule tags (audited).
     segments_manage = "segments:manage"
+    #: Set the scoring policy: lifecycle thresholds, RFM scoring, value-tier shares (audited).
+    scoring_policy = "scoring:policy"
 
 
 _FRONT_LINE = {Perm.members_read, Perm.members_write, Perm.members_consent, Perm.members_notes,
@@ -64,7 +66,8 @@ ROLE_PERMS: dict[Role, frozenset[Perm]] = {
     Role.hq_ops: frozenset(_FRONT_LINE | {Perm.members_merge, Perm.events_ingest, Perm.imports, Perm.points_spend,
                                           Perm.points_adjust, Perm.points_rules, Perm.points_reports,
                                           Perm.benefits_manage, Perm.coupons_manage, Perm.coupons_issue,
-                                          Perm.coupons_redeem, Perm.segments_read, Perm.segments_manage}),
+                                          Perm.coupons_redeem, Perm.segments_read, Perm.segments_manage,
+                                          Perm.scoring_policy}),
     Role.store_manager: frozenset(_FRONT_LINE | {Perm.points_spend, Perm.points_adjust, Perm.points_reports,
                                                  Perm.benefits_manage, Perm.coupons_issue, Perm.coupons_redeem,
                                                  Perm.segments_read, Perm.segments_manage}),

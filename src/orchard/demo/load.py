@@ -113,7 +113,7 @@ def load_demo(*, members: int = 300, seed: int = 7, months: int = 12, industry: 
         ensure_segments(session)
     from orchard.segments import refresh
 
-    done = tracker.start("刷新 refresh (lifecycle, RFM, tags, segments)", len(refresh.available_steps()))
+    done = tracker.start("刷新 refresh (lifecycle, RFM, tags, segments)", len(refresh.STEPS))
     refresh.run(progress=lambda name, entry: done(1))
     return result
 

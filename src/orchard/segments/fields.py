@@ -15,11 +15,11 @@ from typing import Any
 from orchard.errors import InvalidInput
 from orchard.members.models import GENDERS
 from orchard.scoring.models import STAGES, VALUE_TIERS
+from orchard.scoring.rfm import CLASSES
 from orchard.segments import language as lang
 
 #: The eight RFM classes (S3), by code.
-RFM_CLASSES = ("important_value", "important_develop", "important_keep", "important_retain",
-               "general_value", "general_develop", "general_keep", "general_retain")
+RFM_CLASSES = tuple(code for code, *_ in CLASSES)
 
 _OPS = {
     "text": {"eq", "ne", "in", "not_in", "contains", "exists", "not_exists"},

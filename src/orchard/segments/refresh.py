@@ -43,26 +43,13 @@ def _step(name: str, session: Session, now: dt.datetime) -> Any:
     return service.refresh(session, now=now)
 
 
-def available_steps() -> tuple[str, ...]:
-    """The steps whose code is installed (the scoring steps arrive with the scoring package)."""
-    import importlib.util
-
-    have = []
-    for name in STEPS:
-        module = {"lifecycle": "orchard.scoring.lifecycle", "rfm": "orchard.scoring.rfm",
-                  "preferences": "orchard.scoring.preferences"}.get(name)
-        if module is None or importlib.util.find_spec(module) is not None:
-            have.append(name)
-    return tuple(have)
-
-
 def run(session: Session | None = None, *, now: dt.datetime | None = None, only: list[str] | None = None,
         progress: Callable[[str, dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
     """Run the steps; with a `session` all run in it (the scheduler's job transaction), else each in
     its own transaction. Returns one entry per step: its name, seconds and result."""
     now = now or utcnow()
     out = []
-    for name in available_steps():
+    for name in STEPS:
         if only and name not in only:
             continue
         started = time.perf_counter()

@@ -1,0 +1,157 @@
+"""Built-in preference tags (SPEC S1 偏好/心理标签), refreshed set-based.
+
+Each is a Tag with kind 'preference', source 'rule' and definition {"builtin": <name>} (category and
+channel tags also carry {"value": …}: one tag per category / channel, created when first needed):
+
+    价格敏感          price_sensitive  at least PRICE_PCT % of the member's orders were discounted: a coupon
+                                       redeemed on it (not cancelled), or paid below its lines' list price
+                                       (Σ quantity × unit price). Order `properties` are free-form and not read.
+    偏好:<品类>       category         the category with the most net line spend (ties: name order)
+    渠道偏好:<渠道>   channel          the most used orders.channel (ties: name order)
+    尝鲜者            early_adopter    bought EARLY_MIN_SKUS different SKUs within EARLY_DAYS tenant-zone days
+                                       of each SKU's first sale. SKUs first sold within EARLY_DAYS of the
+                                       first order on record are ignored: the data's start is not a launch.
+
+All read the counted orders (paid, partially refunded) of the last WINDOW_DAYS days of live members,
+and need MIN_ORDERS of them (one order is not a preference). The thresholds are constants here, not
+yet part of the scoring policy.
+
+A refresh adds or removes only assignments whose own source is 'rule'; a member who was given one of
+these tags by staff (manual) or an import keeps it untouched, whatever the rule says. Every add and
+remove writes a TagChange with actor "rule:<tag name>". A name already used by a tag this module does
+not own (a manual tag "偏好:茶叶") is left alone and reported under "skipped".
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import select, text, update
+from sqlalchemy.orm import Session
+
+from orchard.members.models import Tag
+from orchard.scoring import days
+
+WINDOW_DAYS = 365
+MIN_ORDERS = 2
+PRICE_PCT = 50
+EARLY_DAYS = 14
+EARLY_MIN_SKUS = 2
+
+PRICE_SENSITIVE = "价格敏感"
+EARLY_ADOPTER = "尝鲜者"
+CATEGORY_PREFIX = "偏好:"
+CHANNEL_PREFIX = "渠道偏好:"
+BUILTINS = ("price_sensitive", "category", "channel", "early_adopter")
+
+_COUNTED = "('paid','partially_refunded')"
+
+
+def _want_sql(sql: days.Sql) -> list[str]:
+    """Statements filling pref_want (member_id, name, builtin, value)."""
+    buyers = "SELECT member_id FROM pref_orders GROUP BY member_id HAVING COUNT(*) >= :min_orders"
+    return [
+        f"""CREATE TEMP TABLE pref_orders AS
+SELECT o.id, o.member_id, o.source, o.external_id, o.channel, o.paid_at,
+       CASE WHEN EXISTS (SELECT 1 FROM coupon_redemptions r WHERE r.order_source = o.source
+                         AND r.order_id = o.external_id AND r.cancelled_at IS NULL)
+              OR o.amount_fen < (SELECT SUM(l.quantity * l.unit_price_fen) FROM order_lines l WHERE l.order_id = o.id)
+            THEN 1 ELSE 0 END AS discounted
+FROM orders o JOIN members m ON m.id = o.member_id AND m.status = 'active'
+WHERE o.paid_at >= :cut_window AND o.paid_at <= :now AND o.status IN {_COUNTED}""",
+        "CREATE TEMP TABLE pref_want (member_id BIGINT, name VARCHAR(64), builtin VARCHAR(32), value VARCHAR(100))",
+        f"""INSERT INTO pref_want (member_id, name, builtin, value)
+SELECT member_id, '{PRICE_SENSITIVE}', 'price_sensitive', NULL FROM pref_orders GROUP BY member_id
+HAVING COUNT(*) >= :min_orders AND SUM(discounted) * 100 >= :price_pct * COUNT(*)""",
+        f"""INSERT INTO pref_want (member_id, name, builtin, value)
+SELECT member_id, '{CATEGORY_PREFIX}' || substr(category, 1, 58), 'category', substr(category, 1, 58) FROM (
+    SELECT p.member_id, l.category,
+           ROW_NUMBER() OVER (PARTITION BY p.member_id
+                              ORDER BY SUM(l.amount_fen - l.refunded_fen) DESC, l.category) AS rn
+    FROM pref_orders p JOIN order_lines l ON l.order_id = p.id
+    WHERE l.category IS NOT NULL AND l.category <> '' AND p.member_id IN ({buyers})
+    GROUP BY p.member_id, l.category
+) x WHERE rn = 1""",
+        f"""INSERT INTO pref_want (member_id, name, builtin, value)
+SELECT member_id, '{CHANNEL_PREFIX}' || substr(channel, 1, 32), 'channel', substr(channel, 1, 32) FROM (
+    SELECT member_id, channel, ROW_NUMBER() OVER (PARTITION BY member_id ORDER BY COUNT(*) DESC, channel) AS rn
+    FROM pref_orders WHERE channel IS NOT NULL AND channel <> '' AND member_id IN ({buyers})
+    GROUP BY member_id, channel
+) x WHERE rn = 1""",
+        f"""INSERT INTO pref_want (member_id, name, builtin, value)
+SELECT p.member_id, '{EARLY_ADOPTER}', 'early_adopter', NULL
+FROM pref_orders p
+JOIN order_lines l ON l.order_id = p.id
+JOIN (SELECT l2.sku, MIN(o2.paid_at) AS first_at FROM order_lines l2 JOIN orders o2 ON o2.id = l2.order_id
+      WHERE l2.sku IS NOT NULL AND o2.status IN {_COUNTED} GROUP BY l2.sku) f ON f.sku = l.sku
+CROSS JOIN (SELECT MIN(paid_at) AS t0 FROM orders WHERE status IN {_COUNTED}) s
+WHERE p.paid_at < {sql.midnight_after('f.first_at', EARLY_DAYS)}
+  AND f.first_at >= {sql.midnight_after('s.t0', EARLY_DAYS)}
+  AND p.member_id IN ({buyers})
+GROUP BY p.member_id HAVING COUNT(DISTINCT l.sku) >= :early_min""",
+    ]
+
+
+def _owned(session: Session) -> dict[str, Tag]:
+    tags = session.scalars(select(Tag).where(Tag.kind == "preference", Tag.source == "rule")).all()
+    return {t.name: t for t in tags if isinstance(t.definition, dict) and t.definition.get("builtin") in BUILTINS}
+
+
+def _ensure_tags(session: Session) -> list[str]:
+    """Create the tags pref_want names that do not exist yet (a handful: one per category and
+    channel); drop from pref_want the names taken by tags this module does not own."""
+    owned = _owned(session)
+    wanted = session.execute(text("SELECT DISTINCT name, builtin, value FROM pref_want")).all()
+    taken = set(session.scalars(select(Tag.name).where(Tag.name.in_([w.name for w in wanted])))) - set(owned)
+    for w in wanted:
+        if w.name not in owned and w.name not in taken:
+            definition = {"builtin": w.builtin} | ({"value": w.value} if w.value is not None else {})
+            session.add(Tag(name=w.name, kind="preference", source="rule", definition=definition,
+                            description="内置偏好标签 / built-in preference tag (scoring.preferences)"))
+    session.flush()
+    for name in taken:
+        session.execute(text("DELETE FROM pref_want WHERE name = :n"), {"n": name})
+    return sorted(taken)
+
+
+def refresh(session: Session, *, now: dt.datetime) -> dict[str, Any]:
+    """Bring the rule assignments of the built-in preference tags in line with the orders. Returns
+    {"tags", "added", "removed", "skipped": [names of tags owned by someone else]}."""
+    sql = days.Sql(session, now)
+    params = {**sql.params(), "now": now, "cut_window": days.cut(now, WINDOW_DAYS), "min_orders": MIN_ORDERS,
+              "price_pct": PRICE_PCT, "early_min": EARLY_MIN_SKUS}
+    session.flush()
+    for t in ("pref_orders", "pref_want"):
+        session.execute(text(f"DROP TABLE IF EXISTS {t}"))
+    for stmt in _want_sql(sql):
+        days.run(session, stmt, params)
+    skipped = _ensure_tags(session)
+    owned = _owned(session)
+    ids = sorted(t.id for t in owned.values())
+    removed = added = 0
+    if ids:
+        id_list = ",".join(str(i) for i in ids)
+        want_ids = ("SELECT w.member_id, t.id AS tag_id, t.name FROM pref_want w "
+                    f"JOIN tags t ON t.name = w.name AND t.id IN ({id_list})")
+        stale = (f"FROM member_tags mt JOIN tags t ON t.id = mt.tag_id WHERE mt.tag_id IN ({id_list}) "
+                 "AND mt.source = 'rule' AND NOT EXISTS (SELECT 1 FROM pref_want w WHERE w.member_id = mt.member_id "
+                 "AND w.name = t.name)")
+        days.run(session, "INSERT INTO tag_changes (member_id, tag_id, change, source, actor, at) "
+                          f"SELECT mt.member_id, mt.tag_id, 'removed', 'rule', substr('rule:' || t.name, 1, 64), :now "
+                          f"{stale}", params)
+        removed = days.run(session, "DELETE FROM member_tags WHERE (member_id, tag_id) IN "
+                                    f"(SELECT mt.member_id, mt.tag_id {stale})", params).rowcount
+        new = (f"FROM ({want_ids}) w WHERE NOT EXISTS "
+               "(SELECT 1 FROM member_tags mt WHERE mt.member_id = w.member_id AND mt.tag_id = w.tag_id)")
+        days.run(session, "INSERT INTO tag_changes (member_id, tag_id, change, source, actor, at) "
+                          f"SELECT w.member_id, w.tag_id, 'added', 'rule', substr('rule:' || w.name, 1, 64), :now "
+                          f"{new}", params)
+        added = days.run(session, "INSERT INTO member_tags (member_id, tag_id, source, added_by, added_at) "
+                                  f"SELECT w.member_id, w.tag_id, 'rule', substr('rule:' || w.name, 1, 64), :now "
+                                  f"{new}", params).rowcount
+        session.execute(update(Tag).where(Tag.id.in_(ids)).values(refreshed_at=now))
+    for t in ("pref_orders", "pref_want"):
+        session.execute(text(f"DROP TABLE {t}"))
+    session.expire_all()
+    return {"tags": len(ids), "added": added, "removed": removed, "skipped": skipped}
