@@ -674,8 +674,6 @@ def scoring_show(member_id: int) -> None:
     console.print_json(json.dumps(read.model_dump(mode="json"), ensure_ascii=False))
 
 
-if __name__ == "__main__":  # pragma: no cover
-    app()
 
 
 # ---- segments, refresh, scheduler ---------------------------------------------------------------
@@ -805,3 +803,7 @@ def scheduler_run() -> None:
     from orchard.scheduler import runner
 
     console.print("ran: " + (", ".join(runner.run_due()) or "nothing due"))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

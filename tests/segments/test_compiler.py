@@ -153,3 +153,44 @@ def test_preview_counts_each_condition(people):
     assert out["count"] == 1 and out["population"] == 4
     assert [(c["path"], c["count"]) for c in out["conditions"]] == [("$.all[0]", 2), ("$.all[1]", 1)]
     assert [m["name"] for m in out["sample"]] == ["amy"]
+
+
+def test_loyalty_and_score_fields(people):
+    from orchard.loyalty.models import GrowthAccount, MemberTier, PointsAccount, TierLevel
+    from orchard.scoring.models import MemberLifecycle, MemberRfm
+
+    with db.transaction() as s:
+        base = TierLevel(code="BASE", name="普通", rank=0, threshold=0)
+        gold = TierLevel(code="GOLD", name="金卡", rank=2, threshold=1000)
+        s.add_all([base, gold])
+        s.flush()
+        s.add(MemberTier(member_id=people["amy"], level_id=gold.id, since=NOW))
+        s.add(PointsAccount(member_id=people["amy"], balance=1500))
+        s.add(GrowthAccount(member_id=people["bob"], balance=300))
+        # cat is overridden to GOLD until tomorrow; dan's override ended yesterday
+        s.add(MemberTier(member_id=people["cat"], level_id=base.id, since=NOW, override_level_id=gold.id,
+                         override_until=NOW + dt.timedelta(days=1)))
+        s.add(MemberTier(member_id=people["dan"], level_id=base.id, since=NOW, override_level_id=gold.id,
+                         override_until=NOW - dt.timedelta(days=1)))
+        s.add(MemberLifecycle(member_id=people["bob"], stage="dormant", since=NOW, computed_at=NOW))
+        s.add(MemberRfm(member_id=people["amy"], recency_days=4, frequency=2, monetary_fen=80_000, r_score=5,
+                        f_score=5, m_score=5, rfm_class="important_value", value_tier="high",
+                        computed_on=NOW.date(), computed_at=NOW))
+    with db.transaction(readonly=True) as s:
+        assert matches(s, {"field": "tier", "op": "eq", "value": "GOLD"}) == {"amy", "cat"}
+        assert matches(s, {"field": "tier", "op": "eq", "value": "BASE"}) == {"bob", "dan"}
+        assert matches(s, {"field": "points_balance", "op": "gte", "value": 1000}) == {"amy"}
+        assert matches(s, {"field": "points_balance", "op": "eq", "value": 0}) == {"bob", "cat", "dan"}
+        assert matches(s, {"field": "growth_value", "op": "between", "value": [1, 500]}) == {"bob"}
+        assert matches(s, {"field": "lifecycle_stage", "op": "in", "value": ["dormant", "lost"]}) == {"bob"}
+        assert matches(s, {"field": "lifecycle_stage", "op": "not_exists"}) == {"amy", "cat", "dan"}
+        assert matches(s, {"field": "rfm_class", "op": "eq", "value": "important_value"}) == {"amy"}
+        assert matches(s, {"field": "r_score", "op": "gte", "value": 4}) == {"amy"}
+        assert matches(s, {"field": "value_tier", "op": "ne", "value": "low"}) == {"amy"}
+        assert matches(s, {"field": "order_count", "op": "not_in", "value": [0, 2]}) == {"bob"}
+        assert matches(s, {"field": "days_since_last_order", "op": "between", "value": [0, 10]}) == {"amy"}
+        assert matches(s, {"field": "days_since_last_order", "op": "ne", "value": 90}) == {"amy"}
+        assert matches(s, {"field": "last_order_at", "op": "exists"}) == {"amy", "bob"}
+        assert matches(s, {"field": "points_expiring", "within_days": 30, "op": "gte", "value": 1}) == set()
+        with pytest.raises(InvalidInput):
+            evaluate.compile_definition(s, {"field": "points_balance", "within_days": 30, "op": "gte", "value": 1})

@@ -63,6 +63,7 @@ acct = PointsAccount.__table__.alias("acct")
 growth = GrowthAccount.__table__.alias("growth")
 mtier = MemberTier.__table__.alias("mtier")
 tlevel = TierLevel.__table__.alias("tlevel")
+tover = TierLevel.__table__.alias("tover")
 lcyc = MemberLifecycle.__table__.alias("lcyc")
 rfm = MemberRfm.__table__.alias("rfm")
 
@@ -175,7 +176,10 @@ def _column(spec: F.FieldSpec, cond: lang.Field, ctx: Context, path: str):
         ctx.joins.add("tier")
         base = ctx.session.scalar(select(TierLevel.code).where(TierLevel.active.is_(True))
                                   .order_by(TierLevel.rank).limit(1))
-        return func.coalesce(tlevel.c.code, literal(base, SAString()))
+        # The effective tier: an override while it lasts, else the evaluated level, else the base level.
+        overriding = and_(mtier.c.override_level_id.is_not(None),
+                          or_(mtier.c.override_until.is_(None), mtier.c.override_until > ctx.at(ctx.now)))
+        return case((overriding, tover.c.code), else_=func.coalesce(tlevel.c.code, literal(base, SAString())))
     if name == "lifecycle_stage":
         ctx.joins.add("lcyc")
         return lcyc.c.stage
@@ -502,7 +506,7 @@ def frame(ctx: Context) -> FromClause:
         source = source.outerjoin(growth, growth.c.member_id == m.c.id)
     if "tier" in ctx.joins:
         source = source.outerjoin(mtier, mtier.c.member_id == m.c.id).outerjoin(
-            tlevel, tlevel.c.id == mtier.c.level_id)
+            tlevel, tlevel.c.id == mtier.c.level_id).outerjoin(tover, tover.c.id == mtier.c.override_level_id)
     if "lcyc" in ctx.joins:
         source = source.outerjoin(lcyc, lcyc.c.member_id == m.c.id)
     if "rfm" in ctx.joins:
