@@ -184,6 +184,9 @@ def test_loyalty_and_score_fields(people):
         assert matches(s, {"field": "growth_value", "op": "between", "value": [1, 500]}) == {"bob"}
         assert matches(s, {"field": "lifecycle_stage", "op": "in", "value": ["dormant", "lost"]}) == {"bob"}
         assert matches(s, {"field": "lifecycle_stage", "op": "not_exists"}) == {"amy", "cat", "dan"}
+        # "became dormant this week"
+        assert matches(s, {"all": [{"field": "lifecycle_stage", "op": "eq", "value": "dormant"},
+                                   {"field": "lifecycle_since", "op": "within_last_days", "value": 7}]}) == {"bob"}
         assert matches(s, {"field": "rfm_class", "op": "eq", "value": "important_value"}) == {"amy"}
         assert matches(s, {"field": "r_score", "op": "gte", "value": 4}) == {"amy"}
         assert matches(s, {"field": "value_tier", "op": "ne", "value": "low"}) == {"amy"}

@@ -180,9 +180,9 @@ def _column(spec: F.FieldSpec, cond: lang.Field, ctx: Context, path: str):
         overriding = and_(mtier.c.override_level_id.is_not(None),
                           or_(mtier.c.override_until.is_(None), mtier.c.override_until > ctx.at(ctx.now)))
         return case((overriding, tover.c.code), else_=func.coalesce(tlevel.c.code, literal(base, SAString())))
-    if name == "lifecycle_stage":
+    if name in ("lifecycle_stage", "lifecycle_since"):
         ctx.joins.add("lcyc")
-        return lcyc.c.stage
+        return lcyc.c.stage if name == "lifecycle_stage" else lcyc.c.since
     if name in ("rfm_class", "r_score", "f_score", "m_score", "recency_days", "value_tier"):
         ctx.joins.add("rfm")
         return rfm.c[name]

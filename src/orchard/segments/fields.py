@@ -77,6 +77,7 @@ CATALOG: dict[str, FieldSpec] = {f.name: f for f in (
     _f("growth_value", "int", "成长值", "Growth value"),
     _f("tier", "enum", "会员等级（编码）", "Tier (code)"),
     _f("lifecycle_stage", "enum", "生命周期阶段", "Lifecycle stage", STAGES),
+    _f("lifecycle_since", "datetime", "进入当前阶段的时间", "In the current stage since"),
     _f("rfm_class", "enum", "RFM 分类", "RFM class", RFM_CLASSES),
     _f("r_score", "int", "R 分（1–5）", "R score (1–5)"),
     _f("f_score", "int", "F 分（1–5）", "F score (1–5)"),
