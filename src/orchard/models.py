@@ -21,6 +21,7 @@ from orchard.members.models import (  # noqa: F401
     Tag,
     TagChange,
 )
+from orchard.messaging.models import ContactPolicy, Message, MessageTemplate, ShortLink  # noqa: F401
 from orchard.org.models import OrgUnit  # noqa: F401
 from orchard.scheduler.models import ScheduledJob  # noqa: F401
 from orchard.scoring.models import LifecycleChange, MemberLifecycle, MemberRfm, ScoringPolicy  # noqa: F401

@@ -1,0 +1,314 @@
+"""The transactional outbox: decide a message (recorded as queued or suppressed, with its reason) in
+the caller's transaction, and send queued messages from workers.
+
+Delivery is at least once, and each message's `key` travels to the provider as its idempotency id
+(Aliyun OutId, Tencent SessionContext, webhook-id, Message-ID): a worker that dies after the provider
+accepted a message but before recording it leaves the row `sending`; when its claim expires the row
+is queued again and the provider receives the same key a second time, so it can drop the duplicate.
+
+Workers claim due rows with `FOR UPDATE SKIP LOCKED` on PostgreSQL (several workers share the work
+without waiting on each other); SQLite serialises writers anyway. Before sending, the respect rules
+run again (consent withdrawn after the decision → not sent). Transient provider errors retry with
+exponential backoff; permanent ones fail at once; after `MAX_ATTEMPTS` a message is dead (the
+dead-letter list), from where an operator can resend it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import random
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from jinja2 import TemplateError, UndefinedError
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from orchard import db
+from orchard.audit.service import record
+from orchard.errors import Conflict, InvalidInput, NotFound
+from orchard.kit.clock import utcnow
+from orchard.members.models import Member
+from orchard.messaging import respect, templates
+from orchard.messaging.models import Message, MessageTemplate
+
+MAX_ATTEMPTS = 8
+#: How long a worker's claim on a message holds; after it the message is queued again.
+CLAIM_SECONDS = 300
+BACKOFF_BASE_SECONDS = 30
+BACKOFF_MAX_SECONDS = 3600
+
+
+class Provider(Protocol):
+    """What the outbox needs from a channel adapter (orchard.channels implements it)."""
+
+    name: str
+
+    def send(self, message: Any) -> Any: ...
+
+
+@dataclass
+class Outcome:
+    """The result of a send as the outbox records it."""
+
+    accepted: bool
+    permanent: bool = False
+    provider_message_id: str | None = None
+    error: str | None = None
+
+
+# -- deciding --------------------------------------------------------------------------------------
+
+def context_for(session: Session, member: Member, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The variables a template may use, filled for this member (see `templates.SAMPLE`)."""
+    from orchard.loyalty.models import PointsAccount
+    from orchard.org.models import OrgUnit
+
+    account = session.get(PointsAccount, member.id)
+    store = session.get(OrgUnit, member.home_store_id) if member.home_store_id else None
+    hq = session.scalar(select(OrgUnit.name).where(OrgUnit.kind == "hq").limit(1))
+    ctx: dict[str, Any] = {
+        "member": {"id": member.id, "name": member.name or "会员", "gender": member.gender,
+                   "birthday": member.birthday.isoformat() if member.birthday else "", "region": member.region or "",
+                   "joined_at": member.joined_at.date().isoformat(), "home_store": store.name if store else ""},
+        "points": {"balance": account.balance if account else 0},
+        "store": {"code": store.code if store else "", "name": store.name if store else "",
+                  "city": (store.city or "") if store else ""},
+        "brand": {"name": hq or "Orchard"},
+        "event": {},
+        "link": lambda url: url,
+    }
+    for key, value in (extra or {}).items():
+        ctx[key] = value
+    return ctx
+
+
+def enqueue(session: Session, *, key: str, member_id: int, template_code: str, context: Mapping[str, Any] | None = None,
+            priority: int = 0, journey_id: int | None = None, run_id: int | None = None, step: str | None = None,
+            now: dt.datetime | None = None) -> Message:
+    """Decide one message: idempotent on `key` (a repeat returns the first decision). The member row is
+    locked so two decisions for one member cannot both pass a cap."""
+    existing = session.scalar(select(Message).where(Message.key == key))
+    if existing is not None:
+        return existing
+    now = now or utcnow()
+    template = templates.get(session, template_code)
+    if template.status != "published":
+        raise Conflict(f"template {template_code!r} is not published", code="template.unpublished")
+    member = session.get(Member, member_id, with_for_update=True, populate_existing=True)
+    if member is None:
+        raise NotFound("member not found", code="member.not_found")
+    policy = respect.get_policy(session)
+    verdict = respect.check(session, member=member, channel=template.channel, purpose=template.purpose,
+                            policy=policy, now=now)
+    if not verdict.ok and verdict.reason and verdict.reason.startswith("cap.") and _preempt(
+            session, member.id, template.channel, priority, policy, now, key):
+        verdict = respect.check(session, member=member, channel=template.channel, purpose=template.purpose,
+                                policy=policy, now=now)
+    message = Message(key=key, member_id=member.id, template_id=template.id, channel=template.channel,
+                      purpose=template.purpose, priority=priority, journey_id=journey_id, run_id=run_id, step=step,
+                      attempts=0, created_at=now, payload={})
+    if verdict.ok:
+        try:
+            message.payload = templates.render_template(template, context_for(session, member, context))
+        except (UndefinedError, TemplateError) as exc:
+            message.status, message.reason, message.detail = "failed", "template.variable", str(exc)[:500]
+        else:
+            message.status, message.recipient = "queued", verdict.recipient
+            message.next_attempt_at = verdict.not_before or now
+    else:
+        message.status, message.reason, message.detail = "suppressed", verdict.reason, verdict.detail
+    try:
+        with session.begin_nested():
+            session.add(message)
+            session.flush()
+    except IntegrityError:  # the same key decided concurrently: theirs stands
+        existing = session.scalar(select(Message).where(Message.key == key))
+        if existing is None:
+            raise
+        return existing
+    return message
+
+
+def _preempt(session: Session, member_id: int, channel: str, priority: int, policy: respect.Policy,
+             now: dt.datetime, key: str) -> bool:
+    """A higher-priority decision takes the place of lower-priority marketing not sent yet: those are
+    cancelled with reason "priority" (and the winner's key), so both sides of the conflict are recorded."""
+    days = max(c.days for c in policy.caps.values()) if policy.caps else 0
+    losers = list(session.scalars(select(Message).where(
+        Message.member_id == member_id, Message.purpose == "marketing", Message.status == "queued",
+        Message.priority < priority, Message.created_at > now - dt.timedelta(days=days)).with_for_update()))
+    for loser in losers:
+        loser.status, loser.reason, loser.detail = "cancelled", "priority", f"preempted by {key}"
+        loser.next_attempt_at = None
+    session.flush()
+    return bool(losers)
+
+
+# -- sending ---------------------------------------------------------------------------------------
+
+def _me() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"[:64]
+
+
+def claim(session: Session, *, limit: int, now: dt.datetime, me: str) -> list[int]:
+    """Take up to `limit` due queued messages for this worker (and re-queue expired claims first)."""
+    session.execute(update(Message).where(Message.status == "sending", Message.locked_until < now)
+                    .values(status="queued", locked_by=None, locked_until=None, next_attempt_at=now)
+                    .execution_options(synchronize_session=False))
+    due = select(Message.id).where(Message.status == "queued", Message.next_attempt_at <= now) \
+        .order_by(Message.next_attempt_at, Message.id).limit(limit)
+    if session.get_bind().dialect.name == "postgresql":
+        due = due.with_for_update(skip_locked=True)
+    ids = list(session.scalars(due))
+    if ids:
+        session.execute(update(Message).where(Message.id.in_(ids)).values(
+            status="sending", locked_by=me, locked_until=now + dt.timedelta(seconds=CLAIM_SECONDS),
+            attempts=Message.attempts + 1).execution_options(synchronize_session=False))
+    return ids
+
+
+@dataclass
+class DispatchStats:
+    claimed: int = 0
+    sent: int = 0
+    retried: int = 0
+    failed: int = 0
+    suppressed: int = 0
+    deferred: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+
+
+def dispatch(providers: Mapping[str, Provider], *, limit: int = 200, now: dt.datetime | None = None,
+             me: str | None = None, to_outbound: Callable[[Message], Any] | None = None,
+             rate: RateLimiter | None = None) -> DispatchStats:
+    """One round: claim, re-check, send, record. Each message's record is its own transaction."""
+    me = me or _me()
+    now = now or utcnow()
+    stats = DispatchStats()
+    with db.transaction() as session:
+        ids = claim(session, limit=limit, now=now, me=me)
+    stats.claimed = len(ids)
+    for message_id in ids:
+        with db.transaction() as session:
+            message = session.get(Message, message_id)
+            if message is None or message.status != "sending" or message.locked_by != me:
+                continue
+            member = session.get(Member, message.member_id)
+            policy = respect.get_policy(session)
+            verdict = respect.check(session, member=member, channel=message.channel, purpose=message.purpose,
+                                    policy=policy, now=utcnow() if now is None else now, at_send=True,
+                                    exclude_message_id=message.id)
+            if not verdict.ok:
+                message.status, message.reason, message.detail = "suppressed", verdict.reason, verdict.detail
+                message.locked_by = message.locked_until = None
+                stats.suppressed += 1
+                stats.reasons[verdict.reason or "?"] = stats.reasons.get(verdict.reason or "?", 0) + 1
+                continue
+            if verdict.not_before is not None:  # quiet hours came while it waited: never send late
+                message.status, message.next_attempt_at = "queued", verdict.not_before
+                message.attempts -= 1
+                message.locked_by = message.locked_until = None
+                stats.deferred += 1
+                continue
+            outbound = to_outbound(message) if to_outbound else message
+            channel = message.channel
+        provider = providers.get(channel)
+        if provider is None:
+            outcome = Outcome(False, permanent=True, error=f"no provider configured for {channel}")
+        else:
+            if rate is not None:
+                rate.wait(channel)
+            try:
+                outcome = _outcome(provider.send(outbound))
+            except Exception as exc:  # noqa: BLE001 — an adapter bug must not lose the message: retry it
+                outcome = Outcome(False, permanent=False, error=f"{type(exc).__name__}: {exc}"[:500])
+        with db.transaction() as session:
+            _record(session, message_id, me, outcome, provider.name if provider else None, stats)
+    return stats
+
+
+def _outcome(result: Any) -> Outcome:
+    if isinstance(result, Outcome):
+        return result
+    status = getattr(result, "status", None)
+    return Outcome(accepted=status == "accepted", permanent=bool(getattr(result, "permanent", False)),
+                   provider_message_id=getattr(result, "provider_message_id", None),
+                   error=getattr(result, "error", None) or getattr(result, "error_text", None))
+
+
+def _record(session: Session, message_id: int, me: str, outcome: Outcome, provider: str | None,
+            stats: DispatchStats) -> None:
+    message = session.get(Message, message_id, with_for_update=True)
+    if message is None or message.locked_by != me:
+        return  # our claim expired and another worker owns it now
+    now = utcnow()
+    message.provider, message.locked_by, message.locked_until = provider, None, None
+    if outcome.accepted:
+        message.status, message.sent_at, message.provider_message_id = "sent", now, outcome.provider_message_id
+        message.reason = message.detail = None
+        stats.sent += 1
+    elif outcome.permanent:
+        message.status, message.reason, message.detail = "failed", "provider.permanent", outcome.error
+        stats.failed += 1
+    elif message.attempts >= MAX_ATTEMPTS:
+        message.status, message.reason, message.detail = "dead", "provider.retries_exhausted", outcome.error
+        stats.failed += 1
+    else:
+        delay = min(BACKOFF_BASE_SECONDS * 2 ** (message.attempts - 1), BACKOFF_MAX_SECONDS)
+        message.status, message.reason, message.detail = "queued", "provider.transient", outcome.error
+        message.next_attempt_at = now + dt.timedelta(seconds=delay * random.uniform(0.8, 1.2))
+        stats.retried += 1
+
+
+def resend(session: Session, *, message_id: int, actor: str) -> Message:
+    """Put a failed or dead message back in the queue (the dead-letter list's manual resend)."""
+    message = session.get(Message, message_id, with_for_update=True)
+    if message is None:
+        raise NotFound("message not found", code="message.not_found")
+    if message.status not in ("failed", "dead"):
+        raise InvalidInput.field("status", f"only failed or dead messages are resent (this one is {message.status})")
+    if message.reason == "template.variable":
+        raise InvalidInput.field("reason", "the template could not be rendered for this member; fix and re-decide")
+    message.status, message.attempts, message.next_attempt_at = "queued", 0, utcnow()
+    message.reason = message.detail = None
+    record(session, actor=actor, action="message.resend", entity="message", entity_id=message.id, data={})
+    session.flush()
+    return message
+
+
+class RateLimiter:
+    """A token bucket per channel for this process: at most `per_second[channel]` sends a second."""
+
+    def __init__(self, per_second: Mapping[str, float]) -> None:
+        self.per_second = dict(per_second)
+        self._next: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def wait(self, channel: str) -> None:
+        rate = self.per_second.get(channel)
+        if not rate:
+            return
+        with self._lock:
+            now = time.monotonic()
+            at = max(now, self._next.get(channel, now))
+            self._next[channel] = at + 1.0 / rate
+        if at > now:
+            time.sleep(at - now)
+
+
+def explain(session: Session, *, member_id: int, limit: int = 50) -> list[dict[str, Any]]:
+    """A member's recent message decisions, newest first, each with its status and reason."""
+    rows = session.execute(select(Message, MessageTemplate.code).outerjoin(
+        MessageTemplate, MessageTemplate.id == Message.template_id).where(Message.member_id == member_id)
+        .order_by(Message.created_at.desc(), Message.id.desc()).limit(limit))
+    return [{"id": m.id, "key": m.key, "template": code, "channel": m.channel, "purpose": m.purpose,
+             "status": m.status, "reason": m.reason, "detail": m.detail, "journey_id": m.journey_id,
+             "step": m.step, "created_at": m.created_at, "sent_at": m.sent_at} for m, code in rows]
+
