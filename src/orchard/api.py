@@ -8,6 +8,7 @@ from orchard.coupons.template_endpoints import router as coupon_templates_router
 from orchard.events.endpoints import router as events_router
 from orchard.exports.endpoints import router as exports_router
 from orchard.imports.endpoints import router as imports_router
+from orchard.journeys.endpoints import router as journeys_router
 from orchard.loyalty.benefit_endpoints import router as benefits_router
 from orchard.loyalty.catalog_endpoints import router as catalog_router
 from orchard.loyalty.endpoints import router as points_router
@@ -26,5 +27,5 @@ api_router = APIRouter(prefix="/api/v1")
 for router in (auth_router, org_router, members_router, events_router, exports_router, imports_router,
                points_rules_router, points_reports_router, points_router, tiers_router,
                engagement_router, points_flags_router, benefits_router, catalog_router, coupon_templates_router,
-               coupons_router, segments_router, tags_router, scoring_router):
+               coupons_router, segments_router, tags_router, scoring_router, journeys_router):
     api_router.include_router(router)

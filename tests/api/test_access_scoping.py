@@ -41,7 +41,8 @@ MASKED_MOBILE = re.compile(r"^1[3-9]\d\*{4}\d{4}$")
 MEMBER_PARAMS = {"member_id", "order_id", "refund_id", "identity_id", "event_id", "note_id", "consent_id", "code"}
 #: Id-like path parameters known NOT to address one member's data (admin objects, merge-review pairs).
 NON_MEMBER_PARAMS = {"key_id", "candidate_id", "staff_id", "job_id", "rule_id", "flag_id", "benefit_id",
-                     "template_id", "item_code", "segment_code"}
+                     "template_id", "item_code", "segment_code", "journey_code", "template_code",
+                     "message_id"}
 NO_SUCH_ID = 987_654_321
 
 
@@ -71,13 +72,15 @@ class Target:
         return {"member_id": self.member_id, "order_id": self.order_id, "refund_id": self.refund_id,
                 "identity_id": self.identity_id, "event_id": self.event_id, "name": self.tag,
                 "channel": "sms", "purpose": "marketing", "external_id": f"W-{self.store}-{self.member_id}",
-                "code": self.coupon_code, "item_code": "CUP", "segment_code": "none"}
+                "code": self.coupon_code, "item_code": "CUP", "segment_code": "none", "journey_code": "none",
+                "template_code": "none", "message_id": 1}
 
 
 #: Per operation_id: the JSON body a member-scoped route is called with (None: no body). A valid body
 #: matters: an invalid one would answer 422 before the scope check and prove nothing.
 ROUTE_BODIES: dict[str, Callable[[Target], dict | None]] = {
     "getMember": lambda t: None,
+    "explainMemberJourneys": lambda t: None,
     "getMemberPoints": lambda t: None,
     "listMemberPointsEntries": lambda t: None,
     "spendMemberPoints": lambda t: {"amount": 1, "reason": "兑换", "external_id": f"W-{t.store}-{t.member_id}"},
@@ -692,7 +695,8 @@ def test_every_api_route_requires_credentials(app, api):
     values = {"member_id": 1, "order_id": 1, "refund_id": 1, "identity_id": 1, "event_id": 1, "key_id": 1,
               "candidate_id": 1, "staff_id": 1, "job_id": 1, "rule_id": 1, "flag_id": 1, "benefit_id": 1,
               "name": "vip", "channel": "sms", "purpose": "marketing", "external_id": "S-1", "template_id": 1,
-              "code": "7K3M9QWX2D8F", "item_code": "CUP", "segment_code": "none"}
+              "code": "7K3M9QWX2D8F", "item_code": "CUP", "segment_code": "none", "journey_code": "none",
+                "template_code": "none", "message_id": 1}
     checked = 0
     for route in api_routes(app):
         if route.operation_id == "createToken":

@@ -56,6 +56,8 @@ class Perm(StrEnum):
     segments_manage = "segments:manage"
     #: Set the scoring policy: lifecycle thresholds, RFM scoring, value-tier shares (audited).
     scoring_policy = "scoring:policy"
+    #: Journeys, message templates, the contact policy and the message lists (audited).
+    journeys_manage = "journeys:manage"
 
 
 _FRONT_LINE = {Perm.members_read, Perm.members_write, Perm.members_consent, Perm.members_notes,
@@ -67,7 +69,7 @@ ROLE_PERMS: dict[Role, frozenset[Perm]] = {
                                           Perm.points_adjust, Perm.points_rules, Perm.points_reports,
                                           Perm.benefits_manage, Perm.coupons_manage, Perm.coupons_issue,
                                           Perm.coupons_redeem, Perm.segments_read, Perm.segments_manage,
-                                          Perm.scoring_policy}),
+                                          Perm.scoring_policy, Perm.journeys_manage}),
     Role.store_manager: frozenset(_FRONT_LINE | {Perm.points_spend, Perm.points_adjust, Perm.points_reports,
                                                  Perm.benefits_manage, Perm.coupons_issue, Perm.coupons_redeem,
                                                  Perm.segments_read, Perm.segments_manage}),

@@ -70,6 +70,18 @@ def _refresh_all(session: Session, now: dt.datetime) -> Any:
     return refresh.run(session, now=now)
 
 
+def _journeys_sweep(session: Session, now: dt.datetime) -> Any:
+    from orchard.journeys import engine
+
+    return engine.sweep(session, now=now)
+
+
+def _journeys_advance(session: Session, now: dt.datetime) -> Any:
+    from orchard.journeys import engine
+
+    return engine.advance(session, now=now)
+
+
 def _points_expire(session: Session, now: dt.datetime) -> Any:
     from orchard.loyalty.expiry import expire_due
 
@@ -91,6 +103,8 @@ def _tiers_evaluate(session: Session, now: dt.datetime) -> Any:
 JOBS: tuple[Job, ...] = (
     Job("segments.sweep", _segments_sweep, every=10, lease_seconds=600),
     Job("segments.refresh_due", _segments_due, every=300),
+    Job("journeys.sweep", _journeys_sweep, every=30, lease_seconds=900),
+    Job("journeys.advance", _journeys_advance, every=5, lease_seconds=600),
     Job("refresh.nightly", _refresh_all, daily_at=dt.time(3, 0), lease_seconds=4 * 3600),
     Job("points.expire", _points_expire, daily_at=dt.time(0, 10)),
     Job("coupons.expire", _coupons_expire, daily_at=dt.time(0, 20)),

@@ -1,0 +1,241 @@
+"""The journey graph: one trigger, then named steps linked by `next`; validated before it is saved.
+
+```json
+{"trigger": {"type": "event", "event": "sign_up"},
+ "entry": "wait3",
+ "exit_on": {"event": "$order"},
+ "steps": {
+   "wait3":  {"type": "wait", "days": 3, "next": "check"},
+   "check":  {"type": "condition", "if": {"field": "order_count", "op": "eq", "value": 0},
+              "then": "nudge", "else": null},
+   "nudge":  {"type": "send", "template": "first_order_sms", "next": null}}}
+```
+
+Triggers: `event` (a behaviour event or `$order`, with property filters), `segment_entry`,
+`absence` (nothing of `absent` within `days` after the `after` anchor: joined, first_order,
+last_order, last_visit), `date` (birthday or points expiring, `days_before`). Steps: `wait` (days /
+hours, optionally until a local time of day), `wait_event` (with `timeout_hours` and
+`timeout_next`), `condition` (any segment definition, evaluated at that moment), `split`
+(percentages, optional held-out `control_percent`), `send` (a published template, `fallback`
+templates tried when the first is suppressed for want of consent or recipient), `coupon`,
+`points`, `tag` (add / remove), `exit`. A `next` of null ends the run (completed).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, ValidationError, model_validator
+
+from orchard.errors import InvalidInput
+from orchard.segments import language as seglang
+
+StepId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_\-]{1,64}$")]
+Next = StepId | None
+
+
+class _M(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class EventTrigger(_M):
+    type: Literal["event"]
+    event: Annotated[str, Field(min_length=1, max_length=64)]
+    where: list[seglang.PropFilter] = []
+
+
+class SegmentTrigger(_M):
+    type: Literal["segment_entry"]
+    segment: Annotated[str, Field(min_length=1, max_length=64)]
+
+
+class AbsenceTrigger(_M):
+    type: Literal["absence"]
+    after: Literal["joined", "first_order", "last_order", "last_visit"]
+    absent: Annotated[str, Field(min_length=1, max_length=64, description="an event name or $order")]
+    days: Annotated[int, Field(ge=1, le=365)]
+
+
+class DateTrigger(_M):
+    type: Literal["date"]
+    field: Literal["birthday", "points_expiring"]
+    days_before: Annotated[int, Field(ge=0, le=90)]
+
+
+Trigger = Annotated[EventTrigger | SegmentTrigger | AbsenceTrigger | DateTrigger, Field(discriminator="type")]
+
+
+class Wait(_M):
+    type: Literal["wait"]
+    days: Annotated[int, Field(ge=0, le=365)] = 0
+    hours: Annotated[int, Field(ge=0, le=24 * 365)] = 0
+    #: Then on to this local time of day (e.g. "10:00"): the first such moment after the wait.
+    until_time: Annotated[str, Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")] | None = None
+    next: Next = None
+
+
+class WaitEvent(_M):
+    type: Literal["wait_event"]
+    event: Annotated[str, Field(min_length=1, max_length=64)]
+    timeout_hours: Annotated[int, Field(ge=1, le=24 * 90)]
+    next: Next = None
+    timeout_next: Next = None
+
+
+class Condition(_M):
+    type: Literal["condition"]
+    if_: Any = Field(alias="if")
+    then: Next = None
+    else_: Next = Field(None, alias="else")
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class Variant(_M):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_\-]{1,32}$")]
+    percent: Annotated[int, Field(ge=1, le=100)]
+    next: Next = None
+
+
+class Split(_M):
+    type: Literal["split"]
+    variants: Annotated[list[Variant], Field(min_length=1, max_length=10)]
+    #: Held out: these members receive nothing from here on, and are tracked for comparison.
+    control_percent: Annotated[int, Field(ge=0, le=50)] = 0
+
+    @model_validator(mode="after")
+    def _sum(self) -> Split:
+        if sum(v.percent for v in self.variants) + self.control_percent != 100:
+            raise ValueError("variant percentages and control_percent must add up to 100")
+        if len({v.name for v in self.variants}) != len(self.variants) or "control" in {v.name for v in self.variants}:
+            raise ValueError("variant names must be distinct and not 'control'")
+        return self
+
+
+class Send(_M):
+    type: Literal["send"]
+    template: Annotated[str, Field(min_length=1, max_length=64)]
+    fallback: list[Annotated[str, Field(min_length=1, max_length=64)]] = []
+    next: Next = None
+
+
+class CouponStep(_M):
+    type: Literal["coupon"]
+    template_id: Annotated[int, Field(ge=1)]
+    next: Next = None
+
+
+class PointsStep(_M):
+    type: Literal["points"]
+    amount: Annotated[int, Field(ge=1, le=1_000_000)]
+    reason: Annotated[str, Field(min_length=1, max_length=200)]
+    next: Next = None
+
+
+class TagStep(_M):
+    type: Literal["tag"]
+    add: list[Annotated[str, Field(min_length=1, max_length=64)]] = []
+    remove: list[Annotated[str, Field(min_length=1, max_length=64)]] = []
+    next: Next = None
+
+
+class Exit(_M):
+    type: Literal["exit"]
+
+
+Step = Annotated[
+    Annotated[Wait, Tag("wait")] | Annotated[WaitEvent, Tag("wait_event")] | Annotated[Condition, Tag("condition")]
+    | Annotated[Split, Tag("split")] | Annotated[Send, Tag("send")] | Annotated[CouponStep, Tag("coupon")]
+    | Annotated[PointsStep, Tag("points")] | Annotated[TagStep, Tag("tag")] | Annotated[Exit, Tag("exit")],
+    Discriminator(lambda v: v.get("type") if isinstance(v, dict) else getattr(v, "type", None),
+                  custom_error_type="step_type",
+                  custom_error_message="type must be one of wait, wait_event, condition, split, send, coupon, "
+                                       "points, tag, exit"),
+]
+
+
+class ExitOn(_M):
+    """Conversion: the run exits (converted) when the member does this after entering."""
+
+    event: Annotated[str, Field(min_length=1, max_length=64, description="an event name or $order")]
+
+
+class Graph(_M):
+    trigger: Trigger
+    entry: StepId
+    steps: Annotated[dict[StepId, Step], Field(min_length=1, max_length=100)]
+    #: Who may enter at all (a segment definition checked at entry).
+    entry_condition: Any = None
+    exit_on: ExitOn | None = None
+
+
+_ADAPTER = TypeAdapter(Graph)
+
+
+def parse(data: Any) -> Graph:
+    """The typed graph, or `InvalidInput` naming the path of every shape problem."""
+    try:
+        graph = _ADAPTER.validate_python(data)
+    except ValidationError as exc:
+        errors = [{"field": "$." + ".".join(str(p) for p in e["loc"] if p not in _TAGS), "reason": e["msg"]}
+                  for e in exc.errors(include_url=False)]
+        raise InvalidInput("the journey graph is not valid", errors=errors, code="journey.invalid") from None
+    _links(graph)
+    return graph
+
+
+_TAGS = {"wait", "wait_event", "condition", "split", "send", "coupon", "points", "tag", "exit", "event",
+         "segment_entry", "absence", "date"}
+
+
+def _links(graph: Graph) -> None:
+    if graph.entry not in graph.steps:
+        raise InvalidInput.field("$.entry", f"no step named {graph.entry!r}")
+    for sid, step in graph.steps.items():
+        for name, target in targets(step):
+            if target is not None and target not in graph.steps:
+                raise InvalidInput.field(f"$.steps.{sid}.{name}", f"no step named {target!r}")
+    # Every step must be reachable, and no cycle may avoid a wait (a run would spin forever).
+    reachable: set[str] = set()
+    stack = [graph.entry]
+    while stack:
+        sid = stack.pop()
+        if sid in reachable:
+            continue
+        reachable.add(sid)
+        stack.extend(t for _, t in targets(graph.steps[sid]) if t)
+    if unreachable := sorted(set(graph.steps) - reachable):
+        raise InvalidInput.field("$.steps", "unreachable step(s): " + ", ".join(unreachable))
+    for sid in graph.steps:
+        _no_instant_cycle(graph, sid)
+
+
+def _no_instant_cycle(graph: Graph, start: str) -> None:
+    stack = [(start, [start])]
+    while stack:
+        sid, path = stack.pop()
+        step = graph.steps[sid]
+        if isinstance(step, Wait | WaitEvent) and sid != start:
+            continue
+        for _, nxt in targets(step):
+            if nxt is None:
+                continue
+            if nxt == start and not any(isinstance(graph.steps[p], Wait | WaitEvent) for p in path):
+                raise InvalidInput.field(f"$.steps.{start}", "a loop without a wait: " + " → ".join([*path, nxt]))
+            if nxt not in path:
+                stack.append((nxt, [*path, nxt]))
+
+
+def targets(step: Any) -> list[tuple[str, str | None]]:
+    if isinstance(step, Condition):
+        return [("then", step.then), ("else", step.else_)]
+    if isinstance(step, Split):
+        return [(f"variants[{i}].next", v.next) for i, v in enumerate(step.variants)]
+    if isinstance(step, WaitEvent):
+        return [("next", step.next), ("timeout_next", step.timeout_next)]
+    if isinstance(step, Exit):
+        return []
+    return [("next", step.next)]
+
+
+def dump(graph: Graph) -> dict[str, Any]:
+    return _ADAPTER.dump_python(graph, mode="json", by_alias=True, exclude_defaults=True)

@@ -1,0 +1,203 @@
+"""Journeys on SQLite and PostgreSQL with a controllable clock: triggers (event, absence, date,
+segment entry), steps (wait, condition, split with control, send with fallback, tag, points),
+re-entry, exit on conversion, the decision log, validation, and the report."""
+
+from __future__ import annotations
+
+import datetime as dt
+from zoneinfo import ZoneInfo
+
+import pytest
+from sqlalchemy import func, select
+
+from orchard import db
+from orchard.errors import InvalidInput
+from orchard.identity.models import Identity
+from orchard.journeys import engine, service
+from orchard.journeys.models import JourneyLog, JourneyRun
+from orchard.members.consent import set_consent
+from orchard.messaging import templates
+from orchard.messaging.models import Message
+from tests.segments.helpers import event, member, order_line
+
+SH = ZoneInfo("Asia/Shanghai")
+T0 = dt.datetime(2026, 11, 24, 10, 0, tzinfo=SH).astimezone(dt.UTC)
+
+NUDGE = {"trigger": {"type": "event", "event": "sign_up"}, "entry": "wait", "exit_on": {"event": "$order"},
+         "steps": {"wait": {"type": "wait", "days": 3, "next": "check"},
+                   "check": {"type": "condition", "if": {"field": "order_count", "op": "eq", "value": 0},
+                             "then": "nudge", "else": None},
+                   "nudge": {"type": "send", "template": "first_order_push", "fallback": ["first_order_sms"],
+                             "next": "tag"},
+                   "tag": {"type": "tag", "add": ["首单引导"], "next": None}}}
+
+
+@pytest.fixture
+def shop(clean_db):
+    with db.transaction() as s:
+        templates.create(s, code="first_order_sms", name="首单", channel="sms", purpose="marketing", sign_name="果园",
+                         body="{{ member.name }}，首单立减20元，回T退订", actor="t", publish=True)
+        templates.create(s, code="first_order_push", name="首单推送", channel="app_push", purpose="marketing",
+                         body="{{ member.name }}，首单立减20元", actor="t", publish=True)
+        ids = [member(s, f"m{i}", joined=T0 - dt.timedelta(days=30)) for i in range(4)]
+        for i, mid in enumerate(ids):
+            s.add(Identity(member_id=mid, kind="phone", value=f"+86138000000{i:02d}"))
+            set_consent(s, member_id=mid, channel="sms", purpose="marketing", granted=True, source="t", actor="t")
+    return ids
+
+
+def run(fn, **kw):
+    with db.transaction() as s:
+        return fn(s, **kw)
+
+
+def runs(status=None) -> list[JourneyRun]:
+    with db.transaction(readonly=True) as s:
+        stmt = select(JourneyRun).order_by(JourneyRun.member_id)
+        if status:
+            stmt = stmt.where(JourneyRun.status == status)
+        return list(s.scalars(stmt))
+
+
+def make(code, graph, **kw):
+    with db.transaction() as s:
+        service.create(s, code=code, name=code, graph=graph, actor="t", **kw)
+        service.publish(s, code=code, actor="t")
+
+
+def test_event_trigger_wait_condition_send_with_fallback_and_conversion_exit(shop):
+    make("nudge", NUDGE)
+    a, b, c, _ = shop
+    with db.transaction() as s:
+        for mid in (a, b, c):
+            event(s, mid, "sign_up", T0)
+    out = run(engine.sweep, now=T0)
+    assert out["journeys"]["nudge"]["entered"] == 3
+    assert run(engine.advance, now=T0).runs == 3
+    assert {r.status for r in runs()} == {"waiting"}
+    with db.transaction() as s:  # b buys on day 1: converted, exits
+        order_line(s, b, T0 + dt.timedelta(days=1), "茶叶")
+    assert run(engine.sweep, now=T0 + dt.timedelta(days=1))["journeys"]["nudge"]["converted"] == 1
+    # c orders without the journey noticing before its wait ends? No: c stays, and a and c wake on day 3.
+    stats = run(engine.advance, now=T0 + dt.timedelta(days=3))
+    assert stats.runs == 2 and stats.sent == 2 and stats.suppressed == 2  # push: no recipient → SMS fallback
+    with db.transaction(readonly=True) as s:
+        msgs = list(s.scalars(select(Message).order_by(Message.id)))
+        assert [(m.channel, m.status, m.reason) for m in msgs] == [
+            ("app_push", "suppressed", "consent.app_push"), ("sms", "queued", None),
+            ("app_push", "suppressed", "consent.app_push"), ("sms", "queued", None)]
+        tagged = s.scalar(select(func.count()).select_from(JourneyLog).where(JourneyLog.reason == "tag"))
+        assert tagged == 2
+    assert [r.status for r in runs()] == ["completed", "exited", "completed"]
+    assert runs("exited")[0].end_reason == "converted"
+    # A second sign_up for a: re-entry "once" turns it away, and says so.
+    with db.transaction() as s:
+        event(s, a, "sign_up", T0 + dt.timedelta(days=4))
+    assert run(engine.sweep, now=T0 + dt.timedelta(days=4))["journeys"]["nudge"]["entered"] == 0
+    with db.transaction(readonly=True) as s:
+        why = engine.explain(s, member_id=a)
+    assert [d["kind"] for d in why][:1] == ["entered"] and why[-1]["kind"] == "not_entered"
+    assert why[-1]["reason"] == "reentry"
+    assert run(engine.sweep, now=T0 + dt.timedelta(days=4))["journeys"]["nudge"]["entered"] == 0  # idempotent
+
+
+def test_split_with_control_group_and_report(clean_db):
+    with db.transaction() as s:
+        templates.create(s, code="hello", name="hi", channel="log", purpose="service", body="hi {{ member.name }}",
+                         actor="t", publish=True)
+        ids = [member(s, f"m{i}") for i in range(40)]
+        for mid in ids:
+            event(s, mid, "x", T0)
+    graph = {"trigger": {"type": "event", "event": "x"}, "entry": "split",
+             "steps": {"split": {"type": "split", "control_percent": 20,
+                                 "variants": [{"name": "A", "percent": 40, "next": "send"},
+                                              {"name": "B", "percent": 40, "next": "send"}]},
+                       "send": {"type": "send", "template": "hello"}}}
+    with db.transaction() as s:
+        service.create(s, code="ab", name="ab", graph=graph, actor="t")
+        journey = service.get(s, "ab")
+        journey.cursor = 0
+        service.publish(s, code="ab", actor="t")
+        service.get(s, "ab").cursor = 0  # count the events written before publishing (test setup)
+    run(engine.sweep, now=T0)
+    run(engine.advance, now=T0)
+    variants = {r.variant for r in runs()}
+    assert variants == {"A", "B", "control"}
+    control = [r for r in runs() if r.variant == "control"]
+    with db.transaction(readonly=True) as s:
+        sent_to = set(s.scalars(select(Message.member_id)))
+        rep = engine.report(s, service.get(s, "ab"))
+    assert not sent_to & {r.member_id for r in control}
+    assert sum(v["entered"] for v in rep["variants"].values()) == 40
+    assert rep["variants"]["control"]["entered"] == len(control) and rep["messages"]["queued"] == 40 - len(control)
+
+
+def test_absence_and_date_triggers_enter_once(clean_db):
+    now = T0
+    with db.transaction() as s:
+        templates.create(s, code="hello", name="hi", channel="log", purpose="service", body="hi", actor="t",
+                         publish=True)
+        late = member(s, "joined4d", joined=now - dt.timedelta(days=4))
+        member(s, "joined2d", joined=now - dt.timedelta(days=2))
+        bought = member(s, "bought", joined=now - dt.timedelta(days=4), orders=[(now - dt.timedelta(days=1), 100)])
+        bday = member(s, "bday", birthday=dt.date(1990, 11, 27))
+    make("no_first_order", {"trigger": {"type": "absence", "after": "joined", "absent": "$order", "days": 3},
+                            "entry": "s", "steps": {"s": {"type": "send", "template": "hello"}}})
+    make("birthday", {"trigger": {"type": "date", "field": "birthday", "days_before": 3},
+                      "entry": "s", "steps": {"s": {"type": "send", "template": "hello"}}})
+    out = run(engine.sweep, now=now)["journeys"]
+    assert out["no_first_order"]["entered"] == 1 and out["birthday"]["entered"] == 1
+    again = run(engine.sweep, now=now + dt.timedelta(hours=1))["journeys"]
+    assert again["no_first_order"]["entered"] == 0 and again["birthday"]["entered"] == 0
+    assert {(r.member_id) for r in runs()} == {late, bday}
+    del bought
+
+
+def test_segment_entry_trigger(clean_db):
+    from orchard.imports.pg_bulk import SYSTEM
+    from orchard.segments import service as segments
+
+    with db.transaction() as s:
+        templates.create(s, code="hello", name="hi", channel="log", purpose="service", body="hi", actor="t",
+                         publish=True)
+        segments.create(s, principal=SYSTEM, code="buyers", name="b",
+                        definition={"field": "order_count", "op": "gte", "value": 1})
+    make("welcome_buyers", {"trigger": {"type": "segment_entry", "segment": "buyers"}, "entry": "s",
+                            "steps": {"s": {"type": "send", "template": "hello"}}})
+    with db.transaction() as s:
+        mid = member(s, "x", orders=[(T0, 100)])
+    with db.transaction() as s:
+        segments.refresh(s)
+    assert run(engine.sweep, now=T0)["journeys"]["welcome_buyers"]["entered"] == 1
+    assert runs()[0].member_id == mid
+
+
+@pytest.mark.parametrize("graph, field", [
+    ({**NUDGE, "entry": "nope"}, "$.entry"),
+    ({**NUDGE, "steps": {**NUDGE["steps"], "wait": {"type": "wait", "days": 3, "next": "ghost"}}},
+     "$.steps.wait.next"),
+    ({"trigger": {"type": "event", "event": "x"}, "entry": "a",
+      "steps": {"a": {"type": "tag", "add": ["t"], "next": "b"}, "b": {"type": "tag", "add": ["u"], "next": "a"}}},
+     "$.steps.a"),
+    ({"trigger": {"type": "event", "event": "x"}, "entry": "a", "steps": {"a": {"type": "teleport"}}},
+     "$.steps.a"),
+])
+def test_invalid_graphs_name_the_path(clean_db, graph, field):
+    with db.transaction() as s, pytest.raises(InvalidInput) as exc:
+        service.create(s, code="bad", name="bad", graph=graph, actor="t")
+    assert exc.value.errors[0]["field"].startswith(field), exc.value.errors
+
+
+def test_publish_checks_templates_and_versions_are_immutable(shop):
+    graph = {**NUDGE, "steps": {**NUDGE["steps"], "nudge": {"type": "send", "template": "ghost", "next": None}}}
+    graph["steps"].pop("tag")
+    with db.transaction() as s:
+        service.create(s, code="j", name="j", graph=graph, actor="t")
+    with db.transaction() as s, pytest.raises(InvalidInput) as exc:
+        service.publish(s, code="j", actor="t")
+    assert exc.value.errors[0]["field"] == "$.steps.nudge.template"
+    with db.transaction() as s:
+        service.edit(s, code="j", graph=NUDGE, actor="t")
+        v1 = service.publish(s, code="j", actor="t")
+        v2 = service.edit(s, code="j", graph={**NUDGE, "exit_on": None}, actor="t")
+        assert (v1.version, v1.status, v2.version, v2.status) == (1, "published", 2, "draft")
