@@ -10,6 +10,7 @@ from orchard.docs_ui import install_docs
 from orchard.errors import install_handlers
 from orchard.idempotency.middleware import IdempotencyMiddleware
 from orchard.imports.jobs import lifespan
+from orchard.messaging.links import router as links_router
 from orchard.tracking.endpoints import router as tracking_router
 
 DESCRIPTION = """Orchard 会员运营 CRM 的开放接口。
@@ -25,6 +26,7 @@ def create_app() -> FastAPI:
     install_handlers(app)
     app.include_router(api_router)
     app.include_router(tracking_router)
+    app.include_router(links_router)
     install_docs(app)
     app.add_middleware(IdempotencyMiddleware)
 

@@ -34,6 +34,8 @@ class Settings(BaseSettings):
     upload_max_bytes: int = 2 * 1024**3
     #: Run queued HTTP imports in this server process (one worker thread, one job at a time).
     import_worker: bool = True
+    #: Where members reach this server: tracked short links in messages are `{public_base_url}/t/{code}`.
+    public_base_url: str = "http://127.0.0.1:8000"
     #: Run the periodic jobs (segment sweeps and refreshes, nightly scores, expiry, tiers) in this
     #: process. `orchard serve` turns it on unless given --no-scheduler; off for embedded apps and tests.
     scheduler: bool = False

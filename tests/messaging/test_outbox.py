@@ -194,3 +194,22 @@ def test_quiet_until():
     assert respect.quiet_until(p, dt.datetime(2026, 1, 1, 8, 0, tzinfo=SH)) is None
     assert respect.quiet_until(p, dt.datetime(2026, 1, 1, 21, 0, tzinfo=SH)) == dt.datetime(2026, 1, 2, 8, 0,
                                                                                            tzinfo=SH)
+
+
+def test_tracked_links_record_the_click_and_redirect(client, world):
+    with db.transaction() as s:
+        templates.create(s, code="linky", name="l", channel="sms", purpose="service", sign_name="果园",
+                         body="查看订单 {{ link('https://shop.example.com/o/1') }}", actor="t", publish=True)
+    m = decide("lk", world["b"], template="linky")
+    url = m.payload["body"].split()[-1]
+    assert url.startswith("http://127.0.0.1:8000/t/")
+    assert decide("lk", world["b"], template="linky").payload["body"] == m.payload["body"]  # stable per key
+    r = client.get(url.replace("http://127.0.0.1:8000", ""), follow_redirects=False)
+    assert r.status_code == 302 and r.headers["location"] == "https://shop.example.com/o/1"
+    client.get(url.replace("http://127.0.0.1:8000", ""), follow_redirects=False)
+    with db.transaction(readonly=True) as s:
+        from orchard.messaging.models import ShortLink
+
+        link = s.scalar(select(ShortLink))
+        assert link.clicks == 2 and s.get(Message, m.id).clicked_at is not None
+    assert client.get("/t/nope", follow_redirects=False).status_code == 404

@@ -149,6 +149,19 @@ def publish_template(template_code: Code, session: SessionDep, principal: Actor(
     return _template(templates.publish_template(session, code=template_code, actor=principal.actor))
 
 
+class PreviewIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    member_id: Annotated[int, Field(ge=1, le=2**62)]
+
+
+@router.post("/message-templates/{template_code}/preview", operation_id="previewMessageTemplate")
+def preview_template(template_code: Code, body: PreviewIn, session: SessionDep,
+                     principal: Actor(Perm.journeys_manage)) -> dict:
+    """The template rendered for a chosen member (subject, body, provider variables)."""
+    member = scope.get_visible(session, principal, body.member_id)
+    return outbox.preview(session, template_code=template_code, member=member)
+
+
 @router.get("/messages", operation_id="listMessages")
 def list_messages(session: SessionDep, principal: Actor(Perm.journeys_manage),
                   status: Literal["queued", "sending", "sent", "delivered", "failed", "dead", "suppressed",

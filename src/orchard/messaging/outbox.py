@@ -35,7 +35,7 @@ from orchard.audit.service import record
 from orchard.errors import Conflict, InvalidInput, NotFound
 from orchard.kit.clock import utcnow
 from orchard.members.models import Member
-from orchard.messaging import respect, templates
+from orchard.messaging import links, respect, templates
 from orchard.messaging.models import Message, MessageTemplate
 
 MAX_ATTEMPTS = 8
@@ -64,6 +64,17 @@ class Outcome:
 
 
 # -- deciding --------------------------------------------------------------------------------------
+
+def preview(session: Session, *, template_code: str, member: Member,
+            context: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """What a template renders to for this member now (links shown as they would be shortened)."""
+    template = templates.get(session, template_code)
+    collector = links.Collector(f"preview:{template.code}:{member.id}")
+    try:
+        return templates.render_template(template, {**context_for(session, member, context), "link": collector})
+    except (UndefinedError, TemplateError) as exc:
+        raise InvalidInput.field("template", f"cannot render for this member: {exc}") from None
+
 
 def context_for(session: Session, member: Member, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The variables a template may use, filled for this member (see `templates.SAMPLE`)."""
@@ -114,10 +125,12 @@ def enqueue(session: Session, *, key: str, member_id: int, template_code: str, c
     message = Message(key=key, member_id=member.id, template_id=template.id, channel=template.channel,
                       purpose=template.purpose, priority=priority, journey_id=journey_id, run_id=run_id, step=step,
                       attempts=0, created_at=now, payload={})
+    collector = links.Collector(key)
     if verdict.ok:
         try:
-            message.payload = templates.render_template(template, context_for(session, member, context))
-        except (UndefinedError, TemplateError) as exc:
+            message.payload = templates.render_template(template, {**context_for(session, member, context),
+                                                                   "link": collector})
+        except (UndefinedError, TemplateError, InvalidInput) as exc:
             message.status, message.reason, message.detail = "failed", "template.variable", str(exc)[:500]
         else:
             message.status, message.recipient = "queued", verdict.recipient
@@ -128,6 +141,7 @@ def enqueue(session: Session, *, key: str, member_id: int, template_code: str, c
         with session.begin_nested():
             session.add(message)
             session.flush()
+            links.save(session, collector, message)
     except IntegrityError:  # the same key decided concurrently: theirs stands
         existing = session.scalar(select(Message).where(Message.key == key))
         if existing is None:
