@@ -805,5 +805,53 @@ def scheduler_run() -> None:
     console.print("ran: " + (", ".join(runner.run_due()) or "nothing due"))
 
 
+# ---- journeys -----------------------------------------------------------------------------------
+
+journeys_app = typer.Typer(help="自动化旅程 / journeys", no_args_is_help=True)
+app.add_typer(journeys_app, name="journeys")
+
+
+@journeys_app.command("ready")
+def journeys_ready(
+    publish: Annotated[bool, typer.Option(help="publish and start them (default: drafts to review)")] = False,
+    coupon_template: Annotated[int | None, typer.Option(help="coupon template for the first-order journey")] = None,
+) -> None:
+    """Install the shipped journeys and their message templates (existing codes are left alone)."""
+    from orchard.db import transaction
+    from orchard.journeys import ready
+
+    try:
+        with transaction() as session:
+            out = ready.install(session, actor="cli", coupon_template_id=coupon_template, publish=publish)
+    except OrchardError as exc:
+        _fail(exc)
+    console.print(f"templates: {', '.join(out['templates']) or '—'}\njourneys: {', '.join(out['journeys']) or '—'}")
+
+
+@journeys_app.command("sweep")
+def journeys_sweep() -> None:
+    """Enter members into live journeys and end converted runs (the server does this every 30 s)."""
+    from orchard.db import transaction
+    from orchard.journeys import engine
+
+    with transaction() as session:
+        out = engine.sweep(session)
+    for code, r in out["journeys"].items():
+        console.print(f"{code:<28} entered {r['entered']:,}  turned away {r['turned_away']:,}  "
+                      f"converted {r['converted']:,}")
+
+
+@journeys_app.command("advance")
+def journeys_advance(limit: int = 10_000) -> None:
+    """Advance due runs (the server does this every 5 s)."""
+    from orchard.db import transaction
+    from orchard.journeys import engine
+
+    with transaction() as session:
+        st = engine.advance(session, limit=limit)
+    console.print(f"runs {st.runs:,}, steps {st.steps:,}, sent {st.sent:,}, suppressed {st.suppressed:,}, "
+                  f"completed {st.completed:,}, exited {st.exited:,}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

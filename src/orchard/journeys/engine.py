@@ -53,14 +53,17 @@ def _candidates(session: Session, journey: Journey, parsed: G.Graph, now: dt.dat
     """(member_id, trigger_key) candidates as a select, and the new cursor (or None)."""
     trigger = parsed.trigger
     if isinstance(trigger, G.EventTrigger):
+        fresh = now - dt.timedelta(hours=trigger.max_age_hours)
         if trigger.event == "$order":
             o = Order.__table__
-            rows = select(o.c.id.label("src"), o.c.member_id).where(o.c.id > journey.cursor, o.c.status != "refunded")
+            rows = select(o.c.id.label("src"), o.c.member_id).where(
+                o.c.id > journey.cursor, o.c.status != "refunded", o.c.paid_at >= _at(fresh))
             key = "o:"
         else:
             e = Event.__table__
             rows = select(e.c.id.label("src"), e.c.member_id).where(
-                e.c.id > journey.cursor, e.c.name == trigger.event, e.c.member_id.is_not(None))
+                e.c.id > journey.cursor, e.c.name == trigger.event, e.c.member_id.is_not(None),
+                e.c.occurred_at >= _at(fresh))
             ctx = C.context(session, now=now)
             for i, f in enumerate(trigger.where):
                 rows = rows.where(C._prop_filter(e.c.properties, f, ctx, f"$.trigger.where[{i}]"))

@@ -42,6 +42,8 @@ class EventTrigger(_M):
     type: Literal["event"]
     event: Annotated[str, Field(min_length=1, max_length=64)]
     where: list[seglang.PropFilter] = []
+    #: Older events (history loaded by an import, a POS that syncs late) do not start the journey.
+    max_age_hours: Annotated[int, Field(ge=1, le=24 * 30)] = 24
 
 
 class SegmentTrigger(_M):

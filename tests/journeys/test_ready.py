@@ -1,0 +1,54 @@
+"""The shipped journeys install, publish and run end to end on demo-like data."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import func, select
+
+from orchard import db
+from orchard.identity.models import Identity
+from orchard.journeys import engine, ready
+from orchard.journeys.models import Journey, JourneyRun
+from orchard.members.consent import set_consent
+from orchard.messaging.models import Message
+from tests.segments.helpers import event, member
+
+NOW = dt.datetime(2026, 11, 24, 3, 0, tzinfo=dt.UTC)  # 11:00 in Shanghai
+
+
+def test_ready_journeys_install_once_publish_and_run(clean_db):
+    with db.transaction() as s:
+        created = ready.install(s, actor="t", publish=True)
+    assert len(created["journeys"]) == len(ready.journeys()) and len(created["templates"]) == len(ready.TEMPLATES)
+    with db.transaction() as s:
+        assert ready.install(s, actor="t") == {"templates": [], "journeys": []}
+        assert set(s.scalars(select(Journey.status))) == {"live"}
+    with db.transaction() as s:
+        lapsed = member(s, "lapsed", joined=NOW - dt.timedelta(days=400),
+                        orders=[(NOW - dt.timedelta(days=31), 5000)])
+        newbie = member(s, "newbie", joined=NOW - dt.timedelta(days=4))
+        birthday = member(s, "bday", birthday=(NOW + dt.timedelta(days=3)).date().replace(year=1992))
+        carter = member(s, "cart")
+        for i, mid in enumerate((lapsed, newbie, birthday, carter)):
+            s.add(Identity(member_id=mid, kind="phone", value=f"+861380000{i:04d}"))
+            set_consent(s, member_id=mid, channel="sms", purpose="marketing", granted=True, source="t", actor="t")
+        event(s, carter, "added_to_cart", NOW)
+    with db.transaction() as s:
+        out = engine.sweep(s, now=NOW)["journeys"]
+    assert out["ready_winback"]["entered"] == 1 and out["ready_first_order"]["entered"] == 1
+    assert out["ready_birthday"]["entered"] == 1 and out["ready_cart"]["entered"] == 1
+    with db.transaction() as s:
+        engine.advance(s, now=NOW)
+    with db.transaction() as s:
+        engine.advance(s, now=NOW + dt.timedelta(hours=25))
+    with db.transaction(readonly=True) as s:
+        queued = dict(s.execute(select(Message.member_id, func.count()).where(Message.status == "queued")
+                                .group_by(Message.member_id)).all())
+        runs = set(s.execute(select(Journey.code, JourneyRun.member_id)
+                             .join(Journey, Journey.id == JourneyRun.journey_id)).all())
+    # Each member got exactly one marketing message: the weekly cap holds across journeys. The lapsed
+    # member's month-old order, though written after publishing, is too old to ask for a review.
+    assert queued == {lapsed: 1, newbie: 1, birthday: 1, carter: 1}
+    assert runs == {("ready_winback", lapsed), ("ready_repurchase", lapsed), ("ready_first_order", newbie),
+                    ("ready_birthday", birthday), ("ready_cart", carter)}
