@@ -8,7 +8,14 @@ from orchard.events.models import Event, Order, OrderLine, Refund, RefundLine  #
 from orchard.idempotency.models import IdempotencyRecord  # noqa: F401
 from orchard.identity.models import Identity  # noqa: F401
 from orchard.imports.models import ImportJob  # noqa: F401
-from orchard.journeys.models import Journey, JourneyLog, JourneyRun, JourneyVersion  # noqa: F401
+from orchard.journeys.models import (  # noqa: F401
+    Journey,
+    JourneyLog,
+    JourneyRun,
+    JourneyVersion,
+    StaffTask,
+    SubscribeGrant,
+)
 from orchard.loyalty.models import PointsAccount, PointsAllocation, PointsEntry, PointsLot  # noqa: F401
 from orchard.members.models import (  # noqa: F401
     Consent,

@@ -42,7 +42,7 @@ MEMBER_PARAMS = {"member_id", "order_id", "refund_id", "identity_id", "event_id"
 #: Id-like path parameters known NOT to address one member's data (admin objects, merge-review pairs).
 NON_MEMBER_PARAMS = {"key_id", "candidate_id", "staff_id", "job_id", "rule_id", "flag_id", "benefit_id",
                      "template_id", "item_code", "segment_code", "journey_code", "template_code",
-                     "message_id"}
+                     "message_id", "task_id"}
 NO_SUCH_ID = 987_654_321
 
 
@@ -73,7 +73,7 @@ class Target:
                 "identity_id": self.identity_id, "event_id": self.event_id, "name": self.tag,
                 "channel": "sms", "purpose": "marketing", "external_id": f"W-{self.store}-{self.member_id}",
                 "code": self.coupon_code, "item_code": "CUP", "segment_code": "none", "journey_code": "none",
-                "template_code": "none", "message_id": 1}
+                "template_code": "none", "message_id": 1, "task_id": 1}
 
 
 #: Per operation_id: the JSON body a member-scoped route is called with (None: no body). A valid body
@@ -81,6 +81,7 @@ class Target:
 ROUTE_BODIES: dict[str, Callable[[Target], dict | None]] = {
     "getMember": lambda t: None,
     "explainMemberJourneys": lambda t: None,
+    "addSubscribeGrant": lambda t: {"template": "TPL-1"},
     "getMemberPoints": lambda t: None,
     "listMemberPointsEntries": lambda t: None,
     "spendMemberPoints": lambda t: {"amount": 1, "reason": "兑换", "external_id": f"W-{t.store}-{t.member_id}"},
@@ -696,7 +697,7 @@ def test_every_api_route_requires_credentials(app, api):
               "candidate_id": 1, "staff_id": 1, "job_id": 1, "rule_id": 1, "flag_id": 1, "benefit_id": 1,
               "name": "vip", "channel": "sms", "purpose": "marketing", "external_id": "S-1", "template_id": 1,
               "code": "7K3M9QWX2D8F", "item_code": "CUP", "segment_code": "none", "journey_code": "none",
-                "template_code": "none", "message_id": 1}
+                "template_code": "none", "message_id": 1, "task_id": 1}
     checked = 0
     for route in api_routes(app):
         if route.operation_id == "createToken":

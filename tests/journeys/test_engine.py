@@ -201,3 +201,52 @@ def test_publish_checks_templates_and_versions_are_immutable(shop):
         v1 = service.publish(s, code="j", actor="t")
         v2 = service.edit(s, code="j", graph={**NUDGE, "exit_on": None}, actor="t")
         assert (v1.version, v1.status, v2.version, v2.status) == (1, "published", 2, "draft")
+
+
+def test_task_step_creates_a_store_task_and_subscribe_sends_need_grants(client):
+    from orchard.messaging import outbox
+    from tests.factories import headers, make_org, token_for
+
+    make_org()
+    admin = headers(token_for(client, "admin"))
+    with db.transaction() as s:
+        from orchard.org.models import OrgUnit
+
+        sh = s.scalar(select(OrgUnit.id).where(OrgUnit.code == "SH001"))
+        mid = member(s, "x", home_store_id=sh)
+        s.add(Identity(member_id=mid, kind="wechat_mp_openid", value="o-mp-1"))
+        set_consent(s, member_id=mid, channel="wechat", purpose="service", granted=True, source="t", actor="t")
+        templates.create(s, code="mp_notice", name="n", channel="wechat_subscribe", purpose="service",
+                         provider_template="TPL-1", body="{{ member.name }} 订单已发货", actor="t", publish=True)
+        event(s, mid, "x", T0)
+    graph = {"trigger": {"type": "event", "event": "x"}, "entry": "call",
+             "steps": {"call": {"type": "task", "kind": "callback", "title": "回访新会员", "next": "mp"},
+                       "mp": {"type": "send", "template": "mp_notice", "next": "mp2"},
+                       "mp2": {"type": "send", "template": "mp_notice"}}}
+    with db.transaction() as s:
+        service.create(s, code="tasky", name="t", graph=graph, actor="t")
+        service.publish(s, code="tasky", actor="t")
+        service.get(s, "tasky").cursor = 0
+    r = client.post(f"/api/v1/members/{mid}/subscribe-grants", headers=admin, json={"template": "TPL-1"})
+    assert r.json()["remaining"] == 1
+    run(engine.sweep, now=T0)
+    run(engine.advance, now=T0)
+    with db.transaction(readonly=True) as s:
+        msgs = [(m.status, m.reason) for m in s.scalars(select(Message).order_by(Message.id))]
+    assert msgs == [("queued", None), ("suppressed", "no_grant")]  # one grant, one send
+    manager = headers(token_for(client, "store_manager", ["SH001"]))
+    other = headers(token_for(client, "store_manager", ["GZ001"], username="gz_mgr"))
+    tasks = client.get("/api/v1/staff-tasks", headers=manager).json()
+    assert [(t["kind"], t["title"], t["member_id"]) for t in tasks] == [("callback", "回访新会员", mid)]
+    assert client.get("/api/v1/staff-tasks", headers=other).json() == []
+    assert client.post(f"/api/v1/staff-tasks/{tasks[0]['id']}/close", headers=other, json={}).status_code == 404
+    done = client.post(f"/api/v1/staff-tasks/{tasks[0]['id']}/close", headers=manager,
+                       json={"outcome": "已回访"}).json()
+    assert done["status"] == "done" and done["outcome"] == "已回访"
+    # a permanent failure of the sent one gives its grant back
+    outbox.dispatch({"wechat_subscribe": type("P", (), {"name": "p", "send": lambda self, m: outbox.Outcome(
+        False, permanent=True, error="43101")})()}, now=T0)
+    with db.transaction(readonly=True) as s:
+        from orchard.journeys.models import SubscribeGrant
+
+        assert s.get(SubscribeGrant, (mid, "TPL-1")).remaining == 1

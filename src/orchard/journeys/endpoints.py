@@ -192,3 +192,50 @@ def get_policy(session: SessionDep, principal: Actor(Perm.journeys_manage)) -> d
 def set_policy(body: respect.Policy, session: SessionDep, principal: Actor(Perm.journeys_manage)) -> dict:
     """Caps, quiet hours, exclusions (audited)."""
     return respect.set_policy(session, body, actor=principal.actor).model_dump(mode="json")
+
+
+# -- staff tasks, subscribe grants -----------------------------------------------------------------
+
+class CloseIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    status: Literal["done", "failed"] = "done"
+    outcome: Annotated[str, Field(max_length=2000)] | None = None
+
+
+class GrantIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    template: Annotated[str, Field(min_length=1, max_length=128, description="the subscribe template id")]
+    count: Annotated[int, Field(ge=1, le=100)] = 1
+
+
+def _task(t) -> dict[str, Any]:
+    return {"id": t.id, "member_id": t.member_id, "store_id": t.store_id, "kind": t.kind, "title": t.title,
+            "body": t.body, "status": t.status, "due_at": t.due_at, "outcome": t.outcome, "done_by": t.done_by,
+            "done_at": t.done_at, "journey_id": t.journey_id}
+
+
+@router.get("/staff-tasks", operation_id="listStaffTasks")
+def list_tasks(session: SessionDep, principal: Actor(Perm.members_notes),
+               status: Literal["open", "done", "failed", "cancelled"] | None = "open",
+               limit: Annotated[int, Query(ge=1, le=500)] = 100) -> list[dict]:
+    """Call-backs and WeCom tasks for the caller's stores (all stores for HQ), soonest due first."""
+    from orchard.journeys import tasks
+
+    return [_task(t) for t in tasks.listing(session, principal, status=status, limit=limit)]
+
+
+@router.post("/staff-tasks/{task_id}/close", operation_id="closeStaffTask")
+def close_task(task_id: Annotated[int, Path(ge=1, le=2**62)], body: CloseIn, session: SessionDep,
+               principal: Actor(Perm.members_notes)) -> dict:
+    """Done (or could not be done), with what came of it; audited."""
+    from orchard.journeys import tasks
+
+    return _task(tasks.close(session, principal, task_id=task_id, status=body.status, outcome=body.outcome))
+
+
+@router.post("/members/{member_id}/subscribe-grants", operation_id="addSubscribeGrant")
+def add_grant(member_id: MemberId, body: GrantIn, session: SessionDep, principal: Actor(Perm.members_consent)) -> dict:
+    """The mini-program reports that the member accepted a subscribe message (one grant = one send)."""
+    member = scope.get_visible(session, principal, member_id)
+    return {"member_id": member.id, "template": body.template,
+            "remaining": outbox.grant(session, member_id=member.id, template=body.template, count=body.count)}

@@ -342,6 +342,14 @@ def _run(session: Session, run: JourneyRun, journey: Journey, parsed: G.Graph, c
                     notes_tags.remove_tag(session, principal=SYSTEM, member_id=run.member_id, name=name)
             _log(session, run, "step", now, reason="tag", add=step.add, remove=step.remove)
             nxt = step.next
+        elif isinstance(step, G.TaskStep):
+            from orchard.journeys import tasks
+
+            task = tasks.create(session, key=f"j{journey.id}:r{run.id}:{sid}", member_id=run.member_id,
+                                kind=step.kind, title=step.title, body=step.body,
+                                due_at=now + dt.timedelta(hours=step.due_hours), journey_id=journey.id, run_id=run.id)
+            _log(session, run, "step", now, reason="task", task_id=task.id, task_kind=step.kind)
+            nxt = step.next
         elif isinstance(step, G.Exit):
             _end(session, run, "exited", "exit_step", now, stats)
             return

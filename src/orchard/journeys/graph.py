@@ -18,7 +18,8 @@ hours, optionally until a local time of day), `wait_event` (with `timeout_hours`
 `timeout_next`), `condition` (any segment definition, evaluated at that moment), `split`
 (percentages, optional held-out `control_percent`), `send` (a published template, `fallback`
 templates tried when the first is suppressed for want of consent or recipient), `coupon`,
-`points`, `tag` (add / remove), `exit`. A `next` of null ends the run (completed).
+`points`, `tag` (add / remove), `task` (a call-back or WeCom task for the home store), `exit`.
+A `next` of null ends the run (completed).
 """
 
 from __future__ import annotations
@@ -140,6 +141,18 @@ class TagStep(_M):
     next: Next = None
 
 
+class TaskStep(_M):
+    """A task for the member's home store: a service call-back (回访) or a WeCom one-to-one message
+    for the shopping guide; the staff member marks it done (the run goes on without waiting)."""
+
+    type: Literal["task"]
+    kind: Literal["callback", "wecom"]
+    title: Annotated[str, Field(min_length=1, max_length=200)]
+    body: Annotated[str, Field(max_length=2000)] | None = None
+    due_hours: Annotated[int, Field(ge=1, le=24 * 30)] = 48
+    next: Next = None
+
+
 class Exit(_M):
     type: Literal["exit"]
 
@@ -147,11 +160,12 @@ class Exit(_M):
 Step = Annotated[
     Annotated[Wait, Tag("wait")] | Annotated[WaitEvent, Tag("wait_event")] | Annotated[Condition, Tag("condition")]
     | Annotated[Split, Tag("split")] | Annotated[Send, Tag("send")] | Annotated[CouponStep, Tag("coupon")]
-    | Annotated[PointsStep, Tag("points")] | Annotated[TagStep, Tag("tag")] | Annotated[Exit, Tag("exit")],
+    | Annotated[PointsStep, Tag("points")] | Annotated[TagStep, Tag("tag")] | Annotated[TaskStep, Tag("task")]
+    | Annotated[Exit, Tag("exit")],
     Discriminator(lambda v: v.get("type") if isinstance(v, dict) else getattr(v, "type", None),
                   custom_error_type="step_type",
                   custom_error_message="type must be one of wait, wait_event, condition, split, send, coupon, "
-                                       "points, tag, exit"),
+                                       "points, tag, task, exit"),
 ]
 
 
@@ -185,7 +199,7 @@ def parse(data: Any) -> Graph:
     return graph
 
 
-_TAGS = {"wait", "wait_event", "condition", "split", "send", "coupon", "points", "tag", "exit", "event",
+_TAGS = {"wait", "wait_event", "condition", "split", "send", "coupon", "points", "tag", "task", "exit", "event",
          "segment_entry", "absence", "date"}
 
 

@@ -112,3 +112,48 @@ class JourneyLog(Base):
     reason: Mapped[str | None] = mapped_column(String(64))
     detail: Mapped[dict[str, Any]] = mapped_column(Json, default=dict)
     at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+class StaffTask(Base):
+    """A task for a person: a service call-back (回访) or a WeCom one-to-one message for the member's
+    shopping guide. Assigned to the member's home store (and a named staff member when known); the
+    journey only records it, the staff member marks it done or not."""
+
+    __tablename__ = "staff_tasks"
+    __table_args__ = (
+        CheckConstraint("kind in ('callback','wecom')", name="kind"),
+        CheckConstraint("status in ('open','done','failed','cancelled')", name="status"),
+        Index("ix_staff_tasks_store_status", "store_id", "status", "due_at"),
+        UniqueConstraint("key"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    #: Idempotency key of the decision (journey, run, step).
+    key: Mapped[str] = mapped_column(String(160))
+    member_id: Mapped[int] = mapped_column(ForeignKey("members.id", ondelete="CASCADE"), index=True)
+    store_id: Mapped[int | None] = mapped_column(ForeignKey("org_units.id"))
+    assignee_staff_id: Mapped[int | None] = mapped_column(ForeignKey("staff.id"))
+    kind: Mapped[str] = mapped_column(String(16))
+    title: Mapped[str] = mapped_column(String(200))
+    body: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default="open")
+    due_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    journey_id: Mapped[int | None] = mapped_column(BigId)
+    run_id: Mapped[int | None] = mapped_column(BigId)
+    outcome: Mapped[str | None] = mapped_column(Text)
+    done_by: Mapped[str | None] = mapped_column(String(64))
+    done_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class SubscribeGrant(Base):
+    """Mini-program subscribe messages: each user grant allows one send of that template. The
+    mini-program reports grants; a send uses one; members with none are skipped (reason no_grant)."""
+
+    __tablename__ = "subscribe_grants"
+    __table_args__ = (CheckConstraint("remaining >= 0", name="remaining_nonneg"),)
+
+    member_id: Mapped[int] = mapped_column(ForeignKey("members.id", ondelete="CASCADE"), primary_key=True)
+    template: Mapped[str] = mapped_column(String(128), primary_key=True)
+    remaining: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -33,6 +33,7 @@ from sqlalchemy.orm import Session
 from orchard import db
 from orchard.audit.service import record
 from orchard.errors import Conflict, InvalidInput, NotFound
+from orchard.journeys.models import SubscribeGrant
 from orchard.kit.clock import utcnow
 from orchard.members.models import Member
 from orchard.messaging import links, respect, templates
@@ -116,12 +117,13 @@ def enqueue(session: Session, *, key: str, member_id: int, template_code: str, c
     if member is None:
         raise NotFound("member not found", code="member.not_found")
     policy = respect.get_policy(session)
+    grant = (template.provider_template or template.code) if template.channel == "wechat_subscribe" else None
     verdict = respect.check(session, member=member, channel=template.channel, purpose=template.purpose,
-                            policy=policy, now=now)
+                            policy=policy, now=now, grant=grant)
     if not verdict.ok and verdict.reason and verdict.reason.startswith("cap.") and _preempt(
             session, member.id, template.channel, priority, policy, now, key):
         verdict = respect.check(session, member=member, channel=template.channel, purpose=template.purpose,
-                                policy=policy, now=now)
+                                policy=policy, now=now, grant=grant)
     message = Message(key=key, member_id=member.id, template_id=template.id, channel=template.channel,
                       purpose=template.purpose, priority=priority, journey_id=journey_id, run_id=run_id, step=step,
                       attempts=0, created_at=now, payload={})
@@ -135,6 +137,8 @@ def enqueue(session: Session, *, key: str, member_id: int, template_code: str, c
         else:
             message.status, message.recipient = "queued", verdict.recipient
             message.next_attempt_at = verdict.not_before or now
+            if grant is not None:  # the grant is reserved now; given back if the message is not sent
+                _use_grant(session, member.id, grant, -1)
     else:
         message.status, message.reason, message.detail = "suppressed", verdict.reason, verdict.detail
     try:
@@ -148,6 +152,33 @@ def enqueue(session: Session, *, key: str, member_id: int, template_code: str, c
             raise
         return existing
     return message
+
+
+def _use_grant(session: Session, member_id: int, template: str, delta: int) -> None:
+    G = SubscribeGrant
+    session.execute(update(G).where(G.member_id == member_id, G.template == template, G.remaining + delta >= 0)
+                    .values(remaining=G.remaining + delta, updated_at=utcnow())
+                    .execution_options(synchronize_session=False))
+
+
+def _give_back(session: Session, message: Message) -> None:
+    if message.channel == "wechat_subscribe":
+        grant = message.payload.get("provider_template") or session.scalar(
+            select(MessageTemplate.code).where(MessageTemplate.id == message.template_id))
+        _use_grant(session, message.member_id, grant, +1)
+
+
+def grant(session: Session, *, member_id: int, template: str, count: int = 1) -> int:
+    """The mini-program reports `count` new grants of `template` by the member; returns what is left."""
+    G = SubscribeGrant
+    row = session.get(G, (member_id, template), with_for_update=True)
+    if row is None:
+        row = G(member_id=member_id, template=template, remaining=0, updated_at=utcnow())
+        session.add(row)
+    row.remaining += count
+    row.updated_at = utcnow()
+    session.flush()
+    return row.remaining
 
 
 def _preempt(session: Session, member_id: int, channel: str, priority: int, policy: respect.Policy,
@@ -222,6 +253,7 @@ def dispatch(providers: Mapping[str, Provider], *, limit: int = 200, now: dt.dat
             if not verdict.ok:
                 message.status, message.reason, message.detail = "suppressed", verdict.reason, verdict.detail
                 message.locked_by = message.locked_until = None
+                _give_back(session, message)
                 stats.suppressed += 1
                 stats.reasons[verdict.reason or "?"] = stats.reasons.get(verdict.reason or "?", 0) + 1
                 continue
@@ -270,9 +302,11 @@ def _record(session: Session, message_id: int, me: str, outcome: Outcome, provid
         stats.sent += 1
     elif outcome.permanent:
         message.status, message.reason, message.detail = "failed", "provider.permanent", outcome.error
+        _give_back(session, message)
         stats.failed += 1
     elif message.attempts >= MAX_ATTEMPTS:
         message.status, message.reason, message.detail = "dead", "provider.retries_exhausted", outcome.error
+        _give_back(session, message)
         stats.failed += 1
     else:
         delay = min(BACKOFF_BASE_SECONDS * 2 ** (message.attempts - 1), BACKOFF_MAX_SECONDS)

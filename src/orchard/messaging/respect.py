@@ -6,7 +6,8 @@ member may ask to be left alone, the clock may pass into quiet hours meanwhile):
 * the member is live (not merged), not excluded by tag (blacklist, complained);
 * marketing: not "reduce disturbance"; consent granted for the channel and purpose; service
   messages: consent not explicitly withdrawn;
-* a recipient exists for the channel (phone for SMS, openid for WeChat, …);
+* a recipient exists for the channel (phone for SMS, openid for WeChat, …); a mini-program
+  subscribe message needs a grant left for its template (each user grant allows one send);
 * marketing caps: at most N marketing messages per member per D days, globally and per channel;
   an SMS number gets at most `sms_per_number_per_day` messages of any purpose;
 * quiet hours (member's zone — the tenant's): marketing is sent only between `start` and `end`;
@@ -27,6 +28,7 @@ from sqlalchemy.orm import Session
 
 from orchard.audit.service import record
 from orchard.identity.models import Identity
+from orchard.journeys.models import SubscribeGrant
 from orchard.kit.clock import tenant_zone, utcnow
 from orchard.members.models import Consent, Member, MemberTag, Tag
 from orchard.messaging.models import ContactPolicy, Message
@@ -132,7 +134,7 @@ def recipient_for(session: Session, member_id: int, channel: str) -> str | None:
 
 
 def check(session: Session, *, member: Member, channel: str, purpose: str, policy: Policy, now: dt.datetime,
-          at_send: bool = False, exclude_message_id: int | None = None) -> Verdict:
+          at_send: bool = False, exclude_message_id: int | None = None, grant: str | None = None) -> Verdict:
     """Every rule for one message to one member (see the module docstring)."""
     if member.status != "active":
         return Verdict(False, "member.inactive", "the member was merged into another")
@@ -153,6 +155,11 @@ def check(session: Session, *, member: Member, channel: str, purpose: str, polic
         if not marketing and row is not None and not row.granted:
             return Verdict(False, f"consent.{consent_channel}", f"{consent_channel} {purpose} consent withdrawn")
     recipient = recipient_for(session, member.id, channel)
+    if channel == "wechat_subscribe" and grant is not None and not at_send:
+        left = session.scalar(select(SubscribeGrant.remaining).where(
+            SubscribeGrant.member_id == member.id, SubscribeGrant.template == grant))
+        if not left:
+            return Verdict(False, "no_grant", f"no subscribe grant left for template {grant}")
     if recipient is None:
         return Verdict(False, "no_recipient", f"the member has no {RECIPIENT_KIND.get(channel)} for {channel}")
     if channel == "sms":
