@@ -82,7 +82,9 @@ def make_engine(url: str | None = None) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin)
     else:
-        engine = create_engine(url, echo=get_settings().db_echo, pool_size=10, max_overflow=20,
+        # As many connections as the server has worker threads (AnyIO's default 40), so a burst of
+        # requests waits for the database, not for the pool.
+        engine = create_engine(url, echo=get_settings().db_echo, pool_size=10, max_overflow=30,
                                pool_pre_ping=True)
     return engine
 

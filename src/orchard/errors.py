@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from orchard.kit import i18n
@@ -135,6 +136,15 @@ def install_handlers(app: FastAPI) -> None:
         return problem_response(422, InvalidInput("a value cannot be stored (e.g. it contains a NUL character "
                                                   "or is out of range)", code="invalid_input.unstorable").to_problem(),
                                 None, req)
+
+    @app.exception_handler(PoolTimeout)
+    async def _busy(req: Request, exc: PoolTimeout):
+        # Every database connection stayed busy past the pool's wait: overload, not a fault. A 503
+        # with Retry-After tells a POS or an integration to back off and retry (idempotently).
+        log.warning("database connection pool exhausted: %s", exc)
+        body = {"type": "https://orchard.dev/problems/server.busy", "title": "服务繁忙", "status": 503,
+                "detail": "the server is busy; retry shortly", "code": "server.busy"}
+        return problem_response(503, body, {"Retry-After": "2"}, req)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(req: Request, exc: StarletteHTTPException):

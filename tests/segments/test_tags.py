@@ -48,3 +48,8 @@ def test_rule_tag_definition_errors_name_the_path(client, admin):
     r = client.post("/api/v1/tags", headers=admin, json={"name": "x", "definition": {"field": "nope", "op": "eq",
                                                                                      "value": 1}})
     assert r.status_code == 422 and r.json()["errors"][0]["field"] == "$.definition.field"
+
+
+def test_a_manual_tag_in_the_catalog(client, admin):
+    r = client.post("/api/v1/tags", headers=admin, json={"name": "门店VIP", "kind": "value"})
+    assert r.status_code == 201 and (r.json()["source"], r.json()["definition"]) == ("manual", None)

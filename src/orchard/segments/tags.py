@@ -42,7 +42,9 @@ def define(session: Session, *, principal: Principal, name: str, kind: str = "be
     if definition is not None:
         canonical = language.dump(evaluate.compile_definition(session, definition, root="$.definition").tree)
     tag = Tag(name=name, kind=kind, description=description, source="rule" if canonical else "manual",
-              definition=canonical, created_at=utcnow())
+              created_at=utcnow())
+    if canonical is not None:  # unset, not None: the JSON type would store a JSON null, not SQL NULL
+        tag.definition = canonical
     session.add(tag)
     session.flush()
     record(session, actor=principal.actor, action="tag.define", entity="tag", entity_id=tag.id,
