@@ -52,8 +52,8 @@ def test_an_order_row_with_product_columns_gets_one_line():
     clean = rows.order_row(_get({"order_id": "A", "paid_at": "2026-10-01", "member_phone": "13812341234",
                                  "amount": "30", "sku": "S1", "category": "茶叶", "quantity": "3",
                                  "store_code": "SH001"}), {"SH001": 7})
-    assert clean["line"] == {"sku": "S1", "name": None, "category": "茶叶", "quantity": 3, "unit_price_fen": 1000,
-                             "amount_fen": 3000}
+    assert clean["lines"] == [{"line_no": None, "sku": "S1", "name": None, "category": "茶叶", "quantity": 3,
+                               "unit_price_fen": 1000, "amount_fen": 3000}]
     assert clean["store_id"] == 7 and clean["keys"] == [("phone", "+8613812341234")]
 
 
