@@ -218,3 +218,36 @@ def test_random_multi_line_files_end_alike_whatever_the_path_and_batch_size(clea
         assert ends[1] == ends[0], groups
 
     check()
+
+
+def test_a_killed_multi_line_import_rerun_ends_as_an_uninterrupted_run(clean_db, tmp_path):
+    """Killed mid-file with batches of 100 rows (orders of 1 to 4 rows straddle them), then re-run:
+    every order whole, with all its lines, none twice."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    make_org()
+    n = 1200
+    f = _write(tmp_path / "big.csv", _orders(n))
+    cmd = [sys.executable, "-m", "orchard.cli", "import", "orders", str(f), "--batch-size", "100"]
+    env = {**os.environ, "COLUMNS": "200"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while _totals()[0] < 120:
+        assert time.time() < deadline and proc.poll() is None, "import finished before it could be killed"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed = _lines()
+    assert 0 < len({ln[0] for ln in killed}) < n
+    per_order = {}
+    for line in killed:
+        per_order[line[0]] = per_order.get(line[0], 0) + 1
+    assert all(count == int(oid[1:]) % 4 + 1 for oid, count in per_order.items())  # no order half-written
+    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert _totals() == (n, _spend(n), n, _spend(n))
+    assert len(_lines()) == sum(i % 4 + 1 for i in range(n))
