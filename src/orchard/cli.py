@@ -225,7 +225,8 @@ def _run_import(kind: str, file: Path, source: str, report: Path | None, batch_s
 def import_orders(file: Path, source: str = "import", report: Annotated[Path | None, typer.Option()] = None,
                   batch_size: Annotated[int | None, typer.Option(min=1)] = None) -> None:
     """Import orders: order_id, member_phone | member_external_id | member_card_no, paid_at, amount | amount_fen,
-    store_code, channel, sku, product_name, category, quantity (Chinese headers such as 订单号, 手机号, 金额 work)."""
+    store_code, channel, and per line sku, product_name, category, quantity, unit_price, line_amount, line_no: one row
+    per order line, consecutive rows of an order id forming one order (订单号, 手机号, 金额, 单价, 行金额 … work)."""
     _run_import("orders", file, source, report, batch_size)
 
 

@@ -36,10 +36,15 @@ SETUP = [("K6", "13800000003", "", "2026-10-04T10:00:00+08:00", "6000", "SH001",
 
 
 def _clean(raw, stores):
-    oid, phone, card, paid, amount, store, sku = raw
+    """One order: a single row, or (an 8th element n > 0) n line rows with the order's columns repeated."""
+    oid, phone, card, paid, amount, store, sku, *more = raw
     values = {"order_id": oid, "member_phone": phone, "member_card_no": card, "paid_at": paid, "amount_fen": amount,
               "store_code": store, "sku": sku}
-    return rows.order_row(values.get, stores)
+    if not more or not more[0]:
+        return rows.order_row(values.get, stores)
+    return rows.order_group([(n, {**values, "sku": f"{sku}-{n}", "quantity": str(n), "unit_price": f"{n}.5",
+                                  "line_no": str(10 - n) if amount == "100" else ""}.get)
+                             for n in range(1, more[0] + 1)], stores)
 
 
 def _run(fast: bool) -> dict:
@@ -93,7 +98,8 @@ def _dump() -> dict:
                              MemberAggregate, MemberAggregate.member_id == Member.id)))
         orders = sorted((o.external_id, who[o.member_id], o.body_hash, o.status, o.amount_fen, o.refunded_fen,
                          o.paid_at, o.store_id, o.channel) for o in s.scalars(select(Order)))
-        lines = sorted((s.get(Order, ln.order_id).external_id, ln.line_no, ln.sku, ln.amount_fen)
+        lines = sorted((s.get(Order, ln.order_id).external_id, ln.line_no, ln.sku, ln.name, ln.category, ln.quantity,
+                        ln.unit_price_fen, ln.amount_fen, ln.refunded_quantity, ln.refunded_fen)
                        for ln in s.scalars(select(OrderLine)))
         refunds = sorted((r.external_id, r.status, r.amount_fen) for r in s.scalars(select(Refund)))
         cands = sorted((who[c.member_a_id], who[c.member_b_id], c.reason) for c in s.scalars(select(MergeCandidate)))
@@ -123,13 +129,22 @@ def test_the_fast_path_ends_exactly_where_the_per_row_path_does(clean_db):
        amount=st.sampled_from(["0", "1", "128.5", "1,288.00"]), store=st.sampled_from(["", "SH001"]),
        channel=st.sampled_from(["", "pos", "小程序"]), line=st.sampled_from([{}, {"sku": "S1"},
                                                                       {"product_name": "围巾", "quantity": "3"},
-                                                                      {"category": "服饰", "sku": "S2"}]))
-def test_fast_fingerprint_equals_the_ingestion_fingerprint(order_id, phone, card, paid, amount, store, channel, line):
+                                                                      {"category": "服饰", "sku": "S2"}]),
+       more=st.lists(st.sampled_from([{"sku": "S3", "unit_price": "2.5", "quantity": "2"},
+                                      {"line_amount_fen": "7", "line_no": "9"}, {"sku": "S4", "line_amount": "1"}]),
+                     max_size=3, unique_by=lambda d: tuple(d)))
+def test_fast_fingerprint_equals_the_ingestion_fingerprint(order_id, phone, card, paid, amount, store, channel, line,
+                                                           more):
     from orchard.events.ingest import body_fingerprint
 
     values = {"order_id": order_id, "member_phone": phone, "member_card_no": card or ("C-0" if not phone else ""),
               "paid_at": paid, "amount": amount, "store_code": store, "channel": channel, **line}
-    clean = rows.order_row(values.get, {"SH001": 1})
+    if more:  # an order of several rows: each row one line with its price
+        first = {**values, "unit_price": "1"} if line else {**values, "sku": "S0", "unit_price": "1"}
+        group = [first, *({**values, **extra} for extra in more)]
+        clean = rows.order_group([(n, v.get) for n, v in enumerate(group, start=2)], {"SH001": 1})
+    else:
+        clean = rows.order_row(values.get, {"SH001": 1})
     assert pg_orders.order_fingerprint(clean, "pos") == body_fingerprint(pg_orders.order_model(clean, "pos"))
 
 
@@ -138,7 +153,8 @@ _row = st.tuples(st.sampled_from([f"P{i}" for i in range(12)]),  # order ids rep
                  st.sampled_from(["", "C-1", "C-2", "C-9"]),
                  st.sampled_from(["2026-10-01T10:00:00+08:00", "2026-09-01", "2026-10-05T23:59:59Z"]),
                  st.sampled_from(["100", "2500"]), st.sampled_from(["", "SH001", "GZ001"]),
-                 st.sampled_from(["", "S1"])).filter(lambda r: r[1] or r[2])
+                 st.sampled_from(["", "S1"]),
+                 st.sampled_from([0, 0, 1, 2, 3])).filter(lambda r: r[1] or r[2])  # lines per order (0: one row)
 
 
 def test_random_batches_end_where_the_per_row_path_does(clean_db):

@@ -19,6 +19,12 @@ ORDER_COLUMNS: dict[str, tuple[str, ...]] = {
     "product_name": ("product_name", "商品名称", "商品"),
     "category": ("category", "品类", "类目", "商品分类"),
     "quantity": ("quantity", "qty", "数量"),
+    # One row per order line: the order's columns repeat on each row of the order (consecutive rows).
+    "unit_price": ("unit_price", "price", "单价", "销售单价"),
+    "unit_price_fen": ("unit_price_fen", "单价分", "单价(分)"),
+    "line_amount": ("line_amount", "行金额", "商品金额", "小计"),
+    "line_amount_fen": ("line_amount_fen", "行金额分", "行金额(分)"),
+    "line_no": ("line_no", "行号", "明细行号"),
 }
 
 MEMBER_COLUMNS: dict[str, tuple[str, ...]] = {

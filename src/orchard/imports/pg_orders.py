@@ -12,10 +12,11 @@ and hands the rest back to the per-row path:
    groups is where the per-row path records a merge candidate, so its whole cluster goes back;
 4. the rest moves in set-based SQL over work tables filled with COPY: one new member for each
    cluster without one, joined at and enrolled in the store of its first row in file order (as on
-   the per-row path); unknown keys linked; orders in file order and their lines; aggregates
+   the per-row path); unknown keys linked; orders in file order and their lines (an order of several
+   file rows arrives here as one item with all its lines, imports.service groups them); aggregates
    inserted for new members and moved in one `UPDATE … FROM` for known ones.
 A unique-constraint race with a concurrent writer raises IntegrityError; the caller then redoes the
-batch on the per-row path (tests/imports/test_pg_bulk.py holds the paths equal).
+batch on the per-row path (tests/imports/test_pg_orders.py holds the paths equal).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def order_model(clean: dict[str, Any], source: str) -> OrderIn:
     """The OrderIn an import row stands for: its fingerprint is what a replay is recognised by."""
     return OrderIn(source=source, external_id=clean["order_id"], member={"identities": dict(clean["keys"])},
                    store_code=clean["store_code"], channel=clean["channel"], paid_at=clean["paid_at"],
-                   amount_fen=clean["amount_fen"], lines=[clean["line"]] if clean["line"] else [])
+                   amount_fen=clean["amount_fen"], lines=clean["lines"])
 
 
 def order_fingerprint(clean: dict[str, Any], source: str) -> str:
@@ -46,7 +47,7 @@ def order_fingerprint(clean: dict[str, Any], source: str) -> str:
         "source": source, "external_id": clean["order_id"], "member": {"identities": dict(clean["keys"])},
         "paid_at": clean["paid_at"].isoformat().replace("+00:00", "Z"), "currency": "CNY",
         "amount_fen": clean["amount_fen"], "properties": {},
-        "lines": [{k: v for k, v in clean["line"].items() if v is not None}] if clean["line"] else []}
+        "lines": [{k: v for k, v in line.items() if v is not None} for line in clean["lines"]]}
     if clean["store_code"] is not None:
         body["store_code"] = clean["store_code"]
     if clean["channel"] is not None:
@@ -60,11 +61,14 @@ _STAGING = (
     "SET LOCAL jit = off",
     # A batch lost to a database crash is re-imported by running the file again (imports are idempotent).
     "SET LOCAL synchronous_commit = off",
-    "DROP TABLE IF EXISTS _imp_orders, _imp_keys, _imp_member, _imp_sums",
+    "DROP TABLE IF EXISTS _imp_orders, _imp_lines, _imp_keys, _imp_member, _imp_sums",
     "CREATE TEMP TABLE _imp_orders (idx int PRIMARY KEY, cluster int NOT NULL, external_id text NOT NULL, "
     "body_hash text NOT NULL, store_id bigint, channel text, amount_fen bigint NOT NULL, "
-    "paid_at timestamptz NOT NULL, sku text, name text, category text, quantity int, unit_price_fen bigint, "
-    "line_amount_fen bigint) ON COMMIT DROP",
+    "paid_at timestamptz NOT NULL) ON COMMIT DROP",
+    # An order's lines in file order (pos); line_no as events.orders.insert_order numbers them.
+    "CREATE TEMP TABLE _imp_lines (idx int NOT NULL, pos int NOT NULL, line_no int NOT NULL, sku text, name text, "
+    "category text, quantity int NOT NULL, unit_price_fen bigint NOT NULL, amount_fen bigint NOT NULL, "
+    "PRIMARY KEY (idx, pos)) ON COMMIT DROP",
     "CREATE TEMP TABLE _imp_keys (cluster int NOT NULL, kind text NOT NULL, value text NOT NULL) ON COMMIT DROP",
     "CREATE TEMP TABLE _imp_member (cluster int PRIMARY KEY, member_id bigint, is_new boolean NOT NULL) "
     "ON COMMIT DROP",
@@ -154,12 +158,15 @@ def write_orders(session: Session, items: list[tuple[int, dict[str, Any]]], sour
           [(c, m, m is None) for c, m in member_of.items()])
     copy_rows(session, "_imp_keys", ["cluster", "kind", "value"], sorted(links))
     copy_rows(session, "_imp_orders", ["idx", "cluster", "external_id", "body_hash", "store_id", "channel",
-                                       "amount_fen", "paid_at", "sku", "name", "category", "quantity",
-                                       "unit_price_fen", "line_amount_fen"],
-          [(i, cluster_of[i], c["order_id"], hashes[i], c["store_id"], c["channel"], c["amount_fen"], c["paid_at"],
-            *((ln["sku"], ln["name"], ln["category"], ln["quantity"], ln["unit_price_fen"], ln["amount_fen"])
-              if (ln := c["line"]) else (None,) * 6)) for i, c in fast])
-    session.execute(text("ANALYZE _imp_member, _imp_keys, _imp_orders"))
+                                       "amount_fen", "paid_at"],
+              [(i, cluster_of[i], c["order_id"], hashes[i], c["store_id"], c["channel"], c["amount_fen"], c["paid_at"])
+               for i, c in fast])
+    copy_rows(session, "_imp_lines", ["idx", "pos", "line_no", "sku", "name", "category", "quantity",
+                                      "unit_price_fen", "amount_fen"],
+              [(i, pos, ln["line_no"] or pos, ln["sku"], ln["name"], ln["category"], ln["quantity"],
+                ln["unit_price_fen"], ln["amount_fen"])
+               for i, c in fast for pos, ln in enumerate(c["lines"], start=1)])
+    session.execute(text("ANALYZE _imp_member, _imp_keys, _imp_orders, _imp_lines"))
     now = utcnow()
     params = {"src": source, "now": now}
     # New members for clusters without one: the first row in file order decides join time and store,
@@ -187,9 +194,9 @@ def write_orders(session: Session, items: list[tuple[int, dict[str, Any]]], sour
     session.execute(text(
         "INSERT INTO order_lines (order_id, line_no, sku, name, category, quantity, unit_price_fen, amount_fen, "
         "refunded_quantity, refunded_fen) "
-        "SELECT d.id, 1, o.sku, o.name, o.category, o.quantity, o.unit_price_fen, o.line_amount_fen, 0, 0 "
-        "FROM _imp_orders o JOIN orders d ON d.source = :src AND d.external_id = o.external_id "
-        "WHERE o.quantity IS NOT NULL ORDER BY o.idx"), params)
+        "SELECT d.id, l.line_no, l.sku, l.name, l.category, l.quantity, l.unit_price_fen, l.amount_fen, 0, 0 "
+        "FROM _imp_lines l JOIN _imp_orders o ON o.idx = l.idx "
+        "JOIN orders d ON d.source = :src AND d.external_id = o.external_id ORDER BY l.idx, l.pos"), params)
     # Aggregates: new members get theirs in one insert, known members one update (no insert-then-update,
     # which would write every new member's row twice).
     session.execute(text(

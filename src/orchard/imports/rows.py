@@ -135,37 +135,169 @@ def store(value: Any, column: str, stores: dict[str, int]) -> int | None:
     return stores[code]
 
 
-def order_row(get, stores: dict[str, int]) -> dict[str, Any]:
-    """`get(column)` returns the raw cell (or None when the file has no such column)."""
-    get = storable(get)
-    order_id = text(get("order_id"))
-    if not order_id:
-        raise RowError("order_id", "is required")
-    if len(order_id) > 128:
-        raise RowError("order_id", "longer than 128 characters")
-    keys = member_keys(get)
-    paid_at = parse_time(get("paid_at"), "paid_at")
-    if paid_at > dt.datetime.now(dt.UTC) + dt.timedelta(days=1):
-        raise RowError("paid_at", "lies in the future")
-    if text(get("amount_fen")):
-        amount = fen(get("amount_fen"), "amount_fen")
-    elif text(get("amount")):
-        amount = yuan_to_fen(get("amount"), "amount")
-    else:
-        raise RowError("amount", "give amount (yuan) or amount_fen")
+#: Columns of the order itself: repeated on every row of a several-line order, and they must agree.
+ORDER_LEVEL = ("member_phone", "member_external_id", "member_card_no", "paid_at", "amount", "store_code", "channel")
+#: A row describes an order line when one of these is filled (a quantity alone does not, as before lines).
+LINE_COLUMNS = ("sku", "product_name", "category", "unit_price", "unit_price_fen", "line_amount", "line_amount_fen",
+                "line_no")
+#: The most lines one order may have (as over HTTP: events.schemas.OrderIn).
+MAX_LINES = 500
+MAX_QUANTITY = 1_000_000
+
+
+class GroupError(ValueError):
+    """Some rows of one order (a group of rows) are bad, so none of it is imported: row number → error."""
+
+    def __init__(self, errors: dict[int, RowError]) -> None:
+        super().__init__("; ".join(f"row {n}: {e}" for n, e in errors.items()))
+        self.errors = errors
+
+
+def _money(get, column: str) -> tuple[int | None, str]:
+    """`column` in yuan or `column_fen` in fen (fen wins, as for the order amount): (fen or None, column read)."""
+    if text(get(f"{column}_fen")):
+        return fen(get(f"{column}_fen"), f"{column}_fen"), f"{column}_fen"
+    if text(get(column)):
+        return yuan_to_fen(get(column), column), column
+    return None, column
+
+
+def _order_field(column: str, get, stores: dict[str, int]) -> tuple[Any, str] | None:
+    """One order-level field of one row, parsed: (value, column read), or None when the cell is empty."""
+    if column == "amount":
+        amount, read = _money(get, "amount")
+        return None if amount is None else (amount, read)
+    raw = get(column)
+    if not text(raw):
+        return None
+    if column in ("member_phone", "member_external_id", "member_card_no"):
+        return identity(column.removeprefix("member_"), raw, column), column
+    if column == "paid_at":
+        return _past_time(raw, "paid_at"), column
+    if column == "store_code":
+        store(raw, column, stores)
+        return text(raw), column
+    return text(raw)[:32], column  # channel
+
+
+def order_line(get) -> dict[str, Any] | None:
+    """The order line a row describes, or None. A price missing on both unit_price and line_amount
+    stays None here: the caller decides (an order of one line takes the order amount, as before)."""
     quantity = text(get("quantity")) or "1"
-    if not quantity.isdigit() or int(quantity) < 1:
-        raise RowError("quantity", f"not a positive whole number: {quantity!r}")
-    line = None
-    if any(text(get(c)) for c in ("sku", "product_name", "category")):
-        q = int(quantity)
-        line = {"sku": text(get("sku"))[:128] or None, "name": text(get("product_name"))[:200] or None,
-                "category": text(get("category"))[:100] or None, "quantity": q,
-                "unit_price_fen": amount // q, "amount_fen": amount}
-    return {"order_id": order_id, "keys": keys, "paid_at": paid_at, "amount_fen": amount,
-            "store_id": store(get("store_code"), "store_code", stores),
-            "store_code": text(get("store_code")) or None, "channel": text(get("channel"))[:32] or None,
-            "line": line}
+    if not quantity.isdigit() or not 1 <= int(quantity) <= MAX_QUANTITY:
+        raise RowError("quantity", f"not a positive whole number up to {MAX_QUANTITY:,}: {quantity!r}")
+    if not any(text(get(c)) for c in LINE_COLUMNS):
+        return None
+    q = int(quantity)
+    line_no = None
+    if text(get("line_no")):
+        raw = text(get("line_no"))
+        if not raw.isdigit() or not 1 <= int(raw) <= 10_000:
+            raise RowError("line_no", f"not a line number from 1 to 10000: {raw!r}")
+        line_no = int(raw)
+    unit, unit_column = _money(get, "unit_price")
+    amount, _ = _money(get, "line_amount")
+    if unit is not None and amount is None:
+        amount = unit * q
+        if amount > MAX_FEN:
+            raise RowError(unit_column, "quantity × unit price is too large")
+    elif unit is None and amount is not None:
+        unit = amount // q
+    return {"line_no": line_no, "sku": text(get("sku"))[:128] or None, "name": text(get("product_name"))[:200] or None,
+            "category": text(get("category"))[:100] or None, "quantity": q, "unit_price_fen": unit,
+            "amount_fen": amount}
+
+
+def order_group(group: list[tuple[int, Any]], stores: dict[str, int]) -> dict[str, Any]:
+    """One order from its rows (row number, `get`), in file order: one row per order line, or a single
+    row for an order without line columns. Order-level columns (ORDER_LEVEL) must agree on every row
+    that fills them (an empty cell takes the others' value: merged Excel cells); the order amount,
+    if given, is what the member paid (below the lines' sum: an order discount), else the lines' sum.
+    Raises GroupError naming every bad row: one bad row rejects the whole order."""
+    errors: dict[int, RowError] = {}
+    first = group[0][0]
+    order_id = text(storable(group[0][1])("order_id"))
+    try:
+        if not order_id:
+            raise RowError("order_id", "is required")
+        if len(order_id) > 128:
+            raise RowError("order_id", "longer than 128 characters")
+    except RowError as exc:
+        raise GroupError({first: exc}) from None
+    if len(group) > MAX_LINES:
+        raise GroupError({n: RowError("order_id", f"order {order_id!r} has more than {MAX_LINES} rows (lines)")
+                          for n, _ in group})
+    chosen: dict[str, tuple[int, Any, Any]] = {}  # column → (row, raw text, value)
+    lines: list[tuple[int, dict[str, Any] | None]] = []
+    for row_no, get in group:
+        get = storable(get)
+        try:
+            for column in ORDER_LEVEL:
+                field = _order_field(column, get, stores)
+                if field is None:
+                    continue
+                value, read = field
+                if column not in chosen:
+                    chosen[column] = (row_no, text(get(read)), value)
+                elif chosen[column][2] != value:
+                    there_row, there, _ = chosen[column]
+                    raise RowError(read, f"differs from row {there_row} of order {order_id!r}: "
+                                         f"{text(get(read))!r} here, {there!r} there")
+            lines.append((row_no, order_line(get)))
+        except RowError as exc:
+            errors[row_no] = exc
+    if errors:
+        raise GroupError(errors)
+    if not any(k in chosen for k in ("member_phone", "member_external_id", "member_card_no")):
+        errors[first] = RowError("member_phone", "give member_phone, member_external_id or member_card_no")
+    elif "paid_at" not in chosen:
+        errors[first] = RowError("paid_at", "is required")
+    amount = chosen["amount"][2] if "amount" in chosen else None
+    described = [(n, ln) for n, ln in lines if ln is not None]
+    if len(described) == 1 and len(lines) == 1 and described[0][1]["amount_fen"] is None and amount is not None:
+        line = described[0][1]  # one row, one line without a price: the line is the whole order, as before
+        line["amount_fen"], line["unit_price_fen"] = amount, amount // line["quantity"]
+    if described:
+        for row_no, line in lines:
+            if line is None:
+                errors.setdefault(row_no, RowError("sku", f"order {order_id!r} has several lines and this row "
+                                                          "describes none: give sku, product_name or a price"))
+            elif line["amount_fen"] is None and len(lines) == 1:
+                errors.setdefault(row_no, RowError("amount", "give amount (yuan) or amount_fen, or the line's "
+                                                             "unit_price or line_amount"))
+            elif line["amount_fen"] is None:
+                errors.setdefault(row_no, RowError("line_amount", "give unit_price or line_amount for each line of "
+                                                                  "an order of several rows"))
+        seen: dict[int, int] = {}
+        for position, (row_no, line) in enumerate(described, start=1):
+            number = line["line_no"] or position
+            if number in seen:
+                errors.setdefault(row_no, RowError("line_no", f"line {number} of order {order_id!r} is also on "
+                                                              f"row {seen[number]}"))
+            seen.setdefault(number, row_no)
+    if amount is None and not errors:
+        if not described:
+            errors[first] = RowError("amount", "give amount (yuan) or amount_fen")
+        else:
+            amount = sum(line["amount_fen"] for _, line in described)
+            if amount > MAX_FEN:
+                errors[first] = RowError("line_amount", "the lines add up to more than an order can hold")
+    if errors:
+        raise GroupError(errors)
+    store_code = chosen["store_code"][2] if "store_code" in chosen else None
+    keys = [chosen[c][2] for c in ("member_phone", "member_external_id", "member_card_no") if c in chosen]
+    return {"order_id": order_id, "keys": keys, "paid_at": chosen["paid_at"][2], "amount_fen": amount,
+            "store_id": stores[store_code] if store_code else None, "store_code": store_code,
+            "channel": chosen["channel"][2] if "channel" in chosen else None,
+            "lines": [line for _, line in described]}
+
+
+def order_row(get, stores: dict[str, int]) -> dict[str, Any]:
+    """An order of one row: `get(column)` returns the raw cell (or None when the file has no such column)."""
+    try:
+        return order_group([(1, get)], stores)
+    except GroupError as exc:
+        raise next(iter(exc.errors.values())) from None
 
 
 _YES = {"yes", "y", "true", "1", "是", "同意", "已同意", "订阅", "接收"}

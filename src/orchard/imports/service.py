@@ -26,7 +26,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from orchard.db import get_engine, transaction
-from orchard.errors import OrchardError
+from orchard.errors import InvalidInput, OrchardError, validation_errors
 from orchard.events import ingest
 from orchard.events.models import Refund
 from orchard.events.schemas import EventIn, Outcome, RefundIn
@@ -90,14 +90,15 @@ def run_import(kind: str, path: Path, *, source: str = "import", report_path: Pa
         stores = dict(s.execute(select(OrgUnit.code, OrgUnit.id).where(OrgUnit.kind == "store")).tuples().all())
     fast = kind in _FAST and get_engine().dialect.name == "postgresql"
     size = batch_size or (PG_BATCH_SIZE if fast else BATCH_SIZE)
+    batches = _batches(_units(kind, table.rows, mapping), size)
     try:
         if fast:
-            _pipelined(kind, _batches(table.rows, size), mapping, stores, source, result, report, progress)
+            _pipelined(kind, batches, mapping, stores, source, result, report, progress)
         else:
-            for batch in _batches(table.rows, size):
+            for batch in batches:
                 _write_batch(kind, batch, mapping, stores, source, result, report)
                 if progress:
-                    progress(len(batch))
+                    progress(sum(len(unit.rows) for unit in batch))
     finally:
         report.close()
     result.report_path = report.path if (result.errors or result.warnings) else None
@@ -120,46 +121,130 @@ def _check_required(kind: str, mapping: dict[str, int]) -> None:
             raise FileUnreadable(f"the header has no column for {' / '.join(options)}")
 
 
-def _record(result: ImportResult, report: _Report, warning_column: str, row_no: int, values: list[Any],
+#: Per kind, the column that names an item: an id received before with another body is reported there.
+_ID_COLUMN = {"orders": "order_id", "members": "identities", "refunds": "refund_id", "events": "event_id"}
+
+_Rows = list[tuple[int, list[Any]]]
+
+
+@dataclass
+class _Unit:
+    """What becomes one item: one row, or (orders) the consecutive rows of one order, one per line.
+    `oversize`: rows of an order with more lines than an order may have, none of them imported."""
+    rows: _Rows
+    oversize: bool = False
+
+
+def _units(kind: str, table_rows: Iterator[tuple[int, list[Any]]], mapping: dict[str, int]) -> Iterator[_Unit]:
+    """Rows grouped into units, streaming: an order's rows are held only until the order id changes
+    (and never more than rows.MAX_LINES + 1 of them: the rest of an oversize order follows in chunks)."""
+    if kind != "orders":
+        for item in table_rows:
+            yield _Unit([item])
+        return
+    at = mapping["order_id"]
+    group: _Rows = []
+    current, oversize = "", False
+    for item in table_rows:
+        values = item[1]
+        order_id = rows.text(values[at]) if at < len(values) else ""
+        if group and (order_id != current or not order_id):
+            yield _Unit(group, oversize)
+            group, oversize = [], False
+        elif len(group) > rows.MAX_LINES:
+            yield _Unit(group, True)
+            group, oversize = [], True
+        group.append(item)
+        current = order_id
+    if group:
+        yield _Unit(group, oversize)
+
+
+def _parse(kind: str, unit: _Unit, mapping: dict[str, int], stores: dict[str, int]
+           ) -> tuple[dict[str, Any] | None, dict[int, rows.RowError]]:
+    """(the clean item, {}) or (None, the bad rows' errors)."""
+    if unit.oversize:
+        return None, {n: rows.RowError("order_id", f"more than {rows.MAX_LINES} rows (lines) for one order")
+                      for n, _ in unit.rows}
+    if kind != "orders":
+        row_no, values = unit.rows[0]
+        try:
+            return _KINDS[kind][0](rows.cells(values, mapping).get, stores), {}
+        except rows.RowError as exc:
+            return None, {row_no: exc}
+    group, errors = [], {}
+    for row_no, values in unit.rows:
+        try:
+            group.append((row_no, rows.cells(values, mapping).get))
+        except rows.RowError as exc:
+            errors[row_no] = exc
+    try:
+        clean = rows.order_group(group, stores) if group else None
+    except rows.GroupError as exc:
+        errors.update(exc.errors)
+    return (None, dict(sorted(errors.items()))) if errors else (clean, {})
+
+
+def _reject(result: ImportResult, report: _Report, unit: _Unit, errors: dict[int, rows.RowError]) -> None:
+    """Report every row of a unit that is not imported: the bad rows with their reason, the other rows
+    of the same order as rejected with it (nothing of an order is half-written)."""
+    first_bad = next(iter(errors))
+    for row_no, values in unit.rows:
+        error = errors.get(row_no) or rows.RowError(
+            "order_id", f"not imported: row {first_bad} of the same order has an error")
+        result.errors += 1
+        report.add(row_no, error.column, error.reason, "error", values)
+
+
+def _record(result: ImportResult, report: _Report, kind: str, unit: _Unit,
             outcome: pg_bulk.RowOutcome | OrchardError | rows.RowError) -> None:
-    """Count one row's outcome and report it if it is an error or carries a warning."""
+    """Count one unit's outcome (once: an order of several rows is one order) and report it if it is an
+    error (on every row of the unit) or carries a warning (on its first row)."""
     if isinstance(outcome, rows.RowError):
-        result.errors += 1
-        report.add(row_no, outcome.column, outcome.reason, "error", values)
+        _reject(result, report, unit, {n: outcome for n, _ in unit.rows})
     elif isinstance(outcome, OrchardError):
-        result.errors += 1
-        report.add(row_no, outcome.errors[0]["field"] if outcome.errors else outcome.code, outcome.detail, "error",
-                   values)
+        code = outcome.extra.get("code", outcome.code)
+        error = (rows.RowError(outcome.errors[0]["field"], outcome.detail) if outcome.errors
+                 else rows.RowError(_ID_COLUMN[kind], f"{outcome.detail} ({code})") if code == "ingest.id_reused"
+                 else rows.RowError(code, outcome.detail))
+        _reject(result, report, unit, {n: error for n, _ in unit.rows})
     else:
         status, warning = outcome
         setattr(result, status, getattr(result, status) + 1)
         if warning:
             result.warnings += 1
-            report.add(row_no, warning_column, warning, "warning", values)
+            row_no, values = unit.rows[0]
+            report.add(row_no, _KINDS[kind][2], warning, "warning", values)
 
 
-def _write_batch(kind: str, batch: list[tuple[int, list[Any]]], mapping: dict[str, int], stores: dict[str, int],
+def _write_batch(kind: str, batch: list[_Unit], mapping: dict[str, int], stores: dict[str, int],
                  source: str, result: ImportResult, report: _Report) -> None:
-    parse, write, warning_column = _KINDS[kind]
+    write = _KINDS[kind][1]
     with transaction() as session:
-        for row_no, values in batch:
-            result.rows += 1
+        for unit in batch:
+            result.rows += len(unit.rows)
+            clean, errors = _parse(kind, unit, mapping, stores)
+            if errors:
+                _reject(result, report, unit, errors)
+                continue
             try:
-                clean = parse(rows.cells(values, mapping).get, stores)
                 with session.begin_nested():
                     outcome = write(session, clean, source)
             except (rows.RowError, OrchardError) as exc:
                 outcome = exc
-            _record(result, report, warning_column, row_no, values, outcome)
+            _record(result, report, kind, unit, outcome)
 
 
-def _batches(table_rows: Iterator[tuple[int, list[Any]]], size: int) -> Iterator[list[tuple[int, list[Any]]]]:
-    batch: list[tuple[int, list[Any]]] = []
-    for item in table_rows:
-        batch.append(item)
-        if len(batch) >= size:
+def _batches(units: Iterator[_Unit], size: int) -> Iterator[list[_Unit]]:
+    """Units in batches of about `size` rows; a unit (an order's rows) is never split between batches."""
+    batch: list[_Unit] = []
+    count = 0
+    for unit in units:
+        batch.append(unit)
+        count += len(unit.rows)
+        if count >= size:
             yield batch
-            batch = []
+            batch, count = [], 0
     if batch:
         yield batch
 
@@ -167,22 +252,21 @@ def _batches(table_rows: Iterator[tuple[int, list[Any]]], size: int) -> Iterator
 @dataclass
 class _Prepared:
     rows: int
-    items: list[tuple[int, dict[str, Any]]]
-    values_of: dict[int, list[Any]]
+    items: list[tuple[int, dict[str, Any]]]  # (the unit's first row number, clean item)
+    unit_of: dict[int, _Unit]
 
 
-def _pipelined(kind: str, batches: Iterator[list[tuple[int, list[Any]]]], mapping: dict[str, int],
+def _pipelined(kind: str, batches: Iterator[list[_Unit]], mapping: dict[str, int],
                stores: dict[str, int], source: str, result: ImportResult, report: _Report,
                progress: Callable[[int], None] | None) -> None:
     """Orders and members on PostgreSQL: while one batch is written (COPY and set-based SQL,
     imports.pg_orders / pg_members) by a writer thread, the next is read and validated here — the
     database works on one core while Python validates on the other. Batches still commit one at a
     time, in file order."""
-    warning_column = _KINDS[kind][2]
 
     def finish(prepared: _Prepared, outcome: dict[int, pg_bulk.RowOutcome | OrchardError]) -> None:
-        for row_no, _ in prepared.items:
-            _record(result, report, warning_column, row_no, prepared.values_of[row_no], outcome[row_no])
+        for key, _ in prepared.items:
+            _record(result, report, kind, prepared.unit_of[key], outcome[key])
         if progress:
             progress(prepared.rows)
 
@@ -197,21 +281,20 @@ def _pipelined(kind: str, batches: Iterator[list[tuple[int, list[Any]]]], mappin
             finish(pending[0], pending[1].result())
 
 
-def _prepare(kind: str, batch: list[tuple[int, list[Any]]], mapping: dict[str, int], stores: dict[str, int],
+def _prepare(kind: str, batch: list[_Unit], mapping: dict[str, int], stores: dict[str, int],
              source: str, result: ImportResult, report: _Report) -> _Prepared:
-    parse = _KINDS[kind][0]
-    prepared = _Prepared(len(batch), [], {})
-    for row_no, values in batch:
-        result.rows += 1
-        try:
-            clean = parse(rows.cells(values, mapping).get, stores)
-        except rows.RowError as exc:
-            _record(result, report, _KINDS[kind][2], row_no, values, exc)
+    prepared = _Prepared(sum(len(unit.rows) for unit in batch), [], {})
+    for unit in batch:
+        result.rows += len(unit.rows)
+        clean, errors = _parse(kind, unit, mapping, stores)
+        if errors:
+            _reject(result, report, unit, errors)
             continue
         if kind == "orders":  # hashed here, off the writer thread
             clean["body_hash"] = pg_orders.order_fingerprint(clean, source)
-        prepared.items.append((row_no, clean))
-        prepared.values_of[row_no] = values
+        key = unit.rows[0][0]
+        prepared.items.append((key, clean))
+        prepared.unit_of[key] = unit
     return prepared
 
 
@@ -221,8 +304,12 @@ def _store(kind: str, prepared: _Prepared, source: str) -> dict[int, pg_bulk.Row
 
 
 def _order(session: Session, clean: dict[str, Any], source: str) -> tuple[str, str | None]:
-    outcome = ingest.ingest(session, principal=SYSTEM, kind="order", data=pg_orders.order_model(clean, source),
-                            earn=False)
+    try:
+        data = pg_orders.order_model(clean, source)
+    except ValidationError as exc:  # the row validators catch all of this first; never a crash if not
+        errors = validation_errors(list(exc.errors()))
+        raise InvalidInput(errors[0]["reason"], errors=errors) from None
+    outcome = ingest.ingest(session, principal=SYSTEM, kind="order", data=data, earn=False)
     return ("created" if outcome.status == "created" else "unchanged"), None
 
 
