@@ -142,7 +142,10 @@ class WebhookProvider:
         status = d.get("status")
         if status not in ("delivered", "failed", "read", "clicked"):
             raise WebhookVerificationError(f"unknown status {status!r}")
-        at = datetime.fromisoformat(d["at"]) if d.get("at") else datetime.now(UTC)
+        try:
+            at = datetime.fromisoformat(d["at"]) if d.get("at") else datetime.now(UTC)
+        except (TypeError, ValueError) as exc:
+            raise WebhookVerificationError("bad 'at' timestamp") from exc
         return [StatusUpdate(provider_message_id=d.get("message_id"), message_id=d.get("message_id"),
                              status=status, at=at, raw=data)]
 
