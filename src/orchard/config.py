@@ -8,7 +8,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -52,6 +52,60 @@ class Settings(BaseSettings):
     #: properties name it: {"order_id": external id[, "order_source": …]}), e.g. "order_delivered"
     #: or "return_window_closed"; empty: no such wait.
     points_order_pending_event: str = Field("", max_length=64)
+
+    # ---- Channel providers (orchard.channels.providers builds those that are configured) -----------------------
+    #: Channel name → provider, e.g. "sms=aliyun,email=smtp"; a channel not listed uses its only configured
+    #: provider, or the log provider when `channels_log_fallback` is on. Providers: sms: aliyun|tencent|log;
+    #: wechat_oa, wechat_mp: wechat|log; app_push: jpush|log; email: smtp|log; webhook: webhook|log; wecom: log.
+    channels: str = ""
+    #: Channels with no configured provider write to the log instead (the demo); off: they have no provider.
+    channels_log_fallback: bool = False
+    #: Aliyun SMS (Dysmsapi SendSms, POP v1 HMAC-SHA1): RAM AccessKey id / secret, default sign name.
+    sms_aliyun_access_key_id: str = ""
+    sms_aliyun_access_key_secret: SecretStr = SecretStr("")
+    sms_aliyun_sign_name: str = ""
+    sms_aliyun_region_id: str = "cn-hangzhou"
+    sms_aliyun_endpoint: str = "https://dysmsapi.aliyuncs.com"
+    #: Tencent Cloud SMS (SendSms 2021-01-11, TC3-HMAC-SHA256): SecretId / SecretKey, SmsSdkAppId, sign name.
+    sms_tencent_secret_id: str = ""
+    sms_tencent_secret_key: SecretStr = SecretStr("")
+    sms_tencent_sdk_app_id: str = ""
+    sms_tencent_sign_name: str = ""
+    sms_tencent_region: str = "ap-guangzhou"
+    sms_tencent_endpoint: str = "https://sms.tencentcloudapi.com"
+    #: WeChat official account (template messages): appid / appsecret, and the server-URL token that signs pushed
+    #: events (TEMPLATESENDJOBFINISH).
+    wechat_oa_appid: str = ""
+    wechat_oa_secret: SecretStr = SecretStr("")
+    wechat_oa_callback_token: SecretStr = SecretStr("")
+    #: WeChat mini-program (subscribe messages): appid / appsecret, push token, and which version a tap opens
+    #: (formal | trial | developer).
+    wechat_mp_appid: str = ""
+    wechat_mp_secret: SecretStr = SecretStr("")
+    wechat_mp_callback_token: SecretStr = SecretStr("")
+    wechat_mp_state: Literal["formal", "trial", "developer"] = "formal"
+    #: WeChat API base URL (both accounts).
+    wechat_endpoint: str = "https://api.weixin.qq.com"
+    #: JPush REST v3: appKey / masterSecret; APNs production (false for development builds).
+    push_jpush_app_key: str = ""
+    push_jpush_master_secret: SecretStr = SecretStr("")
+    push_jpush_apns_production: bool = True
+    push_jpush_endpoint: str = "https://api.jpush.cn"
+    #: SMTP: host, port, security (starttls | ssl | none), login, sender, and the mailbox that takes mailto:
+    #: unsubscribe requests (List-Unsubscribe).
+    email_smtp_host: str = ""
+    email_smtp_port: int = 587
+    email_smtp_security: Literal["starttls", "ssl", "none"] = "starttls"
+    email_smtp_username: str = ""
+    email_smtp_password: SecretStr = SecretStr("")
+    email_from_address: str = ""
+    email_from_name: str = ""
+    email_unsubscribe_mailto: str = ""
+    #: Generic webhook: Standard Webhooks secret (whsec_<base64>) and the URL used for recipient "default".
+    webhook_secret: SecretStr = SecretStr("")
+    webhook_default_url: str = ""
+    #: Seconds an HTTP provider call may take before it counts as a (transient) timeout.
+    channels_http_timeout: float = Field(10.0, gt=0, le=120)
 
 
 @lru_cache
