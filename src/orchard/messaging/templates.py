@@ -17,6 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from orchard.audit.service import record
+from orchard.channels.sms import check_sms_template
 from orchard.errors import Conflict, InvalidInput, NotFound
 from orchard.kit.clock import utcnow
 from orchard.messaging.models import CHANNELS, PURPOSES, MessageTemplate
@@ -35,8 +36,6 @@ SAMPLE: dict[str, Any] = {
     "brand": {"name": "Orchard"},
     "link": lambda url: url,
 }
-#: Marketing SMS must carry an opt-out line (工信部: 退订方式); checked again by the SMS adapters.
-SMS_OPT_OUT = ("拒收请回复R", "回T退订", "退订回T", "回TD退订", "退订回TD", "回复T退订", "回复TD退订")
 
 
 def render(text: str, context: dict[str, Any]) -> str:
@@ -70,8 +69,11 @@ def check(template: MessageTemplate) -> None:
     if template.channel == "sms":
         if not template.sign_name:
             raise InvalidInput.field("sign_name", "an SMS template needs its signature (签名)")
-        if template.purpose == "marketing" and not any(o in template.body.replace(" ", "") for o in SMS_OPT_OUT):
-            raise InvalidInput.field("body", "a marketing SMS must carry an opt-out line, e.g. 拒收请回复R or 回T退订")
+        # The vendors' registration rules (the signature is sent as the sign name, 【】 added by them).
+        verdict = check_sms_template(f"【{template.sign_name}】{template.body}", template.purpose,
+                                     sign_name=template.sign_name)
+        if not verdict.ok:
+            raise InvalidInput.field("body", "; ".join(verdict.reasons))
     if template.channel == "email" and not template.subject:
         raise InvalidInput.field("subject", "an e-mail needs a subject")
 

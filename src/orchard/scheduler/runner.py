@@ -82,6 +82,13 @@ def _journeys_advance(session: Session, now: dt.datetime) -> Any:
     return engine.advance(session, now=now)
 
 
+def _outbox_dispatch(session: Session, now: dt.datetime) -> Any:
+    from orchard.messaging import outbox, sending
+
+    del session  # dispatch runs its own short transactions (one per message)
+    return outbox.dispatch(sending.providers(), now=now, to_outbound=sending.to_outbound)
+
+
 def _points_expire(session: Session, now: dt.datetime) -> Any:
     from orchard.loyalty.expiry import expire_due
 
@@ -105,6 +112,7 @@ JOBS: tuple[Job, ...] = (
     Job("segments.refresh_due", _segments_due, every=300),
     Job("journeys.sweep", _journeys_sweep, every=30, lease_seconds=900),
     Job("journeys.advance", _journeys_advance, every=5, lease_seconds=600),
+    Job("outbox.dispatch", _outbox_dispatch, every=2, lease_seconds=600),
     Job("refresh.nightly", _refresh_all, daily_at=dt.time(3, 0), lease_seconds=4 * 3600),
     Job("points.expire", _points_expire, daily_at=dt.time(0, 10)),
     Job("coupons.expire", _coupons_expire, daily_at=dt.time(0, 20)),
