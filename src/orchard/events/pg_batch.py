@@ -219,4 +219,4 @@ def _home_stores(session: Session, ids: set[int]) -> dict[int, int | None]:
     if not ids:
         return {}
     return dict(session.execute(text("SELECT id, home_store_id FROM members WHERE id = ANY(:ids)"),
-                                {"ids": sorted(ids)}).tuples())
+                                {"ids": sorted(ids)}).all())
