@@ -103,7 +103,8 @@ _TABLES = {
 
 @pytest.fixture(scope="module")
 def two_databases(database):
-    """(fast, per-item) engines on two fresh, migrated PostgreSQL databases."""
+    """(fast, per-item) engines on two fresh, migrated PostgreSQL databases (the first is the fixture
+    database: the tests take `clean_db` so that it is left empty)."""
     if not database.startswith("postgresql"):
         pytest.skip("the fast path is PostgreSQL's")
     url, name = conftest._create_pg_database()
@@ -177,7 +178,8 @@ _LINKED_LATER = [_event("F1", "login", {"anonymous_id": "A2"}, None, -1, {}),
 @example(batch=_LINKED_LATER, scoped=False)
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(batch=st.lists(item, min_size=1, max_size=25), scoped=st.sampled_from([False, False, True]))
-def test_the_fast_path_answers_and_writes_what_the_per_item_path_does(two_databases, monkeypatch, batch, scoped):
+def test_the_fast_path_answers_and_writes_what_the_per_item_path_does(two_databases, clean_db, monkeypatch, batch,
+                                                                     scoped):
     fast_db, slow_db = two_databases
     for e in two_databases:
         _reset(e)
@@ -187,7 +189,7 @@ def test_the_fast_path_answers_and_writes_what_the_per_item_path_does(two_databa
     assert _tables(fast_db) == _tables(slow_db)
 
 
-def test_the_fast_path_takes_the_plain_events_of_known_members(two_databases, monkeypatch):
+def test_the_fast_path_takes_the_plain_events_of_known_members(two_databases, clean_db, monkeypatch):
     """Not a vacuous oracle: plain events of known members are written by the fast path (its
     insert, no per-item savepoint), the rest by the per-item path."""
     fast_db, _ = two_databases
@@ -222,7 +224,7 @@ def test_the_fast_path_takes_the_plain_events_of_known_members(two_databases, mo
     assert dirty == {1, 2, 5}
 
 
-def test_concurrent_fast_batches_sharing_members_neither_deadlock_nor_lose_events(two_databases):
+def test_concurrent_fast_batches_sharing_members_neither_deadlock_nor_lose_events(two_databases, clean_db):
     """Four batches at once, each 300 events over the same 30 known members in a different order,
     some ids sent by two batches: every event stored once, each batch's answer consistent, every
     member's aggregates equal a recomputation."""
