@@ -134,7 +134,7 @@ def _write(session: Session, *, principal: Principal, kind: str, data: Any, body
     earning.release_on_event(session, name=data.name, source=data.source, properties=data.properties)
     if member_id is not None:
         aggregates.on_event(session, member_id=member_id, name=data.name, occurred_at=occurred)
-        if earn:
+        if earn and data.name in earning.event_names(session):
             earning.on_event(session, event_id=event_id, member_id=member_id, name=data.name, occurred_at=occurred,
                              store_id=store_id, properties=data.properties)
     return Outcome(type="event", status="created", id=event_id, member_id=member_id, member_created=created)

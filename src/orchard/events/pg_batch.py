@@ -37,7 +37,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from orchard.auth.service import Principal
@@ -47,8 +47,7 @@ from orchard.events import aggregates
 from orchard.events.schemas import EventIn, Outcome
 from orchard.identity.normalize import InvalidIdentity, normalize
 from orchard.kit.clock import as_utc, utcnow
-from orchard.loyalty.models import EarningRule, LoyaltyTask
-from orchard.loyalty.rules import parse_config
+from orchard.loyalty import earning
 
 _INSERT = text(
     "INSERT INTO events (source, external_id, body_hash, member_id, anonymous_id, name, store_id, occurred_at, "
@@ -186,10 +185,7 @@ def _json(value: dict[str, Any]) -> str | None:
 def _earning_names(session: Session) -> set[str]:
     """Event names whose items need the earning hooks: active event rules and event tasks, and the
     event pending points wait for."""
-    names = {parse_config("event", cfg).event for cfg in session.scalars(
-        select(EarningRule.config).where(EarningRule.status == "active", EarningRule.kind == "event"))}
-    names |= {e for e in session.scalars(select(LoyaltyTask.event).where(
-        LoyaltyTask.active.is_(True), LoyaltyTask.kind == "event")) if e}
+    names = set(earning.event_names(session))
     if wanted := get_settings().points_order_pending_event:
         names.add(wanted)
     return names
