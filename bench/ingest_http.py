@@ -3,6 +3,7 @@ the test suite. Results go to docs/benchmarks.md ("HTTP ingestion").
 
     .venv/bin/python bench/ingest_http.py [--workers 1,2] [--single 10000] [--concurrency 32]
                                           [--batches 20] [--batch-concurrency 2] [--members 3000]
+                                          [--new-share 0.1] [--order-share 0.2]
 
 For each worker count: a fresh PostgreSQL database, `orchard db upgrade`, an HQ and four stores, an
 integrator API key (`orchard apikeys create`), then `orchard serve --workers N` as a child process.
@@ -80,10 +81,13 @@ def when(rng: random.Random) -> str:
     return t.isoformat(timespec="seconds")
 
 
-def item(rng: random.Random, ext: str, m: int, order_share: float = 0.2) -> dict:
+ORDER_SHARE = [0.2]  # --order-share
+
+
+def item(rng: random.Random, ext: str, m: int, order_share: float | None = None) -> dict:
     """One order or behaviour event (with its batch `type`)."""
     store = rng.choice(STORES)
-    if rng.random() < order_share:
+    if rng.random() < (ORDER_SHARE[0] if order_share is None else order_share):
         lines = []
         for _ in range(rng.choice((1, 1, 2, 3))):
             sku, name, cat, price = rng.choice(PRODUCTS)
@@ -423,10 +427,12 @@ def main() -> None:
     ap.add_argument("--batch-concurrency", type=int, default=2)
     ap.add_argument("--members", type=int, default=3000, help="known members, seeded before the clock starts")
     ap.add_argument("--new-share", type=float, default=0.1, help="share of items from people never seen before")
+    ap.add_argument("--order-share", type=float, default=0.2, help="share of orders among the timed items")
     ap.add_argument("--max-seconds", type=float, default=60, help="stop a phase after this long")
     ap.add_argument("--seed", type=int, default=3)
     ap.add_argument("--py-spy", metavar="DIR", help="record py-spy profiles of the server workers into DIR")
     args = ap.parse_args()
+    ORDER_SHARE[0] = args.order_share
     print(f"{os.cpu_count()} CPUs; load average {loadavg()} (1/5/15 min)")
     rows = []
     for w in (int(x) for x in args.workers.split(",")):

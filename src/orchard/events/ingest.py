@@ -15,6 +15,7 @@ from __future__ import annotations
 import random
 import re
 import time
+from collections import Counter
 from typing import Any
 
 from pydantic import ValidationError
@@ -24,7 +25,7 @@ from sqlalchemy.orm import Session
 
 from orchard.auth.service import Principal
 from orchard.errors import Conflict, InvalidInput, OrchardError, validation_errors
-from orchard.events import aggregates, orders
+from orchard.events import aggregates, orders, pg_batch
 from orchard.events.members_ref import resolve_ref
 from orchard.events.models import Event, Order, Refund
 from orchard.events.schemas import BatchOut, EventIn, ItemResult, OrderIn, Outcome, RefundIn
@@ -133,7 +134,7 @@ def _write(session: Session, *, principal: Principal, kind: str, data: Any, body
     earning.release_on_event(session, name=data.name, source=data.source, properties=data.properties)
     if member_id is not None:
         aggregates.on_event(session, member_id=member_id, name=data.name, occurred_at=occurred)
-        if earn:
+        if earn and data.name in earning.event_names(session):
             earning.on_event(session, event_id=event_id, member_id=member_id, name=data.name, occurred_at=occurred,
                              store_id=store_id, properties=data.properties)
     return Outcome(type="event", status="created", id=event_id, member_id=member_id, member_created=created)
@@ -216,6 +217,21 @@ def _wait_for_winner(session: Session, me: int | None, exc: OperationalError, ti
         time.sleep(0.05)
 
 
+def _fast_events(session: Session, principal: Principal, parsed: list, keys: list[tuple[str, str, str]],
+                 known: dict, hashes: dict[int, str]) -> dict[int, Outcome]:
+    """The behaviour events the PostgreSQL set-based path takes (`pg_batch`): new ones whose id
+    occurs once in the batch; it decides which of those it can write and returns their outcomes."""
+    if not pg_batch.applies(session):
+        return {}
+    counts = Counter(keys)
+    candidates = [pg_batch.Candidate(i, p[1], hashes[i]) for i, p in enumerate(parsed)
+                  if not isinstance(p, OrchardError) and p[0] == "event"
+                  and counts[("event", p[1].source, p[1].external_id)] == 1
+                  and ("event", p[1].source, p[1].external_id) not in known]
+    return pg_batch.write_events(session, principal=principal, items=candidates,
+                                 linkable=pg_batch.linkable_anonymous_ids(parsed))
+
+
 def _ingest_batch(session: Session, *, principal: Principal, items: list[Any]) -> BatchOut:
     """Items are validated first; the ids already received are looked up in one query per kind; the
     rest are written one by one (each in its own savepoint), their aggregate changes applied at the end."""
@@ -228,15 +244,20 @@ def _ingest_batch(session: Session, *, principal: Principal, items: list[Any]) -
     keys = [(p[0], p[1].source, p[1].external_id) for p in parsed if not isinstance(p, OrchardError)]
     looked_up = set(keys)
     known = _received(session, keys)
+    hashes = {i: body_fingerprint(p[1]) for i, p in enumerate(parsed) if not isinstance(p, OrchardError)}
     results = []
     with aggregates.deferred(session):
+        fast = _fast_events(session, principal, parsed, keys, known, hashes)
         for index, item in enumerate(parsed):
             try:
                 if isinstance(item, OrchardError):
                     raise item
+                if index in fast:
+                    results.append(ItemResult(index=index, ok=True, outcome=fast[index]))
+                    continue
                 kind, data = item
                 key = (kind, data.source, data.external_id)
-                body_hash = body_fingerprint(data)
+                body_hash = hashes[index]
                 outcome = None
                 if key in known:
                     outcome = _replayed(kind, data.source, data.external_id, body_hash, known[key])

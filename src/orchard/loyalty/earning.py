@@ -31,7 +31,15 @@ from orchard.config import get_settings
 from orchard.events.models import Order, OrderLine, Refund
 from orchard.kit.clock import utcnow
 from orchard.loyalty import anomalies, growth, ledger, policy, tasks, tiers
-from orchard.loyalty.models import EarningRule, GrowthAccount, GrowthEntry, PointsAward, PointsEntry, PointsLot
+from orchard.loyalty.models import (
+    EarningRule,
+    GrowthAccount,
+    GrowthEntry,
+    LoyaltyTask,
+    PointsAward,
+    PointsEntry,
+    PointsLot,
+)
 from orchard.loyalty.rules import (
     CapsUsed,
     Cart,
@@ -140,6 +148,33 @@ def _order_points(session: Session, order: Order, cart: Cart, rules: list[Rule],
         if (flag := anomalies.open_flag(session, order.member_id)) is not None:
             anomalies.hold(session, entry, flag)
     return entry
+
+
+_EVENT_NAMES = "orchard.earning.event_names"
+
+
+def event_names(session: Session) -> frozenset[str]:
+    """The event names `on_event` can act on: those of active event rules (points or growth) and of
+    active event tasks. For any other name `on_event` does nothing, so callers skip it.
+
+    Remembered for the session's current transaction (one request or batch) and forgotten when it
+    ends: rules and tasks are edited through their own requests, so a transaction that ingests does
+    not change them (one that did would have to call `forget_event_names`)."""
+    txn = session.get_transaction()
+    cached = session.info.get(_EVENT_NAMES)
+    if cached is not None and cached[0] is txn:
+        return cached[1]
+    names = frozenset(n for n in session.scalars(
+        select(EarningRule.config["event"].as_string()).where(EarningRule.status == "active",
+                                                              EarningRule.kind == "event")
+        .union(select(LoyaltyTask.event).where(LoyaltyTask.active.is_(True), LoyaltyTask.kind == "event")))
+        if n)
+    session.info[_EVENT_NAMES] = (txn, names)
+    return names
+
+
+def forget_event_names(session: Session) -> None:
+    session.info.pop(_EVENT_NAMES, None)
 
 
 def on_event(session: Session, *, event_id: int, member_id: int, name: str, occurred_at: dt.datetime,
