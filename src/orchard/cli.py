@@ -854,5 +854,21 @@ def journeys_advance(limit: int = 10_000) -> None:
                   f"completed {st.completed:,}, exited {st.exited:,}")
 
 
+@app.command("worker")
+def worker(tick: Annotated[float, typer.Option(help="seconds between rounds")] = 2.0) -> None:
+    """Run the periodic jobs without serving HTTP: journey sweeps and steps, message dispatch, segment
+    sweeps and refreshes, expiry. Run several on PostgreSQL: jobs are leased, claims use SKIP LOCKED."""
+    from orchard.scheduler.runner import Scheduler
+
+    console.print("worker started (Ctrl-C to stop)")
+    scheduler = Scheduler(tick_seconds=tick)
+    scheduler.start()
+    try:
+        while True:
+            scheduler._stop.wait(3600)
+    except KeyboardInterrupt:
+        scheduler.stop()
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

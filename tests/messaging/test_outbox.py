@@ -213,3 +213,22 @@ def test_tracked_links_record_the_click_and_redirect(client, world):
         link = s.scalar(select(ShortLink))
         assert link.clicks == 2 and s.get(Message, m.id).clicked_at is not None
     assert client.get("/t/nope", follow_redirects=False).status_code == 404
+
+
+def test_an_opt_out_reply_withdraws_sms_marketing_consent_at_once(client, world):
+    from tests.factories import headers, make_org, token_for
+
+    make_org()
+    admin = headers(token_for(client, "admin"))
+    queued = decide("k", world["a"])
+    r = client.post("/api/v1/channels/sms/replies", headers=admin,
+                    json={"phone": "138 0000 0001", "text": " ｔｄ ", "provider": "aliyun"})
+    assert r.status_code == 200 and r.json() == {"phone": "+8613800000001", "opt_out": True, "members": [world["a"]]}
+    not_opt_out = client.post("/api/v1/channels/sms/replies", headers=admin,
+                              json={"phone": "13800000002", "text": "谢谢"}).json()
+    assert not_opt_out["opt_out"] is False
+    outbox.dispatch({"sms": Recorder()}, now=NOON)
+    with db.transaction(readonly=True) as s:
+        assert s.get(Message, queued.id).reason == "consent.sms"
+    assert client.post("/api/v1/channels/sms/replies", headers=admin,
+                       json={"phone": "abc", "text": "T"}).status_code == 422

@@ -194,6 +194,23 @@ def set_policy(body: respect.Policy, session: SessionDep, principal: Actor(Perm.
     return respect.set_policy(session, body, actor=principal.actor).model_dump(mode="json")
 
 
+class ReplyIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    phone: Annotated[str, Field(min_length=3, max_length=40)]
+    text: Annotated[str, Field(max_length=500)]
+    provider: Annotated[str, Field(max_length=32)] | None = None
+
+
+@router.post("/channels/sms/replies", operation_id="receiveSmsReply")
+def sms_reply(body: ReplyIn, session: SessionDep, principal: Actor(Perm.events_ingest)) -> dict:
+    """An inbound SMS reply (forwarded by the SMS gateway integration): T / TD / R / 退订 withdraw SMS
+    marketing consent at once for every member with that number (audited, with the reply as source)."""
+    from orchard.messaging import replies
+
+    return replies.handle_reply(session, phone=body.phone, text=body.text, provider=body.provider,
+                                actor=principal.actor)
+
+
 # -- staff tasks, subscribe grants -----------------------------------------------------------------
 
 class CloseIn(BaseModel):
