@@ -232,3 +232,21 @@ def test_an_opt_out_reply_withdraws_sms_marketing_consent_at_once(client, world)
         assert s.get(Message, queued.id).reason == "consent.sms"
     assert client.post("/api/v1/channels/sms/replies", headers=admin,
                        json={"phone": "abc", "text": "T"}).status_code == 422
+
+
+def test_contact_policy_api_validates_and_audits(client):
+    from tests.factories import headers, make_org, token_for
+
+    make_org()
+    admin = headers(token_for(client, "admin"))
+    assert client.get("/api/v1/contact-policy", headers=admin).json()["quiet_hours"] == {"start": "08:00:00",
+                                                                                      "end": "21:00:00"}
+    bad = client.put("/api/v1/contact-policy", headers=admin, json={"quiet_hours": {"end": "00:01:39Z"}})
+    assert bad.status_code == 422 and "offset" in bad.text
+    bad = client.put("/api/v1/contact-policy", headers=admin, json={"quiet_hours": {"start": "22:00", "end": "09:00"}})
+    assert bad.status_code == 422
+    bad = client.put("/api/v1/contact-policy", headers=admin, json={"caps": {"fax": {"max": 1, "days": 7}}})
+    assert bad.status_code == 422
+    ok = client.put("/api/v1/contact-policy", headers=admin, json={"caps": {"all": {"max": 2, "days": 7},
+                                                                            "sms": {"max": 1, "days": 30}}})
+    assert ok.status_code == 200 and ok.json()["caps"]["sms"] == {"max": 1, "days": 30}

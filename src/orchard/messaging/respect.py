@@ -54,6 +54,13 @@ class QuietHours(BaseModel):
     start: dt.time = dt.time(8, 0)
     end: dt.time = dt.time(21, 0)
 
+    @field_validator("start", "end")
+    @classmethod
+    def _local(cls, value: dt.time) -> dt.time:
+        if value.tzinfo is not None:
+            raise ValueError("a local time of day in the tenant's zone, without an offset (e.g. 08:00)")
+        return value
+
     @field_validator("end")
     @classmethod
     def _order(cls, end: dt.time, info) -> dt.time:
