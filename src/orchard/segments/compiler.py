@@ -141,6 +141,8 @@ def _column(spec: F.FieldSpec, cond: lang.Field, ctx: Context, path: str):
     name = spec.name
     if name in ("name", "gender", "birthday", "region", "source_channel", "joined_at", "reduce_disturbance"):
         return m.c[name]
+    if name == "home_store":  # compared by store code in `_home_store`; exists / not_exists read the id
+        return m.c.home_store_id
     if name == "birthday_month":
         return extract("month", m.c.birthday)
     if name in _AGG_FIELDS:
