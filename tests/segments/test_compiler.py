@@ -153,3 +153,27 @@ def test_preview_counts_each_condition(people):
     assert out["count"] == 1 and out["population"] == 4
     assert [(c["path"], c["count"]) for c in out["conditions"]] == [("$.all[0]", 2), ("$.all[1]", 1)]
     assert [m["name"] for m in out["sample"]] == ["amy"]
+
+
+def test_home_store_by_code_and_presence(clean_db):
+    from orchard.org.models import OrgUnit
+
+    with db.transaction() as s:
+        hq = OrgUnit(kind="hq", code="HQ", name="总部")
+        s.add(hq)
+        s.flush()
+        s1, s2 = OrgUnit(kind="store", code="S1", name="一店", parent_id=hq.id), \
+            OrgUnit(kind="store", code="S2", name="二店", parent_id=hq.id)
+        s.add_all([s1, s2])
+        s.flush()
+        member(s, "amy", home_store_id=s1.id)
+        member(s, "bob", home_store_id=s2.id)
+        member(s, "cat")
+    with db.transaction(readonly=True) as s:
+        assert matches(s, {"field": "home_store", "op": "eq", "value": "S1"}) == {"amy"}
+        assert matches(s, {"field": "home_store", "op": "in", "value": ["S1", "S2"]}) == {"amy", "bob"}
+        assert matches(s, {"field": "home_store", "op": "ne", "value": "S1"}) == {"bob"}
+        assert matches(s, {"field": "home_store", "op": "exists"}) == {"amy", "bob"}
+        assert matches(s, {"field": "home_store", "op": "not_exists"}) == {"cat"}
+        with pytest.raises(InvalidInput):
+            matches(s, {"field": "home_store", "op": "eq", "value": "NOPE"})
