@@ -29,6 +29,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from orchard import db
 from orchard.scoring import days
 from orchard.scoring.models import VALUE_TIERS
 from orchard.scoring.policy import Policy, get_policy
@@ -149,6 +150,7 @@ def refresh(session: Session, *, now: dt.datetime) -> dict[str, Any]:
     if policy.rfm.window_days is not None:
         params["cut_window"] = days.cut(now, policy.rfm.window_days)
     session.flush()
+    db.batch_memory(session)
     session.execute(text("DROP TABLE IF EXISTS scoring_rfm"))
     days.run(session, _base_sql(sql, policy), params)
     if sql.pg:

@@ -544,6 +544,38 @@ def flip_expression(ctx: Context):
     return func.nullif(func.min(*(func.coalesce(c, far) for c in candidates)), far)
 
 
+#: Fields whose value changes only with the member's own data (a write that queues the member for
+#: the real-time sweep) or in `orchard refresh` before the segments: never by the clock alone.
+_DATA_ONLY = {"name", "gender", "birthday_month", "region", "source_channel", "home_store", "reduce_disturbance",
+              "order_count", "total_spend_fen", "refund_fen", "avg_order_fen", "points_balance",
+              "lifecycle_stage", "rfm_class", "r_score", "f_score", "m_score", "recency_days", "value_tier"}
+
+
+def data_only(node: Any) -> bool:
+    """Whether a condition's answer can change only with the member's data, not with time: no
+    `days_since_*` / datetime boundary, behaviour window, birthday countdown or points expiry, and
+    nothing whose changes do not queue the member (tier, growth value, another segment's membership)."""
+    if isinstance(node, lang.All | lang.Any_ | lang.Not):
+        return all(data_only(child) for child, _ in lang.children(node, "$"))
+    if isinstance(node, lang.Field):
+        if node.field.startswith(F.ATTRIBUTE_PREFIX):
+            return True
+        if node.field == "birthday":
+            return node.op != "within_next_days"
+        return node.field in _DATA_ONLY
+    return isinstance(node, lang.Tag_ | lang.ConsentCond | lang.IdentityCond)
+
+
+def flip_gate(tree: Any, ctx: Context, root: str = "$") -> ColumnElement[bool] | None:
+    """The data-only conjuncts of a top-level `all`: a member failing one of them stays outside the
+    segment whatever the clock does, until its data changes (which queues it for the sweep, which
+    recomputes its flip) or the next refresh — so it needs no flip time. None when there is none."""
+    if not isinstance(tree, lang.All):
+        return None
+    parts = [compile_condition(child, ctx, path) for child, path in lang.children(tree, root) if data_only(child)]
+    return and_(*parts) if parts else None
+
+
 def _local_midnight_after(col, days: int, ctx: Context):
     if ctx.dialect == "postgresql":
         zone = ctx.zone.key

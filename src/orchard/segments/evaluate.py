@@ -155,8 +155,10 @@ def _flips(session: Session, segment: Segment, compiled: Compiled, restrict: Sel
     flip = C.flip_expression(compiled.ctx)
     if flip is None:
         return
+    # Only members who pass the definition's data-only conjuncts can change by time alone.
+    gate = C.flip_gate(compiled.tree, compiled.ctx)
     source = select(literal(segment.id), C.m.c.id, flip).select_from(C.frame(compiled.ctx)).where(
-        C.live(), flip.is_not(None))
+        C.live(), flip.is_not(None), *([gate] if gate is not None else []))
     if restrict is not None:
         source = source.where(C.m.c.id.in_(restrict))
     session.execute(insert(F.__table__).from_select(["segment_id", "member_id", "flip_at"], source))
