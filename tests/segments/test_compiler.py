@@ -155,6 +155,30 @@ def test_preview_counts_each_condition(people):
     assert [m["name"] for m in out["sample"]] == ["amy"]
 
 
+
+@pytest.mark.parametrize("definition", [
+    {"not": {"field": "last_order_at", "op": "within_last_days", "value": 30}},  # missing value: not → true
+    {"any": [{"field": "region", "op": "eq", "value": "上海"},
+             {"not": {"field": "region", "op": "eq", "value": "北京"}}]},
+    {"all": [{"not": {"tag": "VIP"}}, {"any": [{"field": "order_count", "op": "eq", "value": 0},
+                                             {"field": "avg_order_fen", "op": "lt", "value": 20_000}]}]},
+    {"all": [{"event": "product_viewed", "where": [{"prop": "category", "op": "eq", "value": "运动鞋"}],
+              "last_days": 30, "op": "lt", "value": 3},
+             {"not": {"field": "attributes.vip_level", "op": "gte", "value": 2}}]},
+    {"not": {"all": [{"consent": "sms"}, {"field": "birthday", "op": "within_next_days", "value": 3}]}},
+])
+def test_preview_agrees_with_the_member_query(people, definition):
+    """The preview combines per-condition columns; its count and sample are the saved query's answer,
+    NULLs (missing values) included."""
+    with db.transaction(readonly=True) as s:
+        expected = matches(s, definition)
+        out = evaluate.preview(s, principal=ADMIN, definition=definition, now=NOW, sample_size=2)
+        zero = evaluate.preview(s, principal=ADMIN, definition=definition, now=NOW, sample_size=0)
+    names = sorted(expected, key=lambda n: people[n])
+    assert out["count"] == zero["count"] == len(expected) and out["population"] == 4
+    assert [m["name"] for m in out["sample"]] == names[:2] and zero["sample"] == []
+    assert out["conditions"] == zero["conditions"]
+
 def test_home_store_by_code_and_presence(clean_db):
     from orchard.org.models import OrgUnit
 

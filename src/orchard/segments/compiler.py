@@ -20,6 +20,7 @@ Design, in short:
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -108,15 +109,20 @@ def context(session: Session, *, now: dt.datetime | None = None, self_code: str 
                    dialect=session.get_bind().dialect.name, self_code=self_code)
 
 
-def compile_condition(tree: Any, ctx: Context, path: str = "$") -> ColumnElement[bool]:
-    """The boolean SQL for a parsed definition (raises `InvalidInput` naming the path on bad meaning)."""
+def compile_condition(tree: Any, ctx: Context, path: str = "$",
+                      leaf: Callable[[Any, str], ColumnElement[bool]] | None = None) -> ColumnElement[bool]:
+    """The boolean SQL for a parsed definition (raises `InvalidInput` naming the path on bad meaning).
+    With `leaf`, each non-group condition is `leaf(node, path)` instead (the groups combine them the same
+    way): how a preview combines per-condition columns it computed once."""
     if isinstance(tree, lang.All):
-        return and_(*(compile_condition(c, ctx, p) for c, p in lang.children(tree, path)))
+        return and_(*(compile_condition(c, ctx, p, leaf) for c, p in lang.children(tree, path)))
     if isinstance(tree, lang.Any_):
-        return or_(*(compile_condition(c, ctx, p) for c, p in lang.children(tree, path)))
+        return or_(*(compile_condition(c, ctx, p, leaf) for c, p in lang.children(tree, path)))
     if isinstance(tree, lang.Not):
-        inner = compile_condition(tree.not_, ctx, path + ".not")
+        inner = compile_condition(tree.not_, ctx, path + ".not", leaf)
         return not_(inner.is_(true()))
+    if leaf is not None:
+        return leaf(tree, path)
     if isinstance(tree, lang.Field):
         return _field(tree, ctx, path)
     if isinstance(tree, lang.Tag_):
