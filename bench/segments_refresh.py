@@ -24,7 +24,7 @@ and the next day's pass (the steady state of the nightly job), with the time of 
 and segment. Finally `evaluate.preview` of three typical definitions (3–5 conditions, one behaviour
 window; sample of 10) — the median of 5 runs each.
 
-`--explain` prints EXPLAIN (ANALYZE, BUFFERS) of each preview's counting statement. Set
+`--explain` prints EXPLAIN (ANALYZE, BUFFERS) of each preview's statement (`evaluate.preview_statement`). Set
 ORCHARD_BENCH_PG_URL to use another server than 127.0.0.1:5432.
 """
 
@@ -306,13 +306,10 @@ def run_refresh(now: dt.datetime, label: str, log=print) -> dict:
 
 
 def run_previews(now: dt.datetime, explain: bool, log=print) -> list[tuple[str, float, int]]:
-    from sqlalchemy import case, func, select
-
     from orchard import db
     from orchard.auth.roles import Role
     from orchard.auth.service import Principal
-    from orchard.segments import compiler as C
-    from orchard.segments import evaluate, language
+    from orchard.segments import evaluate
 
     admin = Principal("staff", 1, "bench", Role.admin, None, False)
     out = []
@@ -330,11 +327,9 @@ def run_previews(now: dt.datetime, explain: bool, log=print) -> list[tuple[str, 
             f"{result['population']:,} |")
         if explain:
             with db.transaction(readonly=True) as s:
+                db.batch_settings(s)
                 compiled = evaluate.compile_definition(s, definition, now=now)
-                leaf_sql = [C.compile_condition(leaf, compiled.ctx, p) for leaf, p in language.leaves(compiled.tree)]
-                cols = [func.count(), func.sum(case((compiled.condition, 1), else_=0))]
-                cols += [func.sum(case((x, 1), else_=0)) for x in leaf_sql]
-                stmt = select(*cols).select_from(C.frame(compiled.ctx)).where(C.live())
+                stmt = evaluate.preview_statement(compiled, admin, 10)
                 sql = str(stmt.compile(s.get_bind(), compile_kwargs={"literal_binds": True}))
                 plan = s.execute(text("EXPLAIN (ANALYZE, BUFFERS) " + sql)).scalars().all()
                 log("\n```\n" + "\n".join(plan) + "\n```")

@@ -134,7 +134,10 @@ def reset_caches() -> None:
 BATCH_WORK_MEM = "64MB"
 
 
-def batch_memory(session: Session) -> None:
-    """Raise `work_mem` for the rest of this transaction (PostgreSQL; a no-op on SQLite)."""
+def batch_settings(session: Session) -> None:
+    """For the rest of this transaction (PostgreSQL; a no-op on SQLite): `work_mem` = BATCH_WORK_MEM, and
+    no JIT — these statements are costed high enough to trigger it, and compiling their many expressions
+    took longer than running them (2.3 s of a 2.8 s preview count at 200k members)."""
     if session.get_bind().dialect.name == "postgresql":
         session.execute(text(f"SET LOCAL work_mem = '{BATCH_WORK_MEM}'"))
+        session.execute(text("SET LOCAL jit = off"))

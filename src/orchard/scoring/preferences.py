@@ -129,7 +129,7 @@ def refresh(session: Session, *, now: dt.datetime) -> dict[str, Any]:
     params = {**sql.params(), "now": now, "cut_window": days.cut(now, WINDOW_DAYS), "min_orders": MIN_ORDERS,
               "price_pct": PRICE_PCT, "early_min": EARLY_MIN_SKUS}
     session.flush()
-    db.batch_memory(session)
+    db.batch_settings(session)
     for t in ("pref_orders", "pref_buyers", "pref_want"):
         session.execute(text(f"DROP TABLE IF EXISTS {t}"))
     for stmt in _want_sql(sql):

@@ -153,7 +153,7 @@ def refresh(session: Session, *, now: dt.datetime) -> dict[str, Any]:
     if policy.rfm.window_days is not None:
         params["cut_window"] = days.cut(now, policy.rfm.window_days)
     session.flush()
-    db.batch_memory(session)
+    db.batch_settings(session)
     for table in ("scoring_rfm", "scoring_rfm_out"):
         session.execute(text(f"DROP TABLE IF EXISTS {table}"))
     days.run(session, _base_sql(sql, policy), params)

@@ -66,8 +66,31 @@ def preview(session: Session, *, principal: Principal, definition: Any, sample_s
     """The live count, each condition's own count (so an operator sees which one narrows the group) and
     a sample, in one statement that evaluates every condition once per member."""
     started = time.perf_counter()
-    db.batch_memory(session)
+    db.batch_settings(session)
     compiled = compile_definition(session, definition, now=now)
+    leaves = lang.leaves(compiled.tree)
+    stmt = preview_statement(compiled, principal, sample_size)
+    result = session.execute(stmt).all()
+    row = result[0]
+    ids = [r.member_id for r in result if r.member_id is not None]
+    from orchard.members.service import read_many  # members.service imports widely; keep this edge late
+
+    members = {mm.id: mm for mm in session.scalars(select(Member).where(Member.id.in_(ids)))} if ids else {}
+    sample = [r.model_dump(mode="json") for r in read_many(session, principal, [members[i] for i in ids])]
+    return {
+        "count": int(row.count),
+        "population": int(row.population),
+        "conditions": [{"path": path, "condition": lang.dump(leaf), "count": int(row._mapping[f"c{i}"])}
+                       for i, (leaf, path) in enumerate(leaves)],
+        "sample": sample,
+        "definition": lang.dump(compiled.tree),
+        "elapsed_ms": round((time.perf_counter() - started) * 1000, 1),
+    }
+
+
+def preview_statement(compiled: Compiled, principal: Principal, sample_size: int) -> Select:
+    """One row per sampled member (at least one row), each with `population`, `count` and the count of
+    every leaf condition (c0, c1, … in document order), and `member_id` (null when no sample)."""
     ctx = compiled.ctx
     leaves = lang.leaves(compiled.tree)
     # Each condition is evaluated once per member, into a column of a materialised row set; the
@@ -90,22 +113,7 @@ def preview(session: Session, *, principal: Principal, definition: Any, sample_s
             sample.c.member_id)
     else:
         stmt = select(totals, literal(None).label("member_id"))
-    result = session.execute(stmt).all()
-    row = result[0]
-    ids = [r.member_id for r in result if r.member_id is not None]
-    from orchard.members.service import read_many  # members.service imports widely; keep this edge late
-
-    members = {mm.id: mm for mm in session.scalars(select(Member).where(Member.id.in_(ids)))} if ids else {}
-    sample = [r.model_dump(mode="json") for r in read_many(session, principal, [members[i] for i in ids])]
-    return {
-        "count": int(row.count),
-        "population": int(row.population),
-        "conditions": [{"path": path, "condition": lang.dump(leaf), "count": int(row._mapping[f"c{i}"])}
-                       for i, (leaf, path) in enumerate(leaves)],
-        "sample": sample,
-        "definition": lang.dump(compiled.tree),
-        "elapsed_ms": round((time.perf_counter() - started) * 1000, 1),
-    }
+    return stmt
 
 
 def temp_table(session: Session) -> None:
@@ -125,7 +133,7 @@ def apply(session: Session, segment: Segment, *, now: dt.datetime, cause: str,
     started = time.perf_counter()
     # One evaluation of a segment at a time (the scheduler, a manual refresh and a sweep may meet).
     session.execute(select(Segment.id).where(Segment.id == segment.id).with_for_update())
-    db.batch_memory(session)
+    db.batch_settings(session)
     compiled = compile_definition(session, segment.definition, now=now, self_code=segment.code)
     ctx = compiled.ctx
     extra = [C.m.c.id.in_(restrict)] if restrict is not None else []

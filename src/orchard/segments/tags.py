@@ -61,7 +61,7 @@ def get(session: Session, name: str) -> Tag:
 
 
 def refresh_one(session: Session, tag: Tag, *, now: dt.datetime) -> dict[str, Any]:
-    db.batch_memory(session)
+    db.batch_settings(session)
     compiled = evaluate.compile_definition(session, tag.definition, now=now)
     evaluate.temp_table(session)
     session.execute(insert(NEW).from_select(["member_id"], C.members_query(compiled.condition, compiled.ctx)))
