@@ -10,6 +10,7 @@ refunded, and member_aggregates rebuilt from the orders in one UPDATE. Then, in 
 * `orchard.scoring.lifecycle.refresh` twice (the first pass places everyone; the second is the
   steady state where little changes) and `orchard.scoring.rfm.refresh` (365-day window), each in its
   own committed transaction;
+* `rfm.refresh` again for the next day (the nightly steady state: rows updated in place);
 * pandas: `pd.read_sql` of the window's orders, then groupby / `qcut` quintiles on the ranks / the
   8 classes against the means — the same definitions — and the ratio of the two RFM times.
 
@@ -150,6 +151,9 @@ def main() -> None:
         same = {keys[k]: v for k, v in counts.items()} == {k: v for k, v in r3["by_class"].items() if v}
         print(f"pandas read_sql + groupby/qcut:             {s4:.1f} s  (same class counts: {same})")
         print(f"ratio pandas / rfm.refresh: {s4 / s3:.1f}×; load {points_seed.loadavg()}")
+        s5, r5 = timed(url, lambda session, now: rfm.refresh(session, now=now + dt.timedelta(days=1)))
+        print(f"rfm.refresh, next day (rows updated in place): {s5:.1f} s  scored {r5['scored']:,}; "
+              f"ratio pandas / this pass: {s4 / s5:.1f}×; load {points_seed.loadavg()}")
         print("sizes: " + points_seed.sizes(url))
     finally:
         from orchard import db

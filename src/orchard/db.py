@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 
-from sqlalchemy import JSON, BigInteger, DateTime, Integer, MetaData, TypeDecorator, create_engine, event
+from sqlalchemy import JSON, BigInteger, DateTime, Integer, MetaData, TypeDecorator, create_engine, event, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
@@ -128,3 +128,18 @@ def reset_caches() -> None:
     get_engine.cache_clear()
     _factory.cache_clear()
     get_settings.cache_clear()
+
+
+#: `work_mem` for set-based passes over every member (scoring, rule tags, segment refreshes and
+#: previews). PostgreSQL's default (4 MB) makes their hashes and sorts spill to disk and, worse,
+#: keeps the planner from hashing `IN (subquery)` sets of more than ~300k ids.
+BATCH_WORK_MEM = "64MB"
+
+
+def batch_settings(session: Session) -> None:
+    """For the rest of this transaction (PostgreSQL; a no-op on SQLite): `work_mem` = BATCH_WORK_MEM, and
+    no JIT — these statements are costed high enough to trigger it, and compiling their many expressions
+    took longer than running them (2.3 s of a 2.8 s preview count at 200k members)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text(f"SET LOCAL work_mem = '{BATCH_WORK_MEM}'"))
+        session.execute(text("SET LOCAL jit = off"))

@@ -134,3 +134,33 @@ def test_every_class_has_names_and_an_action(code):
     zh = rfm.describe(code)
     en = rfm.describe(code, english=True)
     assert zh["name"].endswith("客户") and zh["action"] and en["name"] and en["action"].isascii()
+
+
+def test_a_later_pass_updates_rows_in_place_drops_merged_members_and_adds_new_ones(session):
+    """Rows are updated, not rebuilt: the next day's pass must leave exactly what a fresh pass would."""
+    import datetime as dt
+
+    from sqlalchemy import select, update
+
+    from orchard.members.models import Member
+
+    ids = _fixture(session)
+    rfm.refresh(session, now=NOW)
+    session.execute(update(Member).where(Member.id == ids["J"]).values(status="merged"))
+    k = member(session)
+    order(session, k, local(2026, 4, 2, 9), 7_000)
+    later = NOW + dt.timedelta(days=1)
+    result = rfm.refresh(session, now=later)
+
+    def snapshot():
+        return {r.member_id: (r.recency_days, r.frequency, r.monetary_fen, r.r_score, r.f_score, r.m_score,
+                              r.rfm_class, r.value_tier, r.computed_on)
+                for r in session.scalars(select(MemberRfm))}
+
+    updated = snapshot()
+    assert ids["J"] not in updated and k in updated and len(updated) == 10 == result["members"]
+    assert updated[ids["A"]][0] == 2 and updated[k][0] == 0  # R moved on a day; K bought today
+    assert {v[-1].isoformat() for v in updated.values()} == {"2026-04-02"}
+    session.execute(MemberRfm.__table__.delete())
+    rfm.refresh(session, now=later)
+    assert snapshot() == updated

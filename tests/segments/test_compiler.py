@@ -197,3 +197,51 @@ def test_loyalty_and_score_fields(people):
         assert matches(s, {"field": "points_expiring", "within_days": 30, "op": "gte", "value": 1}) == set()
         with pytest.raises(InvalidInput):
             evaluate.compile_definition(s, {"field": "points_balance", "within_days": 30, "op": "gte", "value": 1})
+
+
+
+@pytest.mark.parametrize("definition", [
+    {"not": {"field": "last_order_at", "op": "within_last_days", "value": 30}},  # missing value: not → true
+    {"any": [{"field": "region", "op": "eq", "value": "上海"},
+             {"not": {"field": "region", "op": "eq", "value": "北京"}}]},
+    {"all": [{"not": {"tag": "VIP"}}, {"any": [{"field": "order_count", "op": "eq", "value": 0},
+                                             {"field": "avg_order_fen", "op": "lt", "value": 20_000}]}]},
+    {"all": [{"event": "product_viewed", "where": [{"prop": "category", "op": "eq", "value": "运动鞋"}],
+              "last_days": 30, "op": "lt", "value": 3},
+             {"not": {"field": "attributes.vip_level", "op": "gte", "value": 2}}]},
+    {"not": {"all": [{"consent": "sms"}, {"field": "birthday", "op": "within_next_days", "value": 3}]}},
+])
+def test_preview_agrees_with_the_member_query(people, definition):
+    """The preview combines per-condition columns; its count and sample are the saved query's answer,
+    NULLs (missing values) included."""
+    with db.transaction(readonly=True) as s:
+        expected = matches(s, definition)
+        out = evaluate.preview(s, principal=ADMIN, definition=definition, now=NOW, sample_size=2)
+        zero = evaluate.preview(s, principal=ADMIN, definition=definition, now=NOW, sample_size=0)
+    names = sorted(expected, key=lambda n: people[n])
+    assert out["count"] == zero["count"] == len(expected) and out["population"] == 4
+    assert [m["name"] for m in out["sample"]] == names[:2] and zero["sample"] == []
+    assert out["conditions"] == zero["conditions"]
+
+def test_home_store_by_code_and_presence(clean_db):
+    from orchard.org.models import OrgUnit
+
+    with db.transaction() as s:
+        hq = OrgUnit(kind="hq", code="HQ", name="总部")
+        s.add(hq)
+        s.flush()
+        s1, s2 = OrgUnit(kind="store", code="S1", name="一店", parent_id=hq.id), \
+            OrgUnit(kind="store", code="S2", name="二店", parent_id=hq.id)
+        s.add_all([s1, s2])
+        s.flush()
+        member(s, "amy", home_store_id=s1.id)
+        member(s, "bob", home_store_id=s2.id)
+        member(s, "cat")
+    with db.transaction(readonly=True) as s:
+        assert matches(s, {"field": "home_store", "op": "eq", "value": "S1"}) == {"amy"}
+        assert matches(s, {"field": "home_store", "op": "in", "value": ["S1", "S2"]}) == {"amy", "bob"}
+        assert matches(s, {"field": "home_store", "op": "ne", "value": "S1"}) == {"bob"}
+        assert matches(s, {"field": "home_store", "op": "exists"}) == {"amy", "bob"}
+        assert matches(s, {"field": "home_store", "op": "not_exists"}) == {"cat"}
+        with pytest.raises(InvalidInput):
+            matches(s, {"field": "home_store", "op": "eq", "value": "NOPE"})

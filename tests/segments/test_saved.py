@@ -153,3 +153,57 @@ def test_store_staff_see_their_segments_and_members_only(client, admin):
     assert r.status_code == 422 and r.json()["errors"][0]["field"] == "owner_unit_code"
     assert [s["code"] for s in client.get(URL, headers=manager).json()] == ["mine"]
     assert client.get(f"{URL}/hq_all", headers=manager).status_code == 404
+
+
+def test_flips_only_for_members_passing_the_data_only_conjuncts(client, admin):
+    """A member who fails a conjunct that only its own data can change (a tag) stays outside whatever
+    the clock does: it gets no flip row. When staff tag it, the sweep enters it and stores its flip."""
+    from orchard.members import notes_tags
+    from tests.segments.helpers import ADMIN, tag
+
+    now = dt.datetime.now(dt.UTC)
+    with db.transaction() as s:
+        vip = member(s, "vip", orders=[(now - dt.timedelta(days=3), 10_000)])
+        plain = member(s, "plain", orders=[(now - dt.timedelta(days=5), 10_000)])
+        tag(s, vip, "VIP")
+    definition = {"all": [{"tag": "VIP"}, RECENT]}
+    save(client, admin, "vip_recent", definition)
+    save(client, admin, "vip_or_recent", {"any": [{"tag": "VIP"}, RECENT]})
+    with db.transaction(readonly=True) as s:
+        from orchard.segments.models import Segment
+
+        codes = dict(s.execute(select(Segment.id, Segment.code)).all())
+        flips = {(codes[f.segment_id], f.member_id) for f in s.scalars(select(SegmentFlip))}
+    # `any` has no data-only gate: both recent buyers keep a flip there.
+    assert flips == {("vip_recent", vip), ("vip_or_recent", vip), ("vip_or_recent", plain)}
+    assert current("vip_recent") == {vip}
+    with db.transaction() as s:
+        notes_tags.add_tag(s, principal=ADMIN, member_id=plain, name="VIP")
+    with db.transaction() as s:
+        service.sweep(s)
+    assert current("vip_recent") == {vip, plain}
+    with db.transaction(readonly=True) as s:
+        sid = next(i for i, c in codes.items() if c == "vip_recent")
+        assert set(s.scalars(select(SegmentFlip.member_id).where(SegmentFlip.segment_id == sid))) == {vip, plain}
+
+
+def test_data_only_conditions():
+    from orchard.segments import compiler as C
+    from orchard.segments import language as lang
+
+    def static(d):
+        return C.data_only(lang.parse(d))
+
+    assert static({"tag": "VIP"}) and static({"consent": "sms"}) and static({"identity": "phone"})
+    assert static({"field": "order_count", "op": "gte", "value": 2})
+    assert static({"field": "attributes.city", "op": "eq", "value": "上海"})
+    assert static({"field": "birthday", "op": "before", "value": "2000-01-01"})
+    assert static({"not": {"any": [{"tag": "A"}, {"field": "rfm_class", "op": "eq", "value": "important_value"}]}})
+    assert not static({"field": "birthday", "op": "within_next_days", "value": 3})
+    assert not static(RECENT)
+    assert not static({"field": "joined_at", "op": "within_last_days", "value": 3})
+    assert not static({"field": "points_expiring", "within_days": 30, "op": "gte", "value": 1})
+    assert not static({"field": "tier", "op": "eq", "value": "GOLD"})
+    assert not static({"segment": "x"})
+    assert not static({"event": "product_viewed", "last_days": 30})
+    assert not static({"all": [{"tag": "A"}, RECENT]})

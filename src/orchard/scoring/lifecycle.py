@@ -37,6 +37,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from orchard import db
 from orchard.scoring import days
 from orchard.scoring.models import STAGES
 from orchard.scoring.policy import LifecyclePolicy, get_policy
@@ -99,6 +100,7 @@ def refresh(session: Session, *, now: dt.datetime) -> dict[str, Any]:
               "cut_prev": days.cut(now, 2 * p.active_days), "cut_dormant": days.cut(now, p.dormant_days),
               "cut_lost": days.cut(now, p.lost_days)}
     session.flush()
+    db.batch_settings(session)
     session.execute(text("DROP TABLE IF EXISTS scoring_lc"))
     days.run(session, _calc_sql(sql, p), params)
     if sql.pg:

@@ -30,6 +30,7 @@ from typing import Any
 from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
 
+from orchard import db
 from orchard.members.models import Tag
 from orchard.scoring import days
 
@@ -50,7 +51,7 @@ _COUNTED = "('paid','partially_refunded')"
 
 def _want_sql(sql: days.Sql) -> list[str]:
     """Statements filling pref_want (member_id, name, builtin, value)."""
-    buyers = "SELECT member_id FROM pref_orders GROUP BY member_id HAVING COUNT(*) >= :min_orders"
+    buyers = "SELECT member_id FROM pref_buyers"
     return [
         f"""CREATE TEMP TABLE pref_orders AS
 SELECT o.id, o.member_id, o.source, o.external_id, o.channel, o.paid_at,
@@ -60,18 +61,28 @@ SELECT o.id, o.member_id, o.source, o.external_id, o.channel, o.paid_at,
             THEN 1 ELSE 0 END AS discounted
 FROM orders o JOIN members m ON m.id = o.member_id AND m.status = 'active'
 WHERE o.paid_at >= :cut_window AND o.paid_at <= :now AND o.status IN {_COUNTED}""",
+        # Analyzed, so the planner knows it holds every order of the window (unanalyzed it guessed a
+        # seventh and planned spilling hashes and per-row loops), and the buyers kept once.
+        *(["ANALYZE pref_orders"] if sql.pg else []),
+        """CREATE TEMP TABLE pref_buyers AS
+SELECT member_id FROM pref_orders GROUP BY member_id HAVING COUNT(*) >= :min_orders""",
+        *(["ANALYZE pref_buyers"] if sql.pg else []),
+        # The buyers' lines of the window, joined once for the category and early-adopter tags.
+        """CREATE TEMP TABLE pref_lines AS
+SELECT p.member_id, p.paid_at, l.sku, l.category, l.amount_fen - l.refunded_fen AS net
+FROM pref_orders p JOIN order_lines l ON l.order_id = p.id
+WHERE p.member_id IN (SELECT member_id FROM pref_buyers)""",
+        *(["ANALYZE pref_lines"] if sql.pg else []),
         "CREATE TEMP TABLE pref_want (member_id BIGINT, name VARCHAR(64), builtin VARCHAR(32), value VARCHAR(100))",
         f"""INSERT INTO pref_want (member_id, name, builtin, value)
 SELECT member_id, '{PRICE_SENSITIVE}', 'price_sensitive', NULL FROM pref_orders GROUP BY member_id
 HAVING COUNT(*) >= :min_orders AND SUM(discounted) * 100 >= :price_pct * COUNT(*)""",
         f"""INSERT INTO pref_want (member_id, name, builtin, value)
 SELECT member_id, '{CATEGORY_PREFIX}' || substr(category, 1, 58), 'category', substr(category, 1, 58) FROM (
-    SELECT p.member_id, l.category,
-           ROW_NUMBER() OVER (PARTITION BY p.member_id
-                              ORDER BY SUM(l.amount_fen - l.refunded_fen) DESC, l.category) AS rn
-    FROM pref_orders p JOIN order_lines l ON l.order_id = p.id
-    WHERE l.category IS NOT NULL AND l.category <> '' AND p.member_id IN ({buyers})
-    GROUP BY p.member_id, l.category
+    SELECT member_id, category,
+           ROW_NUMBER() OVER (PARTITION BY member_id ORDER BY SUM(net) DESC, category) AS rn
+    FROM pref_lines WHERE category IS NOT NULL AND category <> ''
+    GROUP BY member_id, category
 ) x WHERE rn = 1""",
         f"""INSERT INTO pref_want (member_id, name, builtin, value)
 SELECT member_id, '{CHANNEL_PREFIX}' || substr(channel, 1, 32), 'channel', substr(channel, 1, 32) FROM (
@@ -81,15 +92,13 @@ SELECT member_id, '{CHANNEL_PREFIX}' || substr(channel, 1, 32), 'channel', subst
 ) x WHERE rn = 1""",
         f"""INSERT INTO pref_want (member_id, name, builtin, value)
 SELECT p.member_id, '{EARLY_ADOPTER}', 'early_adopter', NULL
-FROM pref_orders p
-JOIN order_lines l ON l.order_id = p.id
+FROM pref_lines p
 JOIN (SELECT l2.sku, MIN(o2.paid_at) AS first_at FROM order_lines l2 JOIN orders o2 ON o2.id = l2.order_id
-      WHERE l2.sku IS NOT NULL AND o2.status IN {_COUNTED} GROUP BY l2.sku) f ON f.sku = l.sku
+      WHERE l2.sku IS NOT NULL AND o2.status IN {_COUNTED} GROUP BY l2.sku) f ON f.sku = p.sku
 CROSS JOIN (SELECT MIN(paid_at) AS t0 FROM orders WHERE status IN {_COUNTED}) s
 WHERE p.paid_at < {sql.midnight_after('f.first_at', EARLY_DAYS)}
   AND f.first_at >= {sql.midnight_after('s.t0', EARLY_DAYS)}
-  AND p.member_id IN ({buyers})
-GROUP BY p.member_id HAVING COUNT(DISTINCT l.sku) >= :early_min""",
+GROUP BY p.member_id HAVING COUNT(DISTINCT p.sku) >= :early_min""",
     ]
 
 
@@ -122,7 +131,8 @@ def refresh(session: Session, *, now: dt.datetime) -> dict[str, Any]:
     params = {**sql.params(), "now": now, "cut_window": days.cut(now, WINDOW_DAYS), "min_orders": MIN_ORDERS,
               "price_pct": PRICE_PCT, "early_min": EARLY_MIN_SKUS}
     session.flush()
-    for t in ("pref_orders", "pref_want"):
+    db.batch_settings(session)
+    for t in ("pref_orders", "pref_buyers", "pref_lines", "pref_want"):
         session.execute(text(f"DROP TABLE IF EXISTS {t}"))
     for stmt in _want_sql(sql):
         days.run(session, stmt, params)
@@ -151,7 +161,7 @@ def refresh(session: Session, *, now: dt.datetime) -> dict[str, Any]:
                                   f"SELECT w.member_id, w.tag_id, 'rule', substr('rule:' || w.name, 1, 64), :now "
                                   f"{new}", params).rowcount
         session.execute(update(Tag).where(Tag.id.in_(ids)).values(refreshed_at=now))
-    for t in ("pref_orders", "pref_want"):
+    for t in ("pref_orders", "pref_buyers", "pref_lines", "pref_want"):
         session.execute(text(f"DROP TABLE {t}"))
     session.expire_all()
     return {"tags": len(ids), "added": added, "removed": removed, "skipped": skipped}

@@ -29,6 +29,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from orchard import db
 from orchard.scoring import days
 from orchard.scoring.models import VALUE_TIERS
 from orchard.scoring.policy import Policy, get_policy
@@ -107,13 +108,18 @@ def _score_exprs(policy: Policy) -> tuple[str, str, str]:
     return r, up("f", cuts.f), up("m", cuts.m)
 
 
-def _insert_sql(policy: Policy) -> str:
+_OUT = ("recency_days", "frequency", "monetary_fen", "r_score", "f_score", "m_score", "rfm_class", "value_tier")
+
+
+def _scores_sql(policy: Policy) -> str:
+    """The new row of every live member (scoring_rfm_out), from scoring_rfm."""
     r_score, f_score, m_score = _score_exprs(policy)
     klass = "CASE " + " ".join(
         f"WHEN sc.recent = {k[0]} AND sc.high_f = {k[1]} AND sc.high_m = {k[2]} THEN '{code}'"
         for k, code in _KEYS.items()) + " END"
     high, medium = policy.value.high_pct, policy.value.high_pct + policy.value.medium_pct
     return f"""
+CREATE TEMP TABLE scoring_rfm_out AS
 WITH s AS (SELECT member_id, r, f, m FROM scoring_rfm WHERE r IS NOT NULL),
 st AS (SELECT COUNT(*) AS n, SUM(r) AS sr, SUM(f) AS sf, SUM(m) AS sm FROM s),
 sc AS (
@@ -126,22 +132,20 @@ sc AS (
            st.sm AS total
     FROM s CROSS JOIN st
 )
-INSERT INTO member_rfm (member_id, recency_days, frequency, monetary_fen, r_score, f_score, m_score,
-                        rfm_class, value_tier, computed_on, computed_at)
-SELECT t.member_id, t.r, t.f, t.m, sc.r_score, sc.f_score, sc.m_score,
-       CASE WHEN sc.member_id IS NULL THEN NULL ELSE {klass} END,
+SELECT t.member_id, t.r AS recency_days, t.f AS frequency, t.m AS monetary_fen, sc.r_score, sc.f_score,
+       sc.m_score,
+       CASE WHEN sc.member_id IS NULL THEN NULL ELSE {klass} END AS rfm_class,
        CASE WHEN sc.member_id IS NULL THEN NULL
             WHEN sc.total <= 0 THEN 'low'
             WHEN sc.above * 100 < {high} * sc.total THEN 'high'
             WHEN sc.above * 100 < {medium} * sc.total THEN 'medium'
-            ELSE 'low' END,
-       :today, :now
+            ELSE 'low' END AS value_tier
 FROM scoring_rfm t LEFT JOIN sc ON sc.member_id = t.member_id
 """
 
 
 def refresh(session: Session, *, now: dt.datetime) -> dict[str, Any]:
-    """Replace every live member's RFM row with the snapshot at `now`. Returns counts:
+    """Set every live member's RFM row to the snapshot at `now` (and drop merged members' rows). Returns counts:
     {"members", "scored", "computed_on", "by_class": {code: n}, "by_tier": {tier: n}}."""
     policy = get_policy(session)
     sql = days.Sql(session, now)
@@ -149,14 +153,28 @@ def refresh(session: Session, *, now: dt.datetime) -> dict[str, Any]:
     if policy.rfm.window_days is not None:
         params["cut_window"] = days.cut(now, policy.rfm.window_days)
     session.flush()
-    session.execute(text("DROP TABLE IF EXISTS scoring_rfm"))
+    db.batch_settings(session)
+    for table in ("scoring_rfm", "scoring_rfm_out"):
+        session.execute(text(f"DROP TABLE IF EXISTS {table}"))
     days.run(session, _base_sql(sql, policy), params)
     if sql.pg:
         session.execute(text("ANALYZE scoring_rfm"))
-    # Rebuilt whole: every row's R moves with the date anyway, and merged members drop out.
-    session.execute(text("DELETE FROM member_rfm"))
-    days.run(session, _insert_sql(policy), params)
-    session.execute(text("DROP TABLE scoring_rfm"))
+    days.run(session, _scores_sql(policy), params)
+    if sql.pg:
+        session.execute(text("ANALYZE scoring_rfm_out"))
+    # Every row changes (R moves with the date), but rows are updated in place rather than deleted and
+    # re-inserted: an UPDATE that keeps member_id fires no foreign-key check (the INSERT of every row
+    # did, one per member). Merged members' rows go; new members' rows come.
+    days.run(session, "DELETE FROM member_rfm WHERE NOT EXISTS "
+                      "(SELECT 1 FROM scoring_rfm_out o WHERE o.member_id = member_rfm.member_id)", params)
+    days.run(session, "UPDATE member_rfm SET " + ", ".join(f"{c} = o.{c}" for c in _OUT)
+             + ", computed_on = :today, computed_at = :now FROM scoring_rfm_out o "
+               "WHERE o.member_id = member_rfm.member_id", params)
+    days.run(session, "INSERT INTO member_rfm (member_id, " + ", ".join(_OUT) + ", computed_on, computed_at) "
+             "SELECT o.member_id, " + ", ".join(f"o.{c}" for c in _OUT) + ", :today, :now FROM scoring_rfm_out o "
+             "WHERE NOT EXISTS (SELECT 1 FROM member_rfm r WHERE r.member_id = o.member_id)", params)
+    for table in ("scoring_rfm", "scoring_rfm_out"):
+        session.execute(text(f"DROP TABLE {table}"))
     by_class = {c[0]: 0 for c in CLASSES}
     by_tier = dict.fromkeys(VALUE_TIERS, 0)
     members = 0

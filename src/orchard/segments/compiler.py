@@ -20,6 +20,7 @@ Design, in short:
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -109,15 +110,20 @@ def context(session: Session, *, now: dt.datetime | None = None, self_code: str 
                    dialect=session.get_bind().dialect.name, self_code=self_code)
 
 
-def compile_condition(tree: Any, ctx: Context, path: str = "$") -> ColumnElement[bool]:
-    """The boolean SQL for a parsed definition (raises `InvalidInput` naming the path on bad meaning)."""
+def compile_condition(tree: Any, ctx: Context, path: str = "$",
+                      leaf: Callable[[Any, str], ColumnElement[bool]] | None = None) -> ColumnElement[bool]:
+    """The boolean SQL for a parsed definition (raises `InvalidInput` naming the path on bad meaning).
+    With `leaf`, each non-group condition is `leaf(node, path)` instead (the groups combine them the same
+    way): how a preview combines per-condition columns it computed once."""
     if isinstance(tree, lang.All):
-        return and_(*(compile_condition(c, ctx, p) for c, p in lang.children(tree, path)))
+        return and_(*(compile_condition(c, ctx, p, leaf) for c, p in lang.children(tree, path)))
     if isinstance(tree, lang.Any_):
-        return or_(*(compile_condition(c, ctx, p) for c, p in lang.children(tree, path)))
+        return or_(*(compile_condition(c, ctx, p, leaf) for c, p in lang.children(tree, path)))
     if isinstance(tree, lang.Not):
-        inner = compile_condition(tree.not_, ctx, path + ".not")
+        inner = compile_condition(tree.not_, ctx, path + ".not", leaf)
         return not_(inner.is_(true()))
+    if leaf is not None:
+        return leaf(tree, path)
     if isinstance(tree, lang.Field):
         return _field(tree, ctx, path)
     if isinstance(tree, lang.Tag_):
@@ -142,6 +148,8 @@ def _column(spec: F.FieldSpec, cond: lang.Field, ctx: Context, path: str):
     name = spec.name
     if name in ("name", "gender", "birthday", "region", "source_channel", "joined_at", "reduce_disturbance"):
         return m.c[name]
+    if name == "home_store":  # compared by store code in `_home_store`; exists / not_exists read the id
+        return m.c.home_store_id
     if name == "birthday_month":
         return extract("month", m.c.birthday)
     if name in _AGG_FIELDS:
@@ -544,6 +552,38 @@ def flip_expression(ctx: Context):
         return func.least(*candidates)
     far = literal("9999-12-31 00:00:00.000", SAString())
     return func.nullif(func.min(*(func.coalesce(c, far) for c in candidates)), far)
+
+
+#: Fields whose value changes only with the member's own data (a write that queues the member for
+#: the real-time sweep) or in `orchard refresh` before the segments: never by the clock alone.
+_DATA_ONLY = {"name", "gender", "birthday_month", "region", "source_channel", "home_store", "reduce_disturbance",
+              "order_count", "total_spend_fen", "refund_fen", "avg_order_fen", "points_balance",
+              "lifecycle_stage", "rfm_class", "r_score", "f_score", "m_score", "recency_days", "value_tier"}
+
+
+def data_only(node: Any) -> bool:
+    """Whether a condition's answer can change only with the member's data, not with time: no
+    `days_since_*` / datetime boundary, behaviour window, birthday countdown or points expiry, and
+    nothing whose changes do not queue the member (tier, growth value, another segment's membership)."""
+    if isinstance(node, lang.All | lang.Any_ | lang.Not):
+        return all(data_only(child) for child, _ in lang.children(node, "$"))
+    if isinstance(node, lang.Field):
+        if node.field.startswith(F.ATTRIBUTE_PREFIX):
+            return True
+        if node.field == "birthday":
+            return node.op != "within_next_days"
+        return node.field in _DATA_ONLY
+    return isinstance(node, lang.Tag_ | lang.ConsentCond | lang.IdentityCond)
+
+
+def flip_gate(tree: Any, ctx: Context, root: str = "$") -> ColumnElement[bool] | None:
+    """The data-only conjuncts of a top-level `all`: a member failing one of them stays outside the
+    segment whatever the clock does, until its data changes (which queues it for the sweep, which
+    recomputes its flip) or the next refresh — so it needs no flip time. None when there is none."""
+    if not isinstance(tree, lang.All):
+        return None
+    parts = [compile_condition(child, ctx, path) for child, path in lang.children(tree, root) if data_only(child)]
+    return and_(*parts) if parts else None
 
 
 def _local_midnight_after(col, days: int, ctx: Context):

@@ -22,15 +22,18 @@ from sqlalchemy import (
     Table,
     case,
     delete,
+    exists,
     func,
     insert,
     literal,
     select,
     text,
+    true,
     update,
 )
 from sqlalchemy.orm import Session
 
+from orchard import db
 from orchard.auth.service import Principal
 from orchard.members import scope
 from orchard.members.models import Member
@@ -60,20 +63,16 @@ def compile_definition(session: Session, definition: Any, *, now: dt.datetime | 
 
 def preview(session: Session, *, principal: Principal, definition: Any, sample_size: int = 10,
             now: dt.datetime | None = None) -> dict[str, Any]:
-    """The live count, each condition's own count and a sample, in two statements: one pass that sums
-    every condition at once (so an operator sees which one narrows the group) and one for the sample."""
+    """The live count, each condition's own count (so an operator sees which one narrows the group) and
+    a sample, in one statement that evaluates every condition once per member."""
     started = time.perf_counter()
+    db.batch_settings(session)
     compiled = compile_definition(session, definition, now=now)
-    ctx = compiled.ctx
     leaves = lang.leaves(compiled.tree)
-    leaf_sql = [C.compile_condition(leaf, ctx, path) for leaf, path in leaves]
-    visible = scope.visible(principal)
-    columns = [func.count().label("population"),
-               func.coalesce(func.sum(case((compiled.condition, 1), else_=0)), 0).label("count")]
-    columns += [func.coalesce(func.sum(case((sql, 1), else_=0)), 0).label(f"c{i}") for i, sql in enumerate(leaf_sql)]
-    row = session.execute(select(*columns).select_from(C.frame(ctx)).where(C.live(), visible)).one()
-    ids = list(session.scalars(C.members_query(compiled.condition, ctx, visible).order_by(C.m.c.id)
-                               .limit(sample_size))) if sample_size else []
+    stmt = preview_statement(compiled, principal, sample_size)
+    result = session.execute(stmt).all()
+    row = result[0]
+    ids = [r.member_id for r in result if r.member_id is not None]
     from orchard.members.service import read_many  # members.service imports widely; keep this edge late
 
     members = {mm.id: mm for mm in session.scalars(select(Member).where(Member.id.in_(ids)))} if ids else {}
@@ -87,6 +86,34 @@ def preview(session: Session, *, principal: Principal, definition: Any, sample_s
         "definition": lang.dump(compiled.tree),
         "elapsed_ms": round((time.perf_counter() - started) * 1000, 1),
     }
+
+
+def preview_statement(compiled: Compiled, principal: Principal, sample_size: int) -> Select:
+    """One row per sampled member (at least one row), each with `population`, `count` and the count of
+    every leaf condition (c0, c1, … in document order), and `member_id` (null when no sample)."""
+    ctx = compiled.ctx
+    leaves = lang.leaves(compiled.tree)
+    # Each condition is evaluated once per member, into a column of a materialised row set; the
+    # definition's answer combines those columns exactly as `compile_condition` combines the leaves,
+    # and the sample is read from the same rows — so a behaviour window is scanned once, not three times.
+    labels = {path: f"c{i}" for i, (_, path) in enumerate(leaves)}
+    rows = select(C.m.c.id.label("member_id"),
+                  *(C.compile_condition(leaf, ctx, path).label(labels[path]) for leaf, path in leaves)
+                  ).select_from(C.frame(ctx)).where(C.live(), scope.visible(principal)
+                                                     ).cte("preview_rows").prefix_with("MATERIALIZED")
+    combined = C.compile_condition(compiled.tree, ctx, leaf=lambda _, path: rows.c[labels[path]])
+    totals = select(func.count().label("population"),
+                    func.coalesce(func.sum(case((combined, 1), else_=0)), 0).label("count"),
+                    *(func.coalesce(func.sum(case((rows.c[name], 1), else_=0)), 0).label(name)
+                      for name in labels.values())).cte("preview_totals")
+    if sample_size:
+        sample = select(rows.c.member_id).where(combined).order_by(rows.c.member_id).limit(sample_size).cte(
+            "preview_sample")
+        stmt = select(totals, sample.c.member_id).select_from(totals.outerjoin(sample, true())).order_by(
+            sample.c.member_id)
+    else:
+        stmt = select(totals, literal(None).label("member_id"))
+    return stmt
 
 
 def temp_table(session: Session) -> None:
@@ -106,21 +133,23 @@ def apply(session: Session, segment: Segment, *, now: dt.datetime, cause: str,
     started = time.perf_counter()
     # One evaluation of a segment at a time (the scheduler, a manual refresh and a sweep may meet).
     session.execute(select(Segment.id).where(Segment.id == segment.id).with_for_update())
+    db.batch_settings(session)
     compiled = compile_definition(session, segment.definition, now=now, self_code=segment.code)
     ctx = compiled.ctx
     extra = [C.m.c.id.in_(restrict)] if restrict is not None else []
     temp_table(session)
     session.execute(insert(NEW).from_select(["member_id"], C.members_query(compiled.condition, ctx, *extra)))
     S = SegmentMembership
-    is_open = select(S.member_id).where(S.segment_id == segment.id, S.exited_at.is_(None))
     # Counted first: psycopg does not always report a row count for INSERT … SELECT (it gave -1 here).
-    entering = NEW.c.member_id.not_in(is_open)
+    # NOT EXISTS rather than NOT IN: an anti-join, where NOT IN over a set too large to hash in work_mem
+    # is a rescan per row. Same answer (member ids are never null).
+    entering = ~exists().where(S.segment_id == segment.id, S.exited_at.is_(None), S.member_id == NEW.c.member_id)
     entered = session.scalar(select(func.count()).select_from(NEW).where(entering)) or 0
     session.execute(insert(S.__table__).from_select(
         ["segment_id", "member_id", "entered_at", "entered_by"],
         select(literal(segment.id), NEW.c.member_id, literal(now, C.UTCDateTime()), literal(cause)).where(entering)))
     leaving = update(S).where(S.segment_id == segment.id, S.exited_at.is_(None),
-                              S.member_id.not_in(select(NEW.c.member_id)))
+                              ~exists().where(NEW.c.member_id == S.member_id))
     if restrict is not None:
         leaving = leaving.where(S.member_id.in_(restrict))
     exited = session.execute(leaving.values(exited_at=now, exited_by=cause)
@@ -155,8 +184,10 @@ def _flips(session: Session, segment: Segment, compiled: Compiled, restrict: Sel
     flip = C.flip_expression(compiled.ctx)
     if flip is None:
         return
+    # Only members who pass the definition's data-only conjuncts can change by time alone.
+    gate = C.flip_gate(compiled.tree, compiled.ctx)
     source = select(literal(segment.id), C.m.c.id, flip).select_from(C.frame(compiled.ctx)).where(
-        C.live(), flip.is_not(None))
+        C.live(), flip.is_not(None), *([gate] if gate is not None else []))
     if restrict is not None:
         source = source.where(C.m.c.id.in_(restrict))
     session.execute(insert(F.__table__).from_select(["segment_id", "member_id", "flip_at"], source))

@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import and_, delete, exists, func, insert, literal, select
 from sqlalchemy.orm import Session
 
+from orchard import db
 from orchard.audit.service import record
 from orchard.auth.service import Principal
 from orchard.db import UTCDateTime
@@ -62,6 +63,7 @@ def get(session: Session, name: str) -> Tag:
 
 
 def refresh_one(session: Session, tag: Tag, *, now: dt.datetime) -> dict[str, Any]:
+    db.batch_settings(session)
     compiled = evaluate.compile_definition(session, tag.definition, now=now)
     evaluate.temp_table(session)
     session.execute(insert(NEW).from_select(["member_id"], C.members_query(compiled.condition, compiled.ctx)))
@@ -75,7 +77,7 @@ def refresh_one(session: Session, tag: Tag, *, now: dt.datetime) -> dict[str, An
         NEW.c.member_id, literal(tag.id), literal("added"), literal("rule"), literal(actor), at).where(~has_any)))
     session.execute(insert(MT).from_select(["member_id", "tag_id", "source", "added_by", "added_at"], select(
         NEW.c.member_id, literal(tag.id), literal("rule"), literal(actor), at).where(~has_any)))
-    stale = and_(MT.c.tag_id == tag.id, MT.c.source == "rule", MT.c.member_id.not_in(select(NEW.c.member_id)))
+    stale = and_(MT.c.tag_id == tag.id, MT.c.source == "rule", ~exists().where(NEW.c.member_id == MT.c.member_id))
     removed = session.scalar(select(func.count()).select_from(MT).where(stale)) or 0
     session.execute(insert(TC).from_select(["member_id", "tag_id", "change", "source", "actor", "at"], select(
         MT.c.member_id, literal(tag.id), literal("removed"), literal("rule"), literal(actor), at).where(stale)))
