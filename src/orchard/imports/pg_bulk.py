@@ -17,6 +17,10 @@ from orchard.auth.service import Principal
 from orchard.errors import OrchardError
 
 #: Who an import acts as: unscoped, unmasked; its writes are audited as "system:0".
+#: Queue a batch's members for the segments' real-time sweep (segments.dirty), in member-id order like
+#: every other marker; `{table}` is the batch's work table with a member_id column.
+DIRTY = ("INSERT INTO segment_dirty_members (member_id, since) SELECT DISTINCT member_id, :now FROM {table} "
+         "WHERE member_id IS NOT NULL ORDER BY member_id ON CONFLICT (member_id) DO UPDATE SET since = excluded.since")
 SYSTEM = Principal("system", 0, "import", Role.admin, None, False)
 
 #: (status, warning) of one row: status "created" | "updated" | "unchanged".

@@ -26,7 +26,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from orchard.errors import OrchardError
-from orchard.imports.pg_bulk import SYSTEM, RowOutcome, copy_rows, owners_of
+from orchard.imports.pg_bulk import DIRTY, SYSTEM, RowOutcome, copy_rows, owners_of
 from orchard.kit.clock import utcnow
 
 _STAGING = (
@@ -137,6 +137,7 @@ def write_members(session: Session, items: list[tuple[int, dict[str, Any]]], sou
         f"WHERE NOT s.is_new AND m.id = s.member_id AND ({' OR '.join(f'({b})' for _, b, _ in _FILL)}) "
         "RETURNING s.idx"), params).scalars())
     consented = set(session.execute(text(_CONSENTS), {**params, "actor": SYSTEM.actor}).scalars())
+    session.execute(text(DIRTY.format(table="_imp_mrows")), params)
     outcome: dict[int, RowOutcome | OrchardError] = {}
     for i, clean, mid in fast:
         if mid is None:

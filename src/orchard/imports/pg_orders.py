@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 
 from orchard.errors import Conflict
 from orchard.events.schemas import OrderIn
-from orchard.imports.pg_bulk import Clusters, RowOutcome, copy_rows, owners_of
+from orchard.imports.pg_bulk import DIRTY, Clusters, RowOutcome, copy_rows, owners_of
 from orchard.kit.clock import utcnow
 from orchard.kit.hashing import fingerprint
 
@@ -214,6 +214,8 @@ def write_orders(session: Session, items: list[tuple[int, dict[str, Any]]], sour
         "last_order_at = GREATEST(a.last_order_at, s.last_at), "
         "last_event_at = GREATEST(a.last_event_at, s.last_at) "
         "FROM _imp_sums s WHERE NOT s.is_new AND a.member_id = s.member_id"))
+    # Their segments re-check in real time (segments.dirty), in member-id order like every marker.
+    session.execute(text(DIRTY.format(table="_imp_sums")), params)
     for i, _ in fast:
         outcome[i] = ("created", None)
     return outcome, [i for i, _ in items if i in slow]

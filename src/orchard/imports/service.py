@@ -37,6 +37,7 @@ from orchard.members.consent import set_consent
 from orchard.members.models import Consent, Member
 from orchard.members.service import fill_blanks
 from orchard.org.models import OrgUnit
+from orchard.segments import dirty
 
 BATCH_SIZE = 1000
 #: Orders and members on PostgreSQL go through COPY and set-based SQL, whose cost per batch is mostly fixed.
@@ -323,6 +324,7 @@ def _member(session: Session, clean: dict[str, Any], source: str) -> tuple[str, 
     warning = (f"keys belong to several members {res.conflicts}: merge candidate recorded"
                if res.conflicts else None)
     consented = _consents(session, res.member_id, clean["consents"], source)
+    dirty.mark(session, [res.member_id])  # its segments re-check in real time
     if res.created:
         return "created", warning
     member = session.get_one(Member, res.member_id)

@@ -190,6 +190,11 @@ def refresh(session: Session, *, codes: list[str] | None = None, due_only: bool 
         results.append(result)
         if progress:
             progress(result)
+    if wanted is None and not due_only:
+        # Every segment was just evaluated for everyone: members queued before this refresh (with a
+        # margin for writers whose transactions were still open) need no separate re-check.
+        session.execute(delete(DirtyMember).where(DirtyMember.since < now - dt.timedelta(minutes=5))
+                        .execution_options(synchronize_session=False))
     return results
 
 
