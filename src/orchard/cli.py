@@ -788,13 +788,15 @@ app.add_typer(scheduler_app, name="scheduler")
 def scheduler_status() -> None:
     """Each periodic job: next run, last run, status and duration."""
     from orchard.db import transaction
+    from orchard.kit.clock import tenant_zone
     from orchard.scheduler import runner
 
     with transaction() as session:
         runner.ensure_rows(session)
     with transaction(readonly=True) as session:
+        zone = tenant_zone()
         for job in runner.status(session):
-            console.print(f"{job.name:<22} next {job.next_run_at:%Y-%m-%d %H:%M:%S}Z  last "
+            console.print(f"{job.name:<22} next {job.next_run_at.astimezone(zone):%Y-%m-%d %H:%M:%S %Z}  last "
                           f"{job.last_status or '—'} {job.last_duration_ms or 0} ms")
 
 

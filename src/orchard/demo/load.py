@@ -111,6 +111,9 @@ def load_demo(*, members: int = 300, seed: int = 7, months: int = 12, industry: 
         tiers.evaluate(session, actor="demo")  # place the imported history in the demo's tiers
     with transaction() as session:
         ensure_segments(session)
+        from orchard.journeys import ready
+
+        ready.install(session, actor="demo")  # drafts: an operator reviews and publishes them
     from orchard.segments import refresh
 
     done = tracker.start("刷新 refresh (lifecycle, RFM, tags, segments)", len(refresh.STEPS))
