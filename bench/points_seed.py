@@ -44,14 +44,10 @@ def _rebuildable_indexes(c, table: str) -> list[tuple[str, str]]:
     return out
 
 
-def seed(url: str, members: int, lots: int, expired_share: float, fillfactor: int = 100,
-         log=print) -> dict[str, float]:
-    """Seed the ledger; returns seconds per step."""
-    assert 0 <= expired_share < 1 and members > 0 and lots >= 0
-    span_days = YEAR_DAYS / (1 - expired_share)  # earned over this span, each lot expiring a year after
-    params = {"m": members, "l": lots, "span": f"{span_days * 86400:.0f} seconds"}
-    steps: dict[str, float] = {}
-    engine = create_engine(url, isolation_level="AUTOCOMMIT")
+def seeder(engine, params: dict, log=print, steps: dict[str, float] | None = None):
+    """A `step(name, *sql)` for seeding benches: runs the statements with triggers and foreign-key checks
+    off (session_replication_role = replica) and generous memory, and records each step's seconds."""
+    steps = {} if steps is None else steps
 
     def step(name: str, *sql: str) -> None:
         t = time.perf_counter()
@@ -63,6 +59,20 @@ def seed(url: str, members: int, lots: int, expired_share: float, fillfactor: in
                 c.execute(text(s), params)
         steps[name] = time.perf_counter() - t
         log(f"  seed {name}: {steps[name]:.1f} s")
+
+    return step
+
+
+def seed(url: str, members: int, lots: int, expired_share: float, fillfactor: int = 100,
+         log=print) -> dict[str, float]:
+    """Seed the ledger; returns seconds per step."""
+    assert 0 <= expired_share < 1 and members > 0 and lots >= 0
+    span_days = YEAR_DAYS / (1 - expired_share)  # earned over this span, each lot expiring a year after
+    params = {"m": members, "l": lots, "span": f"{span_days * 86400:.0f} seconds"}
+    steps: dict[str, float] = {}
+    engine = create_engine(url, isolation_level="AUTOCOMMIT")
+
+    step = seeder(engine, params, log, steps)
 
     with engine.connect() as c:
         if not c.execute(text("SELECT count(*) FROM org_units WHERE kind = 'store'")).scalar():

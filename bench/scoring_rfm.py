@@ -37,15 +37,7 @@ def seed(url: str, members: int, orders: int, log=print) -> None:
     engine = create_engine(url, isolation_level="AUTOCOMMIT")
     params = {"m": members, "o": orders, "now": NOW}
 
-    def step(name: str, *sql: str) -> None:
-        t = time.perf_counter()
-        with engine.connect() as c:
-            c.execute(text("SET session_replication_role = replica"))
-            c.execute(text("SET maintenance_work_mem = '512MB'"))
-            c.execute(text("SET work_mem = '256MB'"))
-            for s in sql:
-                c.execute(text(s), params)
-        log(f"  seed {name}: {time.perf_counter() - t:.1f} s")
+    step = points_seed.seeder(engine, params, log)
 
     with engine.connect() as c:
         rebuild = points_seed._rebuildable_indexes(c, "orders")

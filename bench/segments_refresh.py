@@ -57,16 +57,7 @@ def seed(url: str, members: int, orders: int, events: int, log=print) -> dict[st
     params = {"m": members, "o": orders, "e": events, "now": NOW}
     steps: dict[str, float] = {}
 
-    def step(name: str, *sql: str) -> None:
-        t = time.perf_counter()
-        with engine.connect() as c:
-            c.execute(text("SET session_replication_role = replica"))
-            c.execute(text("SET maintenance_work_mem = '512MB'"))
-            c.execute(text("SET work_mem = '256MB'"))
-            for s in sql:
-                c.execute(text(s), params)
-        steps[name] = time.perf_counter() - t
-        log(f"  seed {name}: {steps[name]:.1f} s")
+    step = points_seed.seeder(engine, params, log, steps)
 
     with engine.connect() as c:
         rebuild = [x for t in ("orders", "order_lines", "events", "members")
