@@ -866,8 +866,8 @@ def worker(tick: Annotated[float, typer.Option(help="seconds between rounds")] =
     scheduler = Scheduler(tick_seconds=tick)
     scheduler.start()
     try:
-        while True:
-            scheduler._stop.wait(3600)
+        while not scheduler.wait(3600):
+            pass
     except KeyboardInterrupt:
         scheduler.stop()
 

@@ -194,6 +194,10 @@ class Scheduler:
         self._stop.set()
         self._thread.join(timeout=30)
 
+    def wait(self, seconds: float) -> bool:
+        """Sleep until stopped or `seconds` pass; True once stopped."""
+        return self._stop.wait(seconds)
+
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
