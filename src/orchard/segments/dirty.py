@@ -10,11 +10,28 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable
 
+from sqlalchemy import Select, literal, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from orchard.db import UTCDateTime
 from orchard.kit.clock import utcnow
 from orchard.segments.models import DirtyMember
+
+
+def _upsert(session: Session):
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    stmt = dialect.insert(DirtyMember)
+    # A member already queued gets the newer time: a sweep that read it before this change deletes only
+    # the row it read (same `since`), so this change is checked by the next sweep, never lost.
+    return stmt.on_conflict_do_update(index_elements=["member_id"], set_={"since": stmt.excluded.since})
+
+
+def mark_from(session: Session, member_ids: Select, *, at: dt.datetime) -> None:
+    """`mark` for a set given as a query of member ids (one INSERT … SELECT, no rows through Python)."""
+    ids = member_ids.subquery()
+    session.execute(_upsert(session).from_select(
+        ["member_id", "since"], select(ids.c.member_id, literal(at, UTCDateTime())).order_by(ids.c.member_id)))
 
 
 def mark(session: Session, member_ids: Iterable[int | None], *, at: dt.datetime | None = None) -> None:
@@ -24,9 +41,4 @@ def mark(session: Session, member_ids: Iterable[int | None], *, at: dt.datetime 
     if not ids:
         return
     at = at or utcnow()
-    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
-    stmt = dialect.insert(DirtyMember)
-    # A member already queued gets the newer time: a sweep that read it before this change deletes only
-    # the row it read (same `since`), so this change is checked by the next sweep, never lost.
-    stmt = stmt.on_conflict_do_update(index_elements=["member_id"], set_={"since": stmt.excluded.since})
-    session.execute(stmt, [{"member_id": i, "since": at} for i in ids])
+    session.execute(_upsert(session), [{"member_id": i, "since": at} for i in ids])

@@ -11,12 +11,11 @@ import datetime as dt
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, select, text, update
+from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.orm import Session
 
 from orchard.audit.service import record
 from orchard.auth.service import Principal
-from orchard.db import UTCDateTime
 from orchard.errors import Conflict, InvalidInput, NotFound
 from orchard.kit.clock import utcnow
 from orchard.org.models import OrgUnit
@@ -203,14 +202,16 @@ def sweep(session: Session, *, now: dt.datetime | None = None, limit: int = SWEE
     members are re-checked against every real-time segment (dependency order); the rows handled are
     removed — unless re-queued meanwhile (a newer `since`), so no change is ever lost."""
     now = now or utcnow()
-    F, D = SegmentFlip, DirtyMember
-    due = select(F.member_id, func.min(F.flip_at)).where(F.flip_at <= now).group_by(F.member_id)
-    flipped = _queue(session, due, now)
-    session.execute(delete(F).where(F.flip_at <= now).execution_options(synchronize_session=False))
-    batch = list(session.execute(select(D.member_id, D.since).order_by(D.since, D.member_id).limit(limit)))
-    if not batch:
+    F = SegmentFlip
+    due = select(F.member_id).where(F.flip_at <= now).distinct()
+    flipped = session.scalar(select(func.count()).select_from(due.subquery())) or 0
+    if flipped:
+        dirty.mark_from(session, due, at=now)
+        session.execute(delete(F).where(F.flip_at <= now).execution_options(synchronize_session=False))
+    members = _batch_table(session, limit=limit)
+    if not members:
+        session.execute(text("DROP TABLE IF EXISTS _segment_batch"))
         return {"flipped": flipped, "members": 0, "segments": []}
-    _batch_table(session, batch)
     restrict = select(text("member_id")).select_from(text("_segment_batch"))
     results = []
     segments = list(session.scalars(select(Segment).where(Segment.status == "active", Segment.realtime.is_(True))))
@@ -219,7 +220,7 @@ def sweep(session: Session, *, now: dt.datetime | None = None, limit: int = SWEE
         if result["entered"] or result["exited"]:
             results.append(result)
     _forget_handled(session)
-    return {"flipped": flipped, "members": len(batch), "segments": results}
+    return {"flipped": flipped, "members": members, "segments": results}
 
 
 def _forget_handled(session: Session) -> None:
@@ -229,18 +230,14 @@ def _forget_handled(session: Session) -> None:
     session.execute(text("DROP TABLE IF EXISTS _segment_batch"))
 
 
-def _queue(session: Session, due, now: dt.datetime) -> int:
-    rows = [r[0] for r in session.execute(due)]
-    if rows:
-        dirty.mark(session, rows, at=now)
-    return len(rows)
-
-
-def _batch_table(session: Session, batch: list[Any]) -> None:
+def _batch_table(session: Session, *, limit: int) -> int:
+    """Copy the `limit` oldest queue rows (member and `since`, as stored) into a temporary table, in one
+    statement; returns how many."""
     pg = session.get_bind().dialect.name == "postgresql"
     session.execute(text("DROP TABLE IF EXISTS _segment_batch"))
     session.execute(text("CREATE TEMP TABLE _segment_batch (member_id bigint PRIMARY KEY, since "
                          + ("timestamptz" if pg else "TEXT") + ")" + (" ON COMMIT DROP" if pg else "")))
-    stmt = text("INSERT INTO _segment_batch (member_id, since) VALUES (:m, :s)").bindparams(
-        bindparam("s", type_=UTCDateTime()))
-    session.execute(stmt, [{"m": r.member_id, "s": r.since} for r in batch])
+    session.execute(text(
+        "INSERT INTO _segment_batch (member_id, since) SELECT member_id, since FROM segment_dirty_members "
+        "ORDER BY since, member_id LIMIT :n"), {"n": limit})
+    return session.scalar(text("SELECT count(*) FROM _segment_batch")) or 0
