@@ -48,9 +48,18 @@ class TagChangeRead(BaseModel):
     at: dt.datetime
 
 
-def _read(session, tag: Tag, principal) -> TagRead:
-    count = session.scalar(select(func.count()).select_from(MemberTag).join(Member, Member.id == MemberTag.member_id)
-                           .where(MemberTag.tag_id == tag.id, scope.visible(principal)))
+def _counts(session, principal, tag_ids: list[int]) -> dict[int, int]:
+    """Members (that the caller can see) per tag, for all the listed tags in one grouped query."""
+    if not tag_ids:
+        return {}
+    return dict(session.execute(select(MemberTag.tag_id, func.count()).join(Member, Member.id == MemberTag.member_id)
+                                .where(MemberTag.tag_id.in_(tag_ids), scope.visible(principal))
+                                .group_by(MemberTag.tag_id)).all())
+
+
+def _read(session, tag: Tag, principal, count: int | None = None) -> TagRead:
+    if count is None:
+        count = _counts(session, principal, [tag.id]).get(tag.id, 0)
     return TagRead(name=tag.name, kind=tag.kind, source=tag.source, description=tag.description,
                    definition=tag.definition, refreshed_at=tag.refreshed_at, members=count or 0)
 
@@ -65,7 +74,9 @@ def list_tags(session: SessionDep, principal: Actor(Perm.members_read),
         stmt = stmt.where(Tag.kind == kind)
     if source:
         stmt = stmt.where(Tag.source == source)
-    return [_read(session, t, principal) for t in session.scalars(stmt)]
+    catalog = list(session.scalars(stmt))
+    counts = _counts(session, principal, [t.id for t in catalog])
+    return [_read(session, t, principal, counts.get(t.id, 0)) for t in catalog]
 
 
 @router.post("/tags", response_model=TagRead, status_code=201, operation_id="defineTag")
