@@ -159,18 +159,20 @@ def enter(session: Session, journey: Journey, *, now: dt.datetime | None = None)
     # One candidate per member per sweep (the earliest key), so a burst of events enters once.
     first = select(cand.c.member_id, func.min(cand.c.k).label("k")).where(*conditions).group_by(cand.c.member_id)
     first = first.subquery("first")
-    n_before = session.scalar(select(func.count()).select_from(R).where(R.c.journey_id == journey.id)) or 0
+    # The runs this statement adds are the journey's runs above the highest id now (a primary-key range,
+    # not a count of every run the journey ever had).
+    last_id = session.scalar(select(func.coalesce(func.max(R.c.id), 0))) or 0
+    new_runs = and_(R.c.id > last_id, R.c.journey_id == journey.id)
     session.execute(insert(R).from_select(
         ["journey_id", "version_id", "member_id", "trigger_key", "status", "step", "wake_at", "context", "entered_at"],
         select(literal(journey.id), literal(version.id), first.c.member_id, first.c.k, literal("active"),
                literal(parsed.entry), _at(now), literal({}, R.c.context.type), _at(now))))
-    entered = (session.scalar(select(func.count()).select_from(R).where(R.c.journey_id == journey.id)) or 0) - n_before
+    entered = session.scalar(select(func.count()).select_from(R).where(new_runs)) or 0
     L = JourneyLog.__table__
     session.execute(insert(L).from_select(
         ["journey_id", "run_id", "member_id", "step", "kind", "reason", "detail", "at"],
         select(R.c.journey_id, R.c.id, R.c.member_id, R.c.step, literal("entered"), literal(None, String),
-               literal({}, L.c.detail.type), _at(now)).where(R.c.journey_id == journey.id, R.c.entered_at == _at(now),
-                                                              R.c.version_id == version.id)))
+               literal({}, L.c.detail.type), _at(now)).where(new_runs)))
     turned_away = 0
     for reason, cond in refused.items():
         turned_away += session.execute(insert(L).from_select(
