@@ -138,18 +138,20 @@ def test_absence_and_date_triggers_enter_once(clean_db):
         templates.create(s, code="hello", name="hi", channel="log", purpose="service", body="hi", actor="t",
                          publish=True)
         late = member(s, "joined4d", joined=now - dt.timedelta(days=4))
+        late2 = member(s, "joined4d-too", joined=now - dt.timedelta(days=4))  # the same second: an import
         member(s, "joined2d", joined=now - dt.timedelta(days=2))
         bought = member(s, "bought", joined=now - dt.timedelta(days=4), orders=[(now - dt.timedelta(days=1), 100)])
         bday = member(s, "bday", birthday=dt.date(1990, 11, 27))
+        bday2 = member(s, "bday-too", birthday=dt.date(1985, 11, 27))
     make("no_first_order", {"trigger": {"type": "absence", "after": "joined", "absent": "$order", "days": 3},
                             "entry": "s", "steps": {"s": {"type": "send", "template": "hello"}}})
     make("birthday", {"trigger": {"type": "date", "field": "birthday", "days_before": 3},
                       "entry": "s", "steps": {"s": {"type": "send", "template": "hello"}}})
     out = run(engine.sweep, now=now)["journeys"]
-    assert out["no_first_order"]["entered"] == 1 and out["birthday"]["entered"] == 1
+    assert out["no_first_order"]["entered"] == 2 and out["birthday"]["entered"] == 2
     again = run(engine.sweep, now=now + dt.timedelta(hours=1))["journeys"]
     assert again["no_first_order"]["entered"] == 0 and again["birthday"]["entered"] == 0
-    assert {(r.member_id) for r in runs()} == {late, bday}
+    assert {(r.member_id) for r in runs()} == {late, late2, bday, bday2}
     del bought
 
 

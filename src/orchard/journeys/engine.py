@@ -136,7 +136,11 @@ def enter(session: Session, journey: Journey, *, now: dt.datetime | None = None)
     now = now or utcnow()
     version, parsed = _version(session, journey)
     cand, cursor = _candidates(session, journey, parsed, now)
-    cand = cand.subquery("cand")
+    # A trigger occurrence is per member: a date or an anchor time is shared by many members (everyone
+    # born on 27 Nov, a batch imported in the same second), so the key carries the member id.
+    raw = cand.subquery("raw")
+    cand = select(raw.c.member_id, (raw.c.k + literal(":") + cast(raw.c.member_id, String)).label("k")) \
+        .subquery("cand")
     R = JourneyRun.__table__
     # Re-entry policy, as SQL over the member's earlier runs of this journey.
     earlier = select(R.c.id).where(R.c.journey_id == journey.id, R.c.member_id == cand.c.member_id)
