@@ -129,14 +129,16 @@ def _advance_worker(url: str, batch: int, out) -> None:
 
     db.reset_caches()
     steps = runs = sent = suppressed = 0
-    while True:
-        with db.transaction() as s:
-            stats = engine.advance(s, now=NOW, limit=batch)
-        if not stats.runs:
-            break
-        steps, runs, sent, suppressed = (steps + stats.steps, runs + stats.runs, sent + stats.sent,
-                                         suppressed + stats.suppressed)
-    out.put((steps, runs, sent, suppressed))
+    try:
+        while True:
+            with db.transaction() as s:
+                stats = engine.advance(s, now=NOW, limit=batch)
+            if not stats.runs:
+                break
+            steps, runs, sent, suppressed = (steps + stats.steps, runs + stats.runs, sent + stats.sent,
+                                             suppressed + stats.suppressed)
+    finally:  # the parent waits for one answer per worker, also when a worker fails
+        out.put((steps, runs, sent, suppressed))
 
 
 def run_advance(url: str, workers: int, batch: int, log=print) -> float:

@@ -828,7 +828,8 @@ def journeys_ready(
             out = ready.install(session, actor="cli", coupon_template_id=coupon_template, publish=publish)
     except OrchardError as exc:
         _fail(exc)
-    console.print(f"templates: {', '.join(out['templates']) or '—'}\njourneys: {', '.join(out['journeys']) or '—'}")
+    console.print(f"templates: {', '.join(out['templates']) or '—'}\njourneys: {', '.join(out['journeys']) or '—'}\n"
+                  f"published: {', '.join(out['published']) or '—'}")
 
 
 @journeys_app.command("sweep")

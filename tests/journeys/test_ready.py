@@ -18,11 +18,16 @@ NOW = dt.datetime(2026, 11, 24, 3, 0, tzinfo=dt.UTC)  # 11:00 in Shanghai
 
 
 def test_ready_journeys_install_once_publish_and_run(clean_db):
-    with db.transaction() as s:
-        created = ready.install(s, actor="t", publish=True)
+    with db.transaction() as s:  # as the demo does: drafts for review
+        created = ready.install(s, actor="t")
+        assert set(s.scalars(select(Journey.status))) == {"draft"}
     assert len(created["journeys"]) == len(ready.journeys()) and len(created["templates"]) == len(ready.TEMPLATES)
+    assert created["published"] == []
+    with db.transaction() as s:  # `orchard journeys ready --publish` afterwards starts the drafts
+        again = ready.install(s, actor="t", publish=True)
+    assert again["journeys"] == [] and sorted(again["published"]) == sorted(j["code"] for j in ready.journeys())
     with db.transaction() as s:
-        assert ready.install(s, actor="t") == {"templates": [], "journeys": []}
+        assert ready.install(s, actor="t", publish=True) == {"templates": [], "journeys": [], "published": []}
         assert set(s.scalars(select(Journey.status))) == {"live"}
     with db.transaction() as s:
         lapsed = member(s, "lapsed", joined=NOW - dt.timedelta(days=400),

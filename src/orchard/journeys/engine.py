@@ -243,7 +243,9 @@ def advance(session: Session, *, now: dt.datetime | None = None, limit: int = 10
     ).order_by(JourneyRun.wake_at, JourneyRun.id).limit(limit)
     if session.get_bind().dialect.name == "postgresql":
         due = due.with_for_update(skip_locked=True, of=JourneyRun)
-    runs = list(session.scalars(due))
+    # In member order: a step may lock its member (a send decision, points, a coupon), and two workers
+    # taking members in different orders would deadlock; in one global order they cannot.
+    runs = sorted(session.scalars(due), key=lambda r: (r.member_id, r.id))
     graphs: dict[int, G.Graph] = {}
     journeys: dict[int, Journey] = {}
     conditions: dict[tuple[int, str], Any] = {}

@@ -95,18 +95,23 @@ def journeys(coupon_template_id: int | None = None) -> tuple[dict[str, Any], ...
 
 def install(session: Session, *, actor: str, coupon_template_id: int | None = None,
             publish: bool = False) -> dict[str, list[str]]:
-    """Create what is missing; with `publish`, also publish and start the journeys."""
-    created: dict[str, list[str]] = {"templates": [], "journeys": []}
+    """Create what is missing; with `publish`, also publish and start the shipped journeys that are still
+    drafts never published (e.g. installed by the demo for review) — never one an operator paused,
+    archived or already runs."""
+    created: dict[str, list[str]] = {"templates": [], "journeys": [], "published": []}
     for body in TEMPLATES:
         if session.scalar(select(MessageTemplate.id).where(MessageTemplate.code == body["code"])) is None:
             templates.create(session, actor=actor, sign_name=SIGN if body["channel"] == "sms" else None,
                              publish=True, **body)
             created["templates"].append(body["code"])
     for body in journeys(coupon_template_id):
-        if session.scalar(select(Journey.id).where(Journey.code == body["code"])) is not None:
+        existing = session.scalar(select(Journey).where(Journey.code == body["code"]))
+        if existing is None:
+            service.create(session, actor=actor, **body)
+            created["journeys"].append(body["code"])
+        elif not (existing.status == "draft" and existing.live_version_id is None):
             continue
-        service.create(session, actor=actor, **body)
-        created["journeys"].append(body["code"])
         if publish:
             service.publish(session, code=body["code"], actor=actor)
+            created["published"].append(body["code"])
     return created
