@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,12 +42,17 @@ def _version(session: Session, journey: Journey) -> tuple[JourneyVersion, G.Grap
 
 # -- entry -----------------------------------------------------------------------------------------
 
-def enter(session: Session, journey: Journey, *, now: dt.datetime | None = None) -> dict[str, int]:
-    """Enter this journey's new candidates (set-based); log who entered and who was turned away."""
+def enter(session: Session, journey: Journey, *, now: dt.datetime | None = None,
+          parsed: G.Graph | None = None) -> dict[str, int]:
+    """Enter this journey's new candidates (set-based); log who entered and who was turned away
+    (once per trigger key: a sweep that reads the same candidate again does not log it again)."""
     now = now or utcnow()
-    version, parsed = _version(session, journey)
-    cand, cursor = triggers.candidates(session, journey, parsed, now)
-    cand = cand.subquery("cand")
+    version = session.get(JourneyVersion, journey.live_version_id)
+    parsed = parsed or G.parse(version.graph)
+    found = triggers.candidates(session, journey, parsed, now)
+    if found.rows is None:
+        return {"entered": 0, "turned_away": 0}
+    cand = found.rows.subquery("cand")
     R = JourneyRun.__table__
     # Re-entry policy, as SQL over the member's earlier runs of this journey.
     earlier = select(R.c.id).where(R.c.journey_id == journey.id, R.c.member_id == cand.c.member_id)
@@ -83,14 +89,22 @@ def enter(session: Session, journey: Journey, *, now: dt.datetime | None = None)
         ["journey_id", "run_id", "member_id", "step", "kind", "reason", "detail", "at"],
         select(R.c.journey_id, R.c.id, R.c.member_id, R.c.step, literal("entered"), literal(None, String),
                literal({}, L.c.detail.type), _at(now)).where(new_runs)))
+    # A refusal names the trigger key it refused ({"key": …}), and is logged once per key: date and
+    # absence sweeps re-read their candidates all day, segment exits within their overlap.
+    detail = func.jsonb_build_object if session.get_bind().dialect.name == "postgresql" else func.json_object
     turned_away = 0
     for reason, cond in refused.items():
+        new = select(cand.c.member_id, func.min(cand.c.k).label("k")).where(
+            cond, ~triggers.refusal_logged(journey.id, cand.c.member_id, cand.c.k)).group_by(cand.c.member_id) \
+            .subquery("refused")
         turned_away += session.execute(insert(L).from_select(
             ["journey_id", "member_id", "kind", "reason", "detail", "at"],
-            select(literal(journey.id), cand.c.member_id, literal("not_entered"), literal(reason),
-                   literal({}, L.c.detail.type), _at(now)).where(cond).distinct())).rowcount or 0
-    if cursor is not None:
-        journey.cursor = cursor
+            select(literal(journey.id), new.c.member_id, literal("not_entered"), literal(reason),
+                   detail(literal("key"), new.c.k), _at(now)))).rowcount or 0
+    if found.cursor is not None:
+        journey.cursor = found.cursor
+    if found.cursor_at is not None:
+        journey.cursor_at = found.cursor_at
     session.flush()
     return {"entered": entered, "turned_away": max(turned_away, 0)}
 
@@ -321,14 +335,21 @@ def wake_on_events(session: Session, now: dt.datetime) -> int:
                                            arrived).values(wake_at=now)).rowcount or 0
 
 
-def sweep(session: Session, *, now: dt.datetime | None = None) -> dict[str, Any]:
-    """Everything periodic, for every live journey: conversions, entries, event wake-ups."""
+def sweep(session: Session, *, now: dt.datetime | None = None, kinds: Collection[str] | None = None,
+          housekeeping: bool = True) -> dict[str, Any]:
+    """Everything periodic, for every live journey: conversions and event wake-ups (`housekeeping`),
+    and entries for the journeys whose trigger type is in `kinds` (all when None). The scheduler runs
+    the cheap cursor-based kinds every few seconds and the set-based sweeps every few minutes
+    (`triggers.CURSOR_KINDS`, `triggers.SWEEP_KINDS`); the CLI and the tests run everything."""
     now = now or utcnow()
-    out: dict[str, Any] = {"journeys": {}, "woken": wake_on_events(session, now)}
+    out: dict[str, Any] = {"journeys": {}, "woken": wake_on_events(session, now) if housekeeping else 0}
     for journey in session.scalars(select(Journey).where(Journey.status == "live").order_by(Journey.id)):
         _, parsed = _version(session, journey)
-        converted = exit_converted(session, journey, parsed, now)
-        result = enter(session, journey, now=now)
+        wanted = kinds is None or parsed.trigger.type in kinds
+        if not (wanted or housekeeping):
+            continue
+        converted = exit_converted(session, journey, parsed, now) if housekeeping else 0
+        result = enter(session, journey, now=now, parsed=parsed) if wanted else {"entered": 0, "turned_away": 0}
         out["journeys"][journey.code] = {**result, "converted": converted}
     return out
 

@@ -40,6 +40,9 @@ class Journey(Base):
     owner_unit_id: Mapped[int | None] = mapped_column(ForeignKey("org_units.id"))
     #: Trigger sweep position: the last event / order / segment spell id already considered.
     cursor: Mapped[int] = mapped_column(BigId, default=0)
+    #: Time cursor, for triggers an id cannot follow: segment exits (a spell ends by an update in
+    #: place) are read from here on; a schedule's last occurrence fired.
+    cursor_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     created_by: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
