@@ -62,7 +62,8 @@ def enter(session: Session, journey: Journey, *, now: dt.datetime | None = None,
         blocked = exists(earlier.where(R.c.entered_at > _at(now - dt.timedelta(days=journey.reentry_days or 0))))
     else:
         blocked = exists(earlier.where(R.c.status.in_(OPEN)))
-    already = exists().where(R.c.journey_id == journey.id, R.c.trigger_key == cand.c.k)
+    already = exists().where(R.c.journey_id == journey.id, R.c.member_id == cand.c.member_id,
+                             R.c.trigger_key == cand.c.k)
     conditions = [~already]
     refused = {"reentry": and_(~already, blocked)}
     entry_sql = None
@@ -90,23 +91,26 @@ def enter(session: Session, journey: Journey, *, now: dt.datetime | None = None,
         select(R.c.journey_id, R.c.id, R.c.member_id, R.c.step, literal("entered"), literal(None, String),
                literal({}, L.c.detail.type), _at(now)).where(new_runs)))
     # A refusal names the trigger key it refused ({"key": …}), and is logged once per key: date and
-    # absence sweeps re-read their candidates all day, segment exits within their overlap.
+    # absence sweeps re-read their candidates all day, segment exits within their overlap. Counted
+    # by id range like the runs (an INSERT … SELECT's rowcount is not reliable on every driver).
     detail = func.jsonb_build_object if session.get_bind().dialect.name == "postgresql" else func.json_object
-    turned_away = 0
+    last_log = session.scalar(select(func.coalesce(func.max(L.c.id), 0))) or 0
     for reason, cond in refused.items():
         new = select(cand.c.member_id, func.min(cand.c.k).label("k")).where(
             cond, ~triggers.refusal_logged(journey.id, cand.c.member_id, cand.c.k)).group_by(cand.c.member_id) \
             .subquery("refused")
-        turned_away += session.execute(insert(L).from_select(
+        session.execute(insert(L).from_select(
             ["journey_id", "member_id", "kind", "reason", "detail", "at"],
             select(literal(journey.id), new.c.member_id, literal("not_entered"), literal(reason),
-                   detail(literal("key"), new.c.k), _at(now)))).rowcount or 0
+                   detail(literal("key"), new.c.k), _at(now))))
+    turned_away = session.scalar(select(func.count()).select_from(L).where(
+        L.c.id > last_log, L.c.journey_id == journey.id, L.c.kind == "not_entered")) or 0
     if found.cursor is not None:
         journey.cursor = found.cursor
     if found.cursor_at is not None:
         journey.cursor_at = found.cursor_at
     session.flush()
-    return {"entered": entered, "turned_away": max(turned_away, 0)}
+    return {"entered": entered, "turned_away": turned_away}
 
 
 # -- advancing -------------------------------------------------------------------------------------

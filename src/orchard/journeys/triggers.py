@@ -128,7 +128,7 @@ def refusal_logged(journey_id: int, member_id, key):
 def _unseen(journey: Journey, member_id, key):
     """Neither entered nor turned away yet (for candidates read more than once, see EXIT_OVERLAP)."""
     R = JourneyRun.__table__
-    return ~exists().where(R.c.journey_id == journey.id, R.c.trigger_key == key) \
+    return ~exists().where(R.c.journey_id == journey.id, R.c.member_id == member_id, R.c.trigger_key == key) \
         & ~refusal_logged(journey.id, member_id, key)
 
 
