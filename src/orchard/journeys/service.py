@@ -130,7 +130,7 @@ def publish(session: Session, *, code: str, actor: str, go_live: bool = True,
     journey.live_version_id = version.id
     # A new journey's triggers start from now, not from the beginning of history; so does a version
     # whose trigger reads another source (the old cursor points into another table).
-    if before is None or triggers.source(G.parse(before.graph).trigger) != triggers.source(parsed.trigger):
+    if before is None or triggers.source(before.graph["trigger"]) != triggers.source(version.graph["trigger"]):
         journey.cursor, journey.cursor_at = triggers.start(session, parsed, now)
     if go_live and journey.status in ("draft", "paused"):
         journey.status = "live"

@@ -111,11 +111,13 @@ def start(session: Session, parsed: G.Graph, now: dt.datetime) -> tuple[int, dt.
     return cursor, now if isinstance(trigger, G.SegmentExitTrigger | G.ScheduleTrigger) else None
 
 
-def source(trigger: Any) -> str | None:
-    """What the trigger's cursor points into: a new version with another source starts it again."""
-    if isinstance(trigger, G.EventTrigger):
-        return trigger.event if trigger.event.startswith("$") else "events"
-    return trigger.type if trigger.type in ("segment_entry", "segment_exit", "schedule") else None
+def source(trigger: dict[str, Any]) -> str | None:
+    """What a stored trigger's cursor points into (read from the stored JSON, so an old version that
+    no longer validates still answers): a new version with another source starts it again."""
+    if trigger.get("type") == "event":
+        event = str(trigger.get("event", ""))
+        return event if event.startswith("$") else "events"
+    return trigger.get("type") if trigger.get("type") in ("segment_entry", "segment_exit", "schedule") else None
 
 
 def refusal_logged(journey_id: int, member_id, key):
