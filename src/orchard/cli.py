@@ -834,7 +834,9 @@ def journeys_ready(
 
 @journeys_app.command("sweep")
 def journeys_sweep() -> None:
-    """Enter members into live journeys and end converted runs (the server does this every 30 s)."""
+    """Enter members into live journeys (every trigger kind) and end converted runs (the server does
+    this in three jobs: event triggers every 5 s, date / absence / schedule triggers every 10 min,
+    conversions every 30 s)."""
     from orchard.db import transaction
     from orchard.journeys import engine
 

@@ -11,7 +11,7 @@ from orchard.identity.models import Identity
 from orchard.journeys import engine, ready
 from orchard.journeys.models import Journey, JourneyRun
 from orchard.members.consent import set_consent
-from orchard.messaging.models import Message
+from orchard.messaging.models import Message, MessageTemplate
 from tests.segments.helpers import event, member
 
 NOW = dt.datetime(2026, 11, 24, 3, 0, tzinfo=dt.UTC)  # 11:00 in Shanghai
@@ -35,7 +35,11 @@ def test_ready_journeys_install_once_publish_and_run(clean_db):
         newbie = member(s, "newbie", joined=NOW - dt.timedelta(days=4))
         birthday = member(s, "bday", birthday=(NOW + dt.timedelta(days=3)).date().replace(year=1992))
         carter = member(s, "cart")
-        for i, mid in enumerate((lapsed, newbie, birthday, carter)):
+        # Buys every 30 days: last order 28 days ago, so the next is due in 2 days (消费周期提醒).
+        cycler = member(s, "cycle", joined=NOW - dt.timedelta(days=400),
+                        orders=[(NOW - dt.timedelta(days=88), 3000), (NOW - dt.timedelta(days=58), 3000),
+                                (NOW - dt.timedelta(days=28), 3000)])
+        for i, mid in enumerate((lapsed, newbie, birthday, carter, cycler)):
             s.add(Identity(member_id=mid, kind="phone", value=f"+861380000{i:04d}"))
             set_consent(s, member_id=mid, channel="sms", purpose="marketing", granted=True, source="t", actor="t")
         event(s, carter, "added_to_cart", NOW)
@@ -43,6 +47,7 @@ def test_ready_journeys_install_once_publish_and_run(clean_db):
         out = engine.sweep(s, now=NOW)["journeys"]
     assert out["ready_winback"]["entered"] == 1 and out["ready_first_order"]["entered"] == 1
     assert out["ready_birthday"]["entered"] == 1 and out["ready_cart"]["entered"] == 1
+    assert out["ready_cycle"]["entered"] == 1
     with db.transaction() as s:
         engine.advance(s, now=NOW)
     with db.transaction() as s:
@@ -54,6 +59,10 @@ def test_ready_journeys_install_once_publish_and_run(clean_db):
                              .join(Journey, Journey.id == JourneyRun.journey_id)).all())
     # Each member got exactly one marketing message: the weekly cap holds across journeys. The lapsed
     # member's month-old order, though written after publishing, is too old to ask for a review.
-    assert queued == {lapsed: 1, newbie: 1, birthday: 1, carter: 1}
+    assert queued == {lapsed: 1, newbie: 1, birthday: 1, carter: 1, cycler: 1}
     assert runs == {("ready_winback", lapsed), ("ready_repurchase", lapsed), ("ready_first_order", newbie),
-                    ("ready_birthday", birthday), ("ready_cart", carter)}
+                    ("ready_birthday", birthday), ("ready_cart", carter), ("ready_cycle", cycler)}
+    with db.transaction(readonly=True) as s:
+        sent = s.scalar(select(MessageTemplate.code).join(Message, Message.template_id == MessageTemplate.id)
+                        .where(Message.member_id == cycler))
+    assert sent == "cycle_sms"

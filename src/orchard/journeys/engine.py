@@ -1,10 +1,8 @@
 """The journey engine: triggers enter members (set-based sweeps), runs advance step by step.
 
-* **Entry** — each trigger kind is one SQL statement that finds candidates (new events after the
-  journey's cursor, new segment spells, members whose anchor is `days` old with nothing since,
-  birthdays and expiring points `days_before` ahead), written with a `trigger_key` that makes a
-  re-run enter nobody twice; the re-entry policy and the entry condition filter in the same SQL, and
-  members turned away are logged with the reason.
+* **Entry** — each trigger kind is one SQL statement that finds candidates (`triggers.py`),
+  written with a `trigger_key` that makes a re-run enter nobody twice; the re-entry policy and the
+  entry condition filter in the same SQL, and members turned away are logged with the reason.
 * **Advance** — runs due (`wake_at <= now`) are claimed (`SKIP LOCKED` on PostgreSQL) and executed
   until they wait or end; each step is logged. Sends go through the outbox (caps, consent, quiet
   hours decided there and recorded); a held-out control group gets nothing and is still tracked.
@@ -16,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,17 +24,11 @@ from sqlalchemy.orm import Session
 from orchard.db import UTCDateTime
 from orchard.events.models import Event, Order
 from orchard.journeys import graph as G
+from orchard.journeys import triggers
 from orchard.journeys.models import OPEN, Journey, JourneyLog, JourneyRun, JourneyVersion
 from orchard.kit.clock import tenant_zone, utcnow
-from orchard.members.models import MemberAggregate
 from orchard.segments import compiler as C
 from orchard.segments import evaluate
-from orchard.segments.models import Segment, SegmentMembership
-
-#: Candidates considered per journey per sweep (the cursor moves on; the rest come next sweep).
-ENTRY_BATCH = 50_000
-#: Grace for absence and date triggers: a sweep that did not run for a few days still finds them.
-GRACE_DAYS = 7
 
 
 def _at(value: dt.datetime):
@@ -49,98 +42,17 @@ def _version(session: Session, journey: Journey) -> tuple[JourneyVersion, G.Grap
 
 # -- entry -----------------------------------------------------------------------------------------
 
-def _candidates(session: Session, journey: Journey, parsed: G.Graph, now: dt.datetime):
-    """(member_id, trigger_key) candidates as a select, and the new cursor (or None)."""
-    trigger = parsed.trigger
-    if isinstance(trigger, G.EventTrigger):
-        fresh = now - dt.timedelta(hours=trigger.max_age_hours)
-        if trigger.event == "$order":
-            o = Order.__table__
-            rows = select(o.c.id.label("src"), o.c.member_id).where(
-                o.c.id > journey.cursor, o.c.status != "refunded", o.c.paid_at >= _at(fresh))
-            key = "o:"
-        else:
-            e = Event.__table__
-            rows = select(e.c.id.label("src"), e.c.member_id).where(
-                e.c.id > journey.cursor, e.c.name == trigger.event, e.c.member_id.is_not(None),
-                e.c.occurred_at >= _at(fresh))
-            ctx = C.context(session, now=now)
-            for i, f in enumerate(trigger.where):
-                rows = rows.where(C._prop_filter(e.c.properties, f, ctx, f"$.trigger.where[{i}]"))
-            key = "e:"
-        rows = rows.order_by(text("src")).limit(ENTRY_BATCH).subquery()
-        cursor = session.scalar(select(func.max(rows.c.src)))
-        return select(rows.c.member_id, (literal(key) + cast(rows.c.src, String)).label("k")), cursor
-    if isinstance(trigger, G.SegmentTrigger):
-        s = SegmentMembership.__table__
-        seg_id = session.scalar(select(Segment.id).where(Segment.code == trigger.segment))
-        rows = select(s.c.id.label("src"), s.c.member_id).where(s.c.segment_id == seg_id, s.c.id > journey.cursor) \
-            .order_by(s.c.id).limit(ENTRY_BATCH).subquery()
-        cursor = session.scalar(select(func.max(rows.c.src)))
-        return select(rows.c.member_id, (literal("s:") + cast(rows.c.src, String)).label("k")), cursor
-    if isinstance(trigger, G.AbsenceTrigger):
-        return _absence(session, trigger, now), None
-    return _date(session, trigger, now), None
-
-
-def _absence(session: Session, trigger: G.AbsenceTrigger, now: dt.datetime):
-    """Members whose anchor is at least `days` old (and at most `days` + grace), with nothing of
-    `absent` since the anchor. Keyed by the anchor's time, so one anchor enters once."""
-    a = MemberAggregate.__table__
-    anchor = {"joined": C.m.c.joined_at, "first_order": a.c.first_order_at, "last_order": a.c.last_order_at,
-              "last_visit": a.c.last_visit_at}[trigger.after]
-    due = now - dt.timedelta(days=trigger.days)
-    if trigger.absent == "$order":
-        o = Order.__table__
-        since = exists().where(o.c.member_id == C.m.c.id, o.c.paid_at > anchor, o.c.status != "refunded")
-    else:
-        e = Event.__table__
-        since = exists().where(e.c.member_id == C.m.c.id, e.c.name == trigger.absent, e.c.occurred_at > anchor)
-    epoch = cast(cast(_epoch(session, anchor), Integer), String)
-    return select(C.m.c.id.label("member_id"), (literal("a:") + epoch).label("k")).select_from(
-        C.m.outerjoin(a, a.c.member_id == C.m.c.id)).where(
-        C.live(), anchor <= _at(due), anchor > _at(due - dt.timedelta(days=GRACE_DAYS)), ~since)
-
-
-def _epoch(session: Session, column):
-    if session.get_bind().dialect.name == "postgresql":
-        return func.extract("epoch", column)
-    return func.strftime("%s", column)
-
-
-def _date(session: Session, trigger: G.DateTrigger, now: dt.datetime):
-    zone = tenant_zone()
-    target = now.astimezone(zone).date() + dt.timedelta(days=trigger.days_before)
-    if trigger.field == "birthday":
-        pg = session.get_bind().dialect.name == "postgresql"
-        mmdd = func.to_char(C.m.c.birthday, "MMDD") if pg else func.strftime("%m%d", C.m.c.birthday)
-        keys = [target.strftime("%m%d")] + (["0229"] if target.strftime("%m%d") == "0228" and not _leap(target.year)
-                                             else [])
-        return select(C.m.c.id.label("member_id"), literal(f"b:{target.isoformat()}").label("k")).where(
-            C.live(), mmdd.in_(keys))
-    from orchard.loyalty.models import PointsLot
-
-    lot = PointsLot.__table__
-    start = dt.datetime.combine(target, dt.time(), zone).astimezone(dt.UTC)
-    return select(lot.c.member_id.label("member_id"), literal(f"p:{target.isoformat()}").label("k")).where(
-        lot.c.remaining > 0, lot.c.expires_at >= _at(start), lot.c.expires_at < _at(start + dt.timedelta(days=1))
-    ).group_by(lot.c.member_id)
-
-
-def _leap(year: int) -> bool:
-    return year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
-
-
-def enter(session: Session, journey: Journey, *, now: dt.datetime | None = None) -> dict[str, int]:
-    """Enter this journey's new candidates (set-based); log who entered and who was turned away."""
+def enter(session: Session, journey: Journey, *, now: dt.datetime | None = None,
+          parsed: G.Graph | None = None) -> dict[str, int]:
+    """Enter this journey's new candidates (set-based); log who entered and who was turned away
+    (once per trigger key: a sweep that reads the same candidate again does not log it again)."""
     now = now or utcnow()
-    version, parsed = _version(session, journey)
-    cand, cursor = _candidates(session, journey, parsed, now)
-    # A trigger occurrence is per member: a date or an anchor time is shared by many members (everyone
-    # born on 27 Nov, a batch imported in the same second), so the key carries the member id.
-    raw = cand.subquery("raw")
-    cand = select(raw.c.member_id, (raw.c.k + literal(":") + cast(raw.c.member_id, String)).label("k")) \
-        .subquery("cand")
+    version = session.get(JourneyVersion, journey.live_version_id)
+    parsed = parsed or G.parse(version.graph)
+    found = triggers.candidates(session, journey, parsed, now)
+    if found.rows is None:
+        return {"entered": 0, "turned_away": 0}
+    cand = found.rows.subquery("cand")
     R = JourneyRun.__table__
     # Re-entry policy, as SQL over the member's earlier runs of this journey.
     earlier = select(R.c.id).where(R.c.journey_id == journey.id, R.c.member_id == cand.c.member_id)
@@ -150,7 +62,8 @@ def enter(session: Session, journey: Journey, *, now: dt.datetime | None = None)
         blocked = exists(earlier.where(R.c.entered_at > _at(now - dt.timedelta(days=journey.reentry_days or 0))))
     else:
         blocked = exists(earlier.where(R.c.status.in_(OPEN)))
-    already = exists().where(R.c.journey_id == journey.id, R.c.trigger_key == cand.c.k)
+    already = exists().where(R.c.journey_id == journey.id, R.c.member_id == cand.c.member_id,
+                             R.c.trigger_key == cand.c.k)
     conditions = [~already]
     refused = {"reentry": and_(~already, blocked)}
     entry_sql = None
@@ -177,16 +90,27 @@ def enter(session: Session, journey: Journey, *, now: dt.datetime | None = None)
         ["journey_id", "run_id", "member_id", "step", "kind", "reason", "detail", "at"],
         select(R.c.journey_id, R.c.id, R.c.member_id, R.c.step, literal("entered"), literal(None, String),
                literal({}, L.c.detail.type), _at(now)).where(new_runs)))
-    turned_away = 0
+    # A refusal names the trigger key it refused ({"key": …}), and is logged once per key: date and
+    # absence sweeps re-read their candidates all day, segment exits within their overlap. Counted
+    # by id range like the runs (an INSERT … SELECT's rowcount is not reliable on every driver).
+    detail = func.jsonb_build_object if session.get_bind().dialect.name == "postgresql" else func.json_object
+    last_log = session.scalar(select(func.coalesce(func.max(L.c.id), 0))) or 0
     for reason, cond in refused.items():
-        turned_away += session.execute(insert(L).from_select(
+        new = select(cand.c.member_id, func.min(cand.c.k).label("k")).where(
+            cond, ~triggers.refusal_logged(journey.id, cand.c.member_id, cand.c.k)).group_by(cand.c.member_id) \
+            .subquery("refused")
+        session.execute(insert(L).from_select(
             ["journey_id", "member_id", "kind", "reason", "detail", "at"],
-            select(literal(journey.id), cand.c.member_id, literal("not_entered"), literal(reason),
-                   literal({}, L.c.detail.type), _at(now)).where(cond).distinct())).rowcount or 0
-    if cursor is not None:
-        journey.cursor = cursor
+            select(literal(journey.id), new.c.member_id, literal("not_entered"), literal(reason),
+                   detail(literal("key"), new.c.k), _at(now))))
+    turned_away = session.scalar(select(func.count()).select_from(L).where(
+        L.c.id > last_log, L.c.journey_id == journey.id, L.c.kind == "not_entered")) or 0
+    if found.cursor is not None:
+        journey.cursor = found.cursor
+    if found.cursor_at is not None:
+        journey.cursor_at = found.cursor_at
     session.flush()
-    return {"entered": entered, "turned_away": max(turned_away, 0)}
+    return {"entered": entered, "turned_away": turned_away}
 
 
 # -- advancing -------------------------------------------------------------------------------------
@@ -417,14 +341,21 @@ def wake_on_events(session: Session, now: dt.datetime) -> int:
                                            arrived).values(wake_at=now)).rowcount or 0
 
 
-def sweep(session: Session, *, now: dt.datetime | None = None) -> dict[str, Any]:
-    """Everything periodic, for every live journey: conversions, entries, event wake-ups."""
+def sweep(session: Session, *, now: dt.datetime | None = None, kinds: Collection[str] | None = None,
+          housekeeping: bool = True) -> dict[str, Any]:
+    """Everything periodic, for every live journey: conversions and event wake-ups (`housekeeping`),
+    and entries for the journeys whose trigger type is in `kinds` (all when None). The scheduler runs
+    the cheap cursor-based kinds every few seconds and the set-based sweeps every few minutes
+    (`triggers.CURSOR_KINDS`, `triggers.SWEEP_KINDS`); the CLI and the tests run everything."""
     now = now or utcnow()
-    out: dict[str, Any] = {"journeys": {}, "woken": wake_on_events(session, now)}
+    out: dict[str, Any] = {"journeys": {}, "woken": wake_on_events(session, now) if housekeeping else 0}
     for journey in session.scalars(select(Journey).where(Journey.status == "live").order_by(Journey.id)):
         _, parsed = _version(session, journey)
-        converted = exit_converted(session, journey, parsed, now)
-        result = enter(session, journey, now=now)
+        wanted = kinds is None or parsed.trigger.type in kinds
+        if not (wanted or housekeeping):
+            continue
+        converted = exit_converted(session, journey, parsed, now) if housekeeping else 0
+        result = enter(session, journey, now=now, parsed=parsed) if wanted else {"entered": 0, "turned_away": 0}
         out["journeys"][journey.code] = {**result, "converted": converted}
     return out
 

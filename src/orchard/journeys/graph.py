@@ -11,17 +11,29 @@
    "nudge":  {"type": "send", "template": "first_order_sms", "next": null}}}
 ```
 
-Triggers: `event` (a behaviour event or `$order`, with property filters), `segment_entry`,
-`absence` (nothing of `absent` within `days` after the `after` anchor: joined, first_order,
-last_order, last_visit), `date` (birthday or points expiring, `days_before`). Steps: `wait` (days /
-hours, optionally until a local time of day), `wait_event` (with `timeout_hours` and
-`timeout_next`), `condition` (any segment definition, evaluated at that moment), `split`
-(percentages, optional held-out `control_percent`), `send` (a published template, `fallback`
-templates tried when the first is suppressed for want of consent or recipient), `coupon`,
-`points`, `tag` (add / remove), `task` (a call-back or WeCom task for the home store), `exit`.
+Triggers (found by `triggers.py`, each kind one set-based statement):
+
+* `event` — a behaviour event (with `where` property filters), or a source table: `$order` (a paid
+  order), `$tier_changed` (`direction` up / down / any, optional `to_level` code), `$points_earned`
+  (`min_points`). Only events newer than `max_age_hours` start a run. A field that does not apply to
+  the event (e.g. `min_points` on `$order`) is refused with its path.
+* `segment_entry` / `segment_exit` — a member's spell in the segment starts / ends.
+* `absence` — nothing of `absent` within `days` after the `after` anchor (joined, first_order,
+  last_order, last_visit).
+* `date` — `days_before` the target day: `birthday`, `anniversary` (of joining, from the first year),
+  `points_expiring`, `coupon_expiring` (an unused coupon whose last usable day it is),
+  `repurchase_due` (last order + the member's typical interval between orders).
+* `schedule` — `every` day / week (`weekday` 1 = Monday … 7) / month (`day`; past the month's end
+  means its last day) `at` a local time: the segment's current members (everyone live without
+  `segment`) enter once per occurrence.
+
+Steps: `wait` (days / hours, optionally until a local time of day), `wait_event` (with
+`timeout_hours` and `timeout_next`), `condition` (any segment definition, evaluated at that moment),
+`split` (percentages, optional held-out `control_percent`), `send` (a published template, `fallback`
+templates tried when the first is suppressed for want of consent or recipient), `coupon`, `points`,
+`tag` (add / remove), `task` (a call-back or WeCom task for the home store), `exit`.
 A `next` of null ends the run (completed).
 """
-
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
@@ -39,16 +51,34 @@ class _M(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+#: Event triggers read from these tables rather than from behaviour events.
+EVENT_SOURCES = ("$order", "$tier_changed", "$points_earned")
+#: Fields of an event trigger that apply to one source only (checked in `parse`, with their path).
+_EVENT_ONLY = {"direction": "$tier_changed", "to_level": "$tier_changed", "min_points": "$points_earned"}
+HHMM = Annotated[str, Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")]
+
+
 class EventTrigger(_M):
     type: Literal["event"]
     event: Annotated[str, Field(min_length=1, max_length=64)]
     where: list[seglang.PropFilter] = []
     #: Older events (history loaded by an import, a POS that syncs late) do not start the journey.
     max_age_hours: Annotated[int, Field(ge=1, le=24 * 30)] = 24
+    #: $tier_changed: to a higher rank (up), a lower one (down), or any change (the default).
+    direction: Literal["up", "down", "any"] | None = None
+    #: $tier_changed: only changes to this tier level (its code).
+    to_level: Annotated[str, Field(min_length=1, max_length=32)] | None = None
+    #: $points_earned: only earn entries of at least this many points.
+    min_points: Annotated[int, Field(ge=1, le=100_000_000)] | None = None
 
 
 class SegmentTrigger(_M):
     type: Literal["segment_entry"]
+    segment: Annotated[str, Field(min_length=1, max_length=64)]
+
+
+class SegmentExitTrigger(_M):
+    type: Literal["segment_exit"]
     segment: Annotated[str, Field(min_length=1, max_length=64)]
 
 
@@ -61,11 +91,27 @@ class AbsenceTrigger(_M):
 
 class DateTrigger(_M):
     type: Literal["date"]
-    field: Literal["birthday", "points_expiring"]
+    field: Literal["birthday", "anniversary", "points_expiring", "coupon_expiring", "repurchase_due"]
     days_before: Annotated[int, Field(ge=0, le=90)]
 
 
-Trigger = Annotated[EventTrigger | SegmentTrigger | AbsenceTrigger | DateTrigger, Field(discriminator="type")]
+class ScheduleTrigger(_M):
+    """E.g. every month on the member day (the 8th) at 10:00, to segment vip."""
+
+    type: Literal["schedule"]
+    #: Omitted: every live member.
+    segment: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    every: Literal["day", "week", "month"]
+    #: week: ISO weekday, 1 = Monday … 7 = Sunday.
+    weekday: Annotated[int, Field(ge=1, le=7)] | None = None
+    #: month: day of the month; a day past the month's end means its last day.
+    day: Annotated[int, Field(ge=1, le=31)] | None = None
+    #: Local time (tenant zone).
+    at: HHMM
+
+
+Trigger = Annotated[EventTrigger | SegmentTrigger | SegmentExitTrigger | AbsenceTrigger | DateTrigger
+                    | ScheduleTrigger, Field(discriminator="type")]
 
 
 class Wait(_M):
@@ -73,7 +119,7 @@ class Wait(_M):
     days: Annotated[int, Field(ge=0, le=365)] = 0
     hours: Annotated[int, Field(ge=0, le=24 * 365)] = 0
     #: Then on to this local time of day (e.g. "10:00"): the first such moment after the wait.
-    until_time: Annotated[str, Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")] | None = None
+    until_time: HHMM | None = None
     next: Next = None
 
 
@@ -192,15 +238,45 @@ def parse(data: Any) -> Graph:
     try:
         graph = _ADAPTER.validate_python(data)
     except ValidationError as exc:
-        errors = [{"field": "$." + ".".join(str(p) for p in e["loc"] if p not in _TAGS), "reason": e["msg"]}
-                  for e in exc.errors(include_url=False)]
+        errors = [{"field": _path(e["loc"]), "reason": e["msg"]} for e in exc.errors(include_url=False)]
         raise InvalidInput("the journey graph is not valid", errors=errors, code="journey.invalid") from None
+    _trigger(graph.trigger)
     _links(graph)
     return graph
 
 
-_TAGS = {"wait", "wait_event", "condition", "split", "send", "coupon", "points", "tag", "task", "exit", "event",
-         "segment_entry", "absence", "date"}
+_STEP_TAGS = {"wait", "wait_event", "condition", "split", "send", "coupon", "points", "tag", "task", "exit"}
+_TRIGGER_TAGS = {"event", "segment_entry", "segment_exit", "absence", "date", "schedule"}
+
+
+def _path(loc: tuple) -> str:
+    """The JSON path of an error, without the union tags pydantic puts after `trigger` and after a
+    step's id (and only there: a field named `event` is a real part of the path)."""
+    parts = [str(p) for i, p in enumerate(loc)
+             if not (i == 1 and loc[0] == "trigger" and p in _TRIGGER_TAGS)
+             and not (i == 2 and loc[0] == "steps" and p in _STEP_TAGS)]
+    return "$." + ".".join(parts)
+
+
+def _trigger(trigger: Any) -> None:
+    """What a field-by-field check cannot see: which fields apply to which event or schedule."""
+    if isinstance(trigger, EventTrigger):
+        if trigger.event.startswith("$") and trigger.event not in EVENT_SOURCES:
+            raise InvalidInput.field("$.trigger.event", "a $ event is one of " + ", ".join(EVENT_SOURCES))
+        for name, only in _EVENT_ONLY.items():
+            if getattr(trigger, name) is not None and trigger.event != only:
+                raise InvalidInput.field(f"$.trigger.{name}", f"only applies to {only} triggers")
+        if trigger.where and trigger.event.startswith("$"):
+            raise InvalidInput.field("$.trigger.where",
+                                     f"property filters apply to behaviour events, not to {trigger.event}")
+    if isinstance(trigger, ScheduleTrigger):
+        need = {"day": None, "week": "weekday", "month": "day"}[trigger.every]
+        for name in ("weekday", "day"):
+            given = getattr(trigger, name) is not None
+            if name == need and not given:
+                raise InvalidInput.field(f"$.trigger.{name}", f"required when every is {trigger.every}")
+            if name != need and given:
+                raise InvalidInput.field(f"$.trigger.{name}", f"does not apply when every is {trigger.every}")
 
 
 def _links(graph: Graph) -> None:

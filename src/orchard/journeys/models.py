@@ -40,6 +40,9 @@ class Journey(Base):
     owner_unit_id: Mapped[int | None] = mapped_column(ForeignKey("org_units.id"))
     #: Trigger sweep position: the last event / order / segment spell id already considered.
     cursor: Mapped[int] = mapped_column(BigId, default=0)
+    #: Time cursor, for triggers an id cannot follow: segment exits (a spell ends by an update in
+    #: place) are read from here on; a schedule's last occurrence fired.
+    cursor_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     created_by: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -68,11 +71,11 @@ class JourneyRun(Base):
     __tablename__ = "journey_runs"
     __table_args__ = (
         CheckConstraint("status in ('active','waiting','completed','exited','failed')", name="status"),
-        # One run per trigger occurrence: the sweep can be re-run without entering anyone twice.
-        UniqueConstraint("journey_id", "trigger_key"),
+        # One run per member and trigger occurrence (an event, a birthday, a schedule date): the sweep
+        # can be re-run without entering anyone twice. Also the (journey_id, member_id) lookup.
+        UniqueConstraint("journey_id", "member_id", "trigger_key"),
         Index("ix_journey_runs_wake", "wake_at", postgresql_where=text("status IN ('active','waiting')"),
               sqlite_where=text("status IN ('active','waiting')")),
-        Index("ix_journey_runs_journey_member", "journey_id", "member_id"),
         Index("ix_journey_runs_member_status", "member_id", "status"),
     )
 

@@ -41,6 +41,8 @@ TEMPLATES: tuple[dict[str, Any], ...] = (
      "body": "{{ member.name }}，您有积分将于30天后到期，当前余额{{ points.balance }}分，可兑换好礼。"},
     {"code": "review_sms", "name": "评价邀请", "channel": "sms", "purpose": "marketing",
      "body": "{{ member.name }}，您最近的购物体验如何？评价即送20积分。回T退订"},
+    {"code": "cycle_sms", "name": "消费周期提醒", "channel": "sms", "purpose": "marketing",
+     "body": "{{ member.name }}，按您的购买习惯，常买的商品快用完了吧？会员专享价已为您备好，欢迎回购。回T退订"},
 )
 
 
@@ -90,6 +92,11 @@ def journeys(coupon_template_id: int | None = None) -> tuple[dict[str, Any], ...
             "trigger": {"type": "event", "event": "$order"}, "entry": "wait",
             "steps": {"wait": {"type": "wait", "days": 3, "until_time": "19:00", "next": "send"},
                       "send": _send("review_sms")}}},
+        # Two days before the member's typical repurchase interval runs out (members with two orders
+        # or more); once per cycle — a member who buys meanwhile moves the due day on.
+        {"code": "ready_cycle", "name": "消费周期提醒", "reentry": "cooldown", "reentry_days": 7, "graph": {
+            "trigger": {"type": "date", "field": "repurchase_due", "days_before": 2}, "entry": "send",
+            "exit_on": {"event": "$order"}, "steps": {"send": _send("cycle_sms")}}},
     )
 
 

@@ -4,14 +4,16 @@ segments and tags existing, conditions compiling."""
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from orchard.audit.service import record
 from orchard.errors import Conflict, InvalidInput, NotFound
 from orchard.journeys import graph as G
+from orchard.journeys import triggers
 from orchard.journeys.models import OPEN, Journey, JourneyRun, JourneyVersion
 from orchard.kit.clock import utcnow
 from orchard.messaging.models import MessageTemplate
@@ -101,25 +103,35 @@ def check_references(session: Session, parsed: G.Graph) -> None:
     if parsed.entry_condition is not None:
         evaluate.compile_definition(session, parsed.entry_condition, root="$.entry_condition")
     trigger = parsed.trigger
-    if isinstance(trigger, G.SegmentTrigger) and session.scalar(
-            select(Segment.id).where(Segment.code == trigger.segment, Segment.status == "active")) is None:
-        raise InvalidInput.field("$.trigger.segment", f"no active segment {trigger.segment!r}")
+    segment = getattr(trigger, "segment", None)  # segment_entry, segment_exit, schedule
+    if segment is not None and session.scalar(
+            select(Segment.id).where(Segment.code == segment, Segment.status == "active")) is None:
+        raise InvalidInput.field("$.trigger.segment", f"no active segment {segment!r}")
+    if isinstance(trigger, G.EventTrigger) and trigger.to_level is not None:
+        from orchard.loyalty.models import TierLevel
+
+        if session.scalar(select(TierLevel.id).where(TierLevel.code == trigger.to_level)) is None:
+            raise InvalidInput.field("$.trigger.to_level", f"no tier level {trigger.to_level!r}")
 
 
-def publish(session: Session, *, code: str, actor: str, go_live: bool = True) -> JourneyVersion:
-    """Freeze the draft as the live version. Runs already in flight keep the version they started on."""
+def publish(session: Session, *, code: str, actor: str, go_live: bool = True,
+            now: dt.datetime | None = None) -> JourneyVersion:
+    """Freeze the draft as the live version. Runs already in flight keep the version they started on.
+    `now` (tests) is where time-cursored triggers start: segment exits and schedule occurrences after it."""
     journey = get(session, code, lock=True)
     version = draft(session, journey)
     if version is None:
         raise Conflict("there is no draft to publish", code="journey.no_draft")
     parsed = G.parse(version.graph)
     check_references(session, parsed)
-    now = utcnow()
+    now = now or utcnow()
     version.status, version.published_at = "published", now
-    first = journey.live_version_id is None
+    before = session.get(JourneyVersion, journey.live_version_id) if journey.live_version_id else None
     journey.live_version_id = version.id
-    if first:  # a new journey's event triggers start from now, not from the beginning of history
-        journey.cursor = _trigger_start(session, parsed)
+    # A new journey's triggers start from now, not from the beginning of history; so does a version
+    # whose trigger reads another source (the old cursor points into another table).
+    if before is None or triggers.source(before.graph["trigger"]) != triggers.source(version.graph["trigger"]):
+        journey.cursor, journey.cursor_at = triggers.start(session, parsed, now)
     if go_live and journey.status in ("draft", "paused"):
         journey.status = "live"
     journey.updated_at = now
@@ -127,19 +139,6 @@ def publish(session: Session, *, code: str, actor: str, go_live: bool = True) ->
            data={"version": version.version, "status": journey.status})
     session.flush()
     return version
-
-
-def _trigger_start(session: Session, parsed: G.Graph) -> int:
-    from orchard.events.models import Event, Order
-    from orchard.segments.models import SegmentMembership
-
-    trigger = parsed.trigger
-    if isinstance(trigger, G.EventTrigger):
-        table = Order if trigger.event == "$order" else Event
-        return session.scalar(select(func.coalesce(func.max(table.id), 0))) or 0
-    if isinstance(trigger, G.SegmentTrigger):
-        return session.scalar(select(func.coalesce(func.max(SegmentMembership.id), 0))) or 0
-    return 0
 
 
 def set_status(session: Session, *, code: str, status: str, actor: str) -> Journey:

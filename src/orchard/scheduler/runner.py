@@ -70,10 +70,27 @@ def _refresh_all(session: Session, now: dt.datetime) -> Any:
     return refresh.run(session, now=now)
 
 
+def _journeys_events(session: Session, now: dt.datetime) -> Any:
+    """Cursor-based triggers (events, orders, tier changes, points, segment entry and exit): they read
+    only what is new, so they run every few seconds and a journey starts within seconds of its event."""
+    from orchard.journeys import engine, triggers
+
+    return engine.sweep(session, now=now, kinds=triggers.CURSOR_KINDS, housekeeping=False)
+
+
+def _journeys_dates(session: Session, now: dt.datetime) -> Any:
+    """Absence, date and schedule triggers look at every member: every 10 minutes is soon enough for
+    a day-grained trigger, and they are keyed, so each run enters only who is new."""
+    from orchard.journeys import engine, triggers
+
+    return engine.sweep(session, now=now, kinds=triggers.SWEEP_KINDS, housekeeping=False)
+
+
 def _journeys_sweep(session: Session, now: dt.datetime) -> Any:
+    """Conversions (exit_on) and runs whose awaited event arrived."""
     from orchard.journeys import engine
 
-    return engine.sweep(session, now=now)
+    return engine.sweep(session, now=now, kinds=(), housekeeping=True)
 
 
 def _journeys_advance(session: Session, now: dt.datetime) -> Any:
@@ -110,6 +127,8 @@ def _tiers_evaluate(session: Session, now: dt.datetime) -> Any:
 JOBS: tuple[Job, ...] = (
     Job("segments.sweep", _segments_sweep, every=10, lease_seconds=600),
     Job("segments.refresh_due", _segments_due, every=300),
+    Job("journeys.events", _journeys_events, every=5, lease_seconds=600),
+    Job("journeys.dates", _journeys_dates, every=600, lease_seconds=1800),
     Job("journeys.sweep", _journeys_sweep, every=30, lease_seconds=900),
     Job("journeys.advance", _journeys_advance, every=5, lease_seconds=600),
     Job("outbox.dispatch", _outbox_dispatch, every=2, lease_seconds=600),
