@@ -204,7 +204,7 @@ class WebhookStep(_M):
     def _payload(cls, payload: dict[str, Any]) -> dict[str, Any]:
         if clash := sorted(WEBHOOK_RESERVED & set(payload)):
             raise ValueError("reserved key(s) filled by Orchard: " + ", ".join(clash))
-        if len(json.dumps(payload, ensure_ascii=False)) > 4000:
+        if len(json.dumps(payload, ensure_ascii=False, default=str)) > 4000:
             raise ValueError("at most 4000 characters of JSON")
         return payload
 

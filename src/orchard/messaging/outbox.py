@@ -173,7 +173,7 @@ def enqueue_webhook(session: Session, *, key: str, member_id: int, url: str, dat
     if existing is not None:
         return existing
     now = now or utcnow()
-    member = session.get(Member, member_id, with_for_update=True, populate_existing=True)
+    member = session.get(Member, member_id)  # no lock: no cap to protect
     if member is None:
         raise NotFound("member not found", code="member.not_found")
     verdict = respect.check(session, member=member, channel="webhook", purpose="service",
