@@ -103,6 +103,7 @@ ROUTE_BODIES: dict[str, Callable[[Target], dict | None]] = {
     "adjustMemberPoints": lambda t: {"amount": 5, "reason": "补偿", "external_id": f"A-{t.store}-{t.member_id}"},
     "updateMember": lambda t: {"region": "新区域", "attributes": {"level": "gold"}},
     "addMemberIdentity": lambda t: {"kind": "card_no", "value": f"NEW-{t.store}-{t.member_id}"},
+    "setMemberPushRegistration": lambda t: {"registration_id": f"REG-{t.store}-{t.member_id}"},
     "removeMemberIdentity": lambda t: None,
     "listMemberConsents": lambda t: None,
     "setMemberConsent": lambda t: {"granted": False, "source": "store"},

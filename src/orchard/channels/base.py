@@ -61,6 +61,9 @@ class OutboundMessage:
     #: Channel specifics that are not worth a field each, e.g. {"guide_userid": …} for WeCom tasks,
     #: {"miniprogram_appid": …, "miniprogram_pagepath": …} for OA template messages.
     extra: dict[str, str] = field(default_factory=dict)
+    #: Structured content for a JSON channel (a journey's webhook step): the webhook adapter posts it as the
+    #: event's `data` (type "orchard.journey.webhook") instead of a rendered message.
+    data: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if not self.message_id or len(self.message_id) > 128:

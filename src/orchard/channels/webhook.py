@@ -82,7 +82,10 @@ def verify(secret: str, headers: Mapping[str, str], body: bytes, *, tolerance: i
 
 
 def payload(msg: OutboundMessage) -> dict[str, Any]:
-    """The body Orchard posts: what a receiver needs to render or route the message, nothing more."""
+    """The body Orchard posts: what a receiver needs to render or route the message, nothing more. A
+    structured message (a journey's webhook step) is posted as its own `data`, with the message id."""
+    if msg.data is not None:
+        return {"type": "orchard.journey.webhook", "data": {"message_id": msg.message_id, **msg.data}}
     data: dict[str, Any] = {"message_id": msg.message_id, "purpose": str(msg.purpose), "template": msg.template,
                             "variables": msg.variables}
     for k in ("subject", "body", "url", "unsubscribe_url"):

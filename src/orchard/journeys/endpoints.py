@@ -99,6 +99,24 @@ def report(journey_code: Code, session: SessionDep, principal: Actor(Perm.journe
     return engine.report(session, service.get(session, journey_code), attribution_days=attribution_days)
 
 
+class DryRunIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    member_id: Annotated[int, Field(ge=1, le=2**62)]
+    #: The version to try (default: the newest, draft or not).
+    version: Annotated[int, Field(ge=1, le=100_000)] | None = None
+
+
+@router.post("/journeys/{journey_code}/dry-run", operation_id="dryRunJourney")
+def dry_run(journey_code: Code, body: DryRunIn, session: SessionDep, principal: Actor(Perm.journeys_manage)) -> dict:
+    """The path a chosen member would take through a version now, step by step, writing nothing: would
+    they enter (and which condition is false if not), waits, branches, their split variant, each send's
+    verdict (sent, deferred by quiet hours, suppressed and why) with the rendered text, and the rest."""
+    from orchard.journeys import dryrun
+
+    member = scope.get_visible(session, principal, body.member_id)
+    return dryrun.dry_run(session, service.get(session, journey_code), member, version=body.version)
+
+
 @router.get("/members/{member_id}/journeys", operation_id="explainMemberJourneys")
 def explain(member_id: MemberId, session: SessionDep, principal: Actor(Perm.members_read),
             journey: Annotated[str | None, Query(max_length=64)] = None) -> dict:

@@ -27,6 +27,7 @@ from orchard.journeys import graph as G
 from orchard.journeys import triggers
 from orchard.journeys.models import OPEN, Journey, JourneyLog, JourneyRun, JourneyVersion
 from orchard.kit.clock import tenant_zone, utcnow
+from orchard.members.models import Member
 from orchard.segments import compiler as C
 from orchard.segments import evaluate
 
@@ -232,11 +233,12 @@ def _run(session: Session, run: JourneyRun, journey: Journey, parsed: G.Graph, c
                 return
         elif isinstance(step, G.Send):
             nxt = step.next
-            for code in [step.template, *step.fallback]:
+            cap = (parsed.message_cap.max, parsed.message_cap.days) if parsed.message_cap else None
+            for code in send_order(session, step, run.member_id):
                 message = outbox.enqueue(session, key=f"j{journey.id}:r{run.id}:{sid}:{code}", member_id=run.member_id,
                                          template_code=code, context={"event": run.context.get("event", {})},
                                          priority=journey.priority, journey_id=journey.id, run_id=run.id, step=sid,
-                                         now=now)
+                                         now=now, journey_cap=cap)
                 if message.status == "queued":
                     stats.sent += 1
                     _log(session, run, "sent", now, reason=None, message_id=message.id, template=code)
@@ -244,8 +246,20 @@ def _run(session: Session, run: JourneyRun, journey: Journey, parsed: G.Graph, c
                 stats.suppressed += 1
                 stats.by_reason[message.reason or "?"] = stats.by_reason.get(message.reason or "?", 0) + 1
                 _log(session, run, "suppressed", now, reason=message.reason, message_id=message.id, template=code)
-                if not (message.reason or "").startswith(("consent.", "no_recipient")):
+                if not falls_back(message.reason):
                     break  # caps, quiet days, exclusions apply to every channel: no fallback
+        elif isinstance(step, G.WebhookStep):
+            message = outbox.enqueue_webhook(
+                session, key=f"j{journey.id}:r{run.id}:{sid}", member_id=run.member_id, url=step.url,
+                data=webhook_data(session, run, journey, sid, step), priority=journey.priority,
+                journey_id=journey.id, run_id=run.id, step=sid, now=now)
+            if message.status == "queued":
+                _log(session, run, "step", now, reason="webhook", message_id=message.id, url=step.url)
+            else:
+                stats.suppressed += 1
+                stats.by_reason[message.reason or "?"] = stats.by_reason.get(message.reason or "?", 0) + 1
+                _log(session, run, "suppressed", now, reason=message.reason, message_id=message.id, url=step.url)
+            nxt = step.next
         elif isinstance(step, G.CouponStep):
             from orchard.coupons.issuing import issue_one
 
@@ -292,6 +306,48 @@ def _run(session: Session, run: JourneyRun, journey: Journey, parsed: G.Graph, c
             return
         run.step = nxt
     raise AssertionError("a journey step loop without a wait")  # pragma: no cover
+
+
+def falls_back(reason: str | None) -> bool:
+    """Whether a suppressed send tries the next template: only when this channel cannot reach the
+    member (no consent, no address); caps, quiet days and exclusions hold for every channel."""
+    return (reason or "").startswith(("consent.", "no_recipient"))
+
+
+def send_order(session: Session, step: G.Send, member_id: int) -> list[str]:
+    """The templates a send step tries, in order: `template`, then `fallback`; with
+    `prefer_member_channel`, the first of them on the member's preferred channel goes first."""
+    codes = [step.template, *step.fallback]
+    if not step.prefer_member_channel:
+        return codes
+    preferred = session.scalar(select(Member.preferred_channel).where(Member.id == member_id))
+    if preferred is None:
+        return codes
+    from orchard.messaging.models import MessageTemplate
+
+    channels = {code: channel for code, channel in session.execute(
+        select(MessageTemplate.code, MessageTemplate.channel).where(MessageTemplate.code.in_(codes)))}
+    first = next((c for c in codes if channels.get(c) == preferred), None)
+    return codes if first is None else [first, *(c for c in codes if c != first)]
+
+
+def trigger_context(session: Session, trigger_key: str) -> dict[str, Any]:
+    """What started a run, for an integrator: its trigger key and the event or order behind it."""
+    out: dict[str, Any] = {"key": trigger_key}
+    kind, _, ref = trigger_key.partition(":")
+    if kind == "e" and ref.isdigit() and (ev := session.get(Event, int(ref))) is not None:
+        out["event"] = {"id": ev.id, "name": ev.name, "source": ev.source, "external_id": ev.external_id,
+                        "occurred_at": ev.occurred_at.isoformat(), "properties": ev.properties or {}}
+    elif kind == "o" and ref.isdigit() and (o := session.get(Order, int(ref))) is not None:
+        out["order"] = {"id": o.id, "source": o.source, "external_id": o.external_id, "amount_fen": o.amount_fen,
+                        "paid_at": o.paid_at.isoformat()}
+    return out
+
+
+def webhook_data(session: Session, run: Any, journey: Journey, step_id: str, step: G.WebhookStep) -> dict[str, Any]:
+    """The JSON a webhook step posts (the static `payload` fields next to Orchard's own)."""
+    return {**step.payload, "member_id": run.member_id, "journey": journey.code, "run_id": run.id,
+            "step": step_id, "trigger": trigger_context(session, run.trigger_key)}
 
 
 def _dt(value: str | None, default: dt.datetime) -> dt.datetime:

@@ -31,14 +31,27 @@ Steps: `wait` (days / hours, optionally until a local time of day), `wait_event`
 `timeout_hours` and `timeout_next`), `condition` (any segment definition, evaluated at that moment),
 `split` (percentages, optional held-out `control_percent`), `send` (a published template, `fallback`
 templates tried when the first is suppressed for want of consent or recipient), `coupon`, `points`,
-`tag` (add / remove), `task` (a call-back or WeCom task for the home store), `exit`.
-A `next` of null ends the run (completed).
+`tag` (add / remove), `task` (a call-back or WeCom task for the home store), `webhook` (a signed call
+to an integrator's URL, through the outbox), `exit`. A `next` of null ends the run (completed).
+`message_cap` limits what one journey sends one member (`{"max": 2, "days": 30}`).
 """
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from orchard.errors import InvalidInput
 from orchard.segments import language as seglang
@@ -164,6 +177,8 @@ class Send(_M):
     type: Literal["send"]
     template: Annotated[str, Field(min_length=1, max_length=64)]
     fallback: list[Annotated[str, Field(min_length=1, max_length=64)]] = []
+    #: Try first the template (of `template` + `fallback`) on the member's own preferred channel.
+    prefer_member_channel: bool = False
     next: Next = None
 
 
@@ -199,6 +214,47 @@ class TaskStep(_M):
     next: Next = None
 
 
+#: Keys of a webhook step's body that Orchard fills; a static `payload` may not reuse them.
+WEBHOOK_RESERVED = frozenset({"member_id", "journey", "run_id", "step", "trigger", "event", "message_id"})
+
+
+class WebhookStep(_M):
+    """Call an integrator's URL (Standard Webhooks signed) through the outbox: the step only decides
+    the call, a worker makes it with retries, so a slow or down receiver never holds a run up."""
+
+    type: Literal["webhook"]
+    #: http(s), without credentials (a secret in a URL ends up in logs; the signature authenticates).
+    url: Annotated[str, Field(min_length=1, max_length=255)]
+    #: Extra static fields added to the body next to the member, journey, run, step and trigger.
+    payload: dict[str, Any] = {}
+    next: Next = None
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, url: str) -> str:
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 — raises on a malformed port
+        except ValueError:
+            raise ValueError("not a valid URL") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("an http:// or https:// URL with a host")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("credentials may not be part of the URL (the request is signed instead)")
+        if any(c.isspace() for c in url):
+            raise ValueError("a URL may not contain spaces")
+        return url
+
+    @field_validator("payload")
+    @classmethod
+    def _payload(cls, payload: dict[str, Any]) -> dict[str, Any]:
+        if clash := sorted(WEBHOOK_RESERVED & set(payload)):
+            raise ValueError("reserved key(s) filled by Orchard: " + ", ".join(clash))
+        if len(json.dumps(payload, ensure_ascii=False, default=str)) > 4000:
+            raise ValueError("at most 4000 characters of JSON")
+        return payload
+
+
 class Exit(_M):
     type: Literal["exit"]
 
@@ -207,11 +263,11 @@ Step = Annotated[
     Annotated[Wait, Tag("wait")] | Annotated[WaitEvent, Tag("wait_event")] | Annotated[Condition, Tag("condition")]
     | Annotated[Split, Tag("split")] | Annotated[Send, Tag("send")] | Annotated[CouponStep, Tag("coupon")]
     | Annotated[PointsStep, Tag("points")] | Annotated[TagStep, Tag("tag")] | Annotated[TaskStep, Tag("task")]
-    | Annotated[Exit, Tag("exit")],
+    | Annotated[WebhookStep, Tag("webhook")] | Annotated[Exit, Tag("exit")],
     Discriminator(lambda v: v.get("type") if isinstance(v, dict) else getattr(v, "type", None),
                   custom_error_type="step_type",
                   custom_error_message="type must be one of wait, wait_event, condition, split, send, coupon, "
-                                       "points, tag, task, exit"),
+                                       "points, tag, task, webhook, exit"),
 ]
 
 
@@ -221,6 +277,14 @@ class ExitOn(_M):
     event: Annotated[str, Field(min_length=1, max_length=64, description="an event name or $order")]
 
 
+class MessageCap(_M):
+    """At most `max` messages from this journey to one member in `days` days (reason `cap.journey`),
+    on top of the contact policy's global caps; webhook calls do not count."""
+
+    max: Annotated[int, Field(ge=1, le=1000)]
+    days: Annotated[int, Field(ge=1, le=365)]
+
+
 class Graph(_M):
     trigger: Trigger
     entry: StepId
@@ -228,6 +292,7 @@ class Graph(_M):
     #: Who may enter at all (a segment definition checked at entry).
     entry_condition: Any = None
     exit_on: ExitOn | None = None
+    message_cap: MessageCap | None = None
 
 
 _ADAPTER = TypeAdapter(Graph)
@@ -245,17 +310,21 @@ def parse(data: Any) -> Graph:
     return graph
 
 
-_STEP_TAGS = {"wait", "wait_event", "condition", "split", "send", "coupon", "points", "tag", "task", "exit"}
+_STEP_TAGS = {"wait", "wait_event", "condition", "split", "send", "coupon", "points", "tag", "task", "webhook",
+              "exit"}
 _TRIGGER_TAGS = {"event", "segment_entry", "segment_exit", "absence", "date", "schedule"}
 
 
-def _path(loc: tuple) -> str:
-    """The JSON path of an error, without the union tags pydantic puts after `trigger` and after a
-    step's id (and only there: a field named `event` is a real part of the path)."""
-    parts = [str(p) for i, p in enumerate(loc)
-             if not (i == 1 and loc[0] == "trigger" and p in _TRIGGER_TAGS)
-             and not (i == 2 and loc[0] == "steps" and p in _STEP_TAGS)]
-    return "$." + ".".join(parts)
+def _path(loc: tuple[Any, ...]) -> str:
+    """The JSON path of an error, without the union tags pydantic puts in the location (only where a
+    tag can be: right after a step id or `trigger`, so a step *named* like a type keeps its name, and a
+    field named `event` is a real part of the path)."""
+    parts = list(loc)
+    if len(parts) > 2 and parts[0] == "steps" and parts[2] in _STEP_TAGS:
+        del parts[2]
+    elif len(parts) > 1 and parts[0] == "trigger" and parts[1] in _TRIGGER_TAGS:
+        del parts[1]
+    return "$." + ".".join(str(p) for p in parts)
 
 
 def _trigger(trigger: Any) -> None:

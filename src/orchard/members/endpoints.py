@@ -32,6 +32,8 @@ from orchard.members.schemas import (
     NoteIn,
     NoteRead,
     Purpose,
+    PushRegistrationIn,
+    PushRegistrationRead,
     TagIn,
 )
 
@@ -117,6 +119,18 @@ def add_identity(member_id: MemberId, body: IdentityIn, session: SessionDep,
     identity = service.add_identity(session, principal=principal, member_id=member_id, data=body)
     read = service.read_one(session, principal, member_id)
     return next(i for i in read.identities if i.id == identity.id)
+
+
+@router.put("/members/{member_id}/push-registration", response_model=PushRegistrationRead,
+            operation_id="setMemberPushRegistration")
+def set_push_registration(member_id: MemberId, body: PushRegistrationIn, session: SessionDep,
+                          principal: Actor(Perm.members_write)) -> PushRegistrationRead:
+    """The app registers (or replaces) the member's JPush registration id, where app pushes go.
+    Idempotent; a device that moves to another member takes its registration id with it."""
+    identity, moved, replaced = service.register_push(session, principal=principal, member_id=member_id,
+                                                      registration_id=body.registration_id)
+    return PushRegistrationRead(member_id=identity.member_id, registration_id=identity.value, moved=moved,
+                                replaced=replaced)
 
 
 @router.delete("/members/{member_id}/identities/{identity_id}", status_code=204, operation_id="removeMemberIdentity")

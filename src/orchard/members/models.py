@@ -26,6 +26,8 @@ from orchard.db import Base, BigId, Json, UTCDateTime
 from orchard.kit.clock import utcnow
 
 CHANNELS = ("sms", "wechat", "app_push", "email", "wecom")
+#: Message channels a member may prefer (journey send steps with `prefer_member_channel` try it first).
+PREFERRED_CHANNELS = ("sms", "wechat_subscribe", "wechat_template", "app_push", "email")
 PURPOSES = ("marketing", "service")
 GENDERS = ("male", "female", "unknown")
 
@@ -35,6 +37,8 @@ class Member(Base):
     __table_args__ = (
         CheckConstraint("gender in ('male','female','unknown')", name="gender"),
         CheckConstraint("status in ('active','merged')", name="status"),
+        CheckConstraint("preferred_channel in ('sms','wechat_subscribe','wechat_template','app_push','email')",
+                        name="preferred_channel"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -49,6 +53,8 @@ class Member(Base):
     attributes: Mapped[dict[str, Any]] = mapped_column(Json, default=dict)
     #: 减少打扰: the member asked to be contacted less; journeys honour it.
     reduce_disturbance: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: The member's own preferred message channel (null: no preference).
+    preferred_channel: Mapped[str | None] = mapped_column(String(24))
     merged_into_id: Mapped[int | None] = mapped_column(ForeignKey("members.id"), index=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)

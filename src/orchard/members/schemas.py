@@ -13,6 +13,8 @@ from orchard.members.attributes import validate_attributes
 Attributes = Annotated[dict[str, Any], AfterValidator(validate_attributes)]
 Gender = Literal["male", "female", "unknown"]
 Channel = Literal["sms", "wechat", "app_push", "email", "wecom"]
+#: A message channel a member may prefer (see `members.models.PREFERRED_CHANNELS`).
+PreferredChannel = Literal["sms", "wechat_subscribe", "wechat_template", "app_push", "email"]
 Purpose = Literal["marketing", "service"]
 Text100 = Annotated[str, Field(min_length=1, max_length=100)]
 
@@ -55,6 +57,23 @@ class MemberUpdate(BaseModel):
     home_store_code: Annotated[str, Field(max_length=64)] | None = None
     attributes: Attributes | None = None
     reduce_disturbance: bool | None = None
+    #: The member's own preferred message channel; null clears it.
+    preferred_channel: PreferredChannel | None = None
+
+
+class PushRegistrationIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    #: The app's JPush registration id on the member's device.
+    registration_id: str = Field(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9_\-]+$")
+
+
+class PushRegistrationRead(BaseModel):
+    member_id: int
+    registration_id: str
+    #: Whether the id was held by another member (the device changed hands) and was moved here.
+    moved: bool
+    #: How many older registration ids of this member it replaced.
+    replaced: int
 
 
 class Aggregates(BaseModel):
@@ -86,6 +105,7 @@ class MemberRead(BaseModel):
     joined_at: dt.datetime
     attributes: dict[str, Any]
     reduce_disturbance: bool
+    preferred_channel: str | None = None
     #: The member's phone (E.164), masked (`138****1234`) for store staff and customer service.
     phone: str | None
     identities: list[IdentityRead]

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Select, and_, select, tuple_
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from orchard.audit import service as audit
@@ -95,6 +96,10 @@ def update(session: Session, *, principal: Principal, member_id: int, data: Memb
     if "reduce_disturbance" in changes and changes["reduce_disturbance"] != member.reduce_disturbance:
         audit.record(session, actor=principal.actor, action="contact_preference.changed", entity="member",
                      entity_id=member.id, data={"reduce_disturbance": changes["reduce_disturbance"]})
+    if "preferred_channel" in changes and changes["preferred_channel"] != member.preferred_channel:
+        audit.record(session, actor=principal.actor, action="contact_preference.changed", entity="member",
+                     entity_id=member.id, data={"preferred_channel": changes["preferred_channel"],
+                                                "before": member.preferred_channel})
     for key, value in changes.items():
         setattr(member, key, value)
     member.updated_at = utcnow()
@@ -118,6 +123,46 @@ def add_identity(session: Session, *, principal: Principal, member_id: int, data
     if kind == "anonymous_id":
         identity_resolve.attach_anonymous_events(session, member_id=member.id, anonymous_id=value)
     return identity
+
+
+PUSH_KIND = "push_registration_id"
+
+
+def register_push(session: Session, *, principal: Principal, member_id: int, registration_id: str
+                  ) -> tuple[Identity, bool, int]:
+    """Make `registration_id` the member's app-push address (what app_push messages are sent to).
+
+    Idempotent. A registration id names a device, so one that belongs to another member moves here
+    (the phone changed hands, someone else logged in), audited; a store-scoped caller may only move it
+    from a member it can see (else 409, naming nobody). The member's older registration ids are removed:
+    only the newest is sent to, and a reinstalled app's old id is dead. Returns the identity, whether it
+    moved, and how many it replaced."""
+    member = scope.get_visible(session, principal, member_id)
+    kind, value = normalize_keys([(PUSH_KIND, registration_id)], field="registration_id")[0]
+    identity = session.scalar(select(Identity).where(Identity.kind == kind, Identity.value == value)
+                              .with_for_update())
+    moved = False
+    if identity is not None and identity.member_id != member.id:
+        owner = session.get(Member, identity.member_id)
+        if owner is None or not scope.can_see(principal, owner):
+            raise Conflict(f"this {kind} belongs to another member", code="identity.taken")
+        audit.record(session, actor=principal.actor, action="identity.moved", entity="member", entity_id=member.id,
+                     data={"kind": kind, "from_member_id": owner.id})
+        identity.member_id, identity.source, moved = member.id, f"staff:{principal.actor}"[:64], True
+    elif identity is None:
+        identity = Identity(member_id=member.id, kind=kind, value=value, source=f"staff:{principal.actor}"[:64])
+        try:
+            with session.begin_nested():
+                session.add(identity)
+                session.flush()
+        except IntegrityError:  # registered concurrently for another member
+            raise Conflict(f"this {kind} belongs to another member", code="identity.taken") from None
+    older = list(session.scalars(select(Identity).where(Identity.member_id == member.id, Identity.kind == kind,
+                                                        Identity.id != identity.id)))
+    for old in older:
+        session.delete(old)
+    session.flush()
+    return identity, moved, len(older)
 
 
 def remove_identity(session: Session, *, principal: Principal, member_id: int, identity_id: int) -> None:
@@ -198,6 +243,7 @@ def read_many(session: Session, principal: Principal, members: list[Member],
             source_channel=m.source_channel,
             home_store=StoreRef(id=store.id, code=store.code, name=store.name) if store else None,
             joined_at=m.joined_at, attributes=m.attributes or {}, reduce_disturbance=m.reduce_disturbance,
+            preferred_channel=m.preferred_channel,
             phone=phone, identities=ids_read, tags=tags[m.id],
             aggregates=Aggregates.model_validate(agg, from_attributes=True) if agg else Aggregates(),
             resolved_from=(resolved_from or {}).get(m.id), created_at=m.created_at, updated_at=m.updated_at,

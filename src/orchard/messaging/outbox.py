@@ -103,9 +103,10 @@ def context_for(session: Session, member: Member, extra: Mapping[str, Any] | Non
 
 def enqueue(session: Session, *, key: str, member_id: int, template_code: str, context: Mapping[str, Any] | None = None,
             priority: int = 0, journey_id: int | None = None, run_id: int | None = None, step: str | None = None,
-            now: dt.datetime | None = None) -> Message:
+            now: dt.datetime | None = None, journey_cap: tuple[int, int] | None = None) -> Message:
     """Decide one message: idempotent on `key` (a repeat returns the first decision). The member row is
-    locked so two decisions for one member cannot both pass a cap."""
+    locked so two decisions for one member cannot both pass a cap. `journey_cap` is the deciding
+    journey's own (max, days)."""
     existing = session.scalar(select(Message).where(Message.key == key))
     if existing is not None:
         return existing
@@ -118,12 +119,13 @@ def enqueue(session: Session, *, key: str, member_id: int, template_code: str, c
         raise NotFound("member not found", code="member.not_found")
     policy = respect.get_policy(session)
     grant = (template.provider_template or template.code) if template.channel == "wechat_subscribe" else None
+    cap = respect.JourneyCap(journey_id, *journey_cap) if journey_cap and journey_id is not None else None
     verdict = respect.check(session, member=member, channel=template.channel, purpose=template.purpose,
-                            policy=policy, now=now, grant=grant)
-    if not verdict.ok and verdict.reason and verdict.reason.startswith("cap.") and _preempt(
-            session, member.id, template.channel, priority, policy, now, key):
+                            policy=policy, now=now, grant=grant, journey_cap=cap)
+    if not verdict.ok and verdict.reason and verdict.reason.startswith("cap.") and verdict.reason != "cap.journey" \
+            and _preempt(session, member.id, template.channel, priority, policy, now, key):
         verdict = respect.check(session, member=member, channel=template.channel, purpose=template.purpose,
-                                policy=policy, now=now, grant=grant)
+                                policy=policy, now=now, grant=grant, journey_cap=cap)
     message = Message(key=key, member_id=member.id, template_id=template.id, channel=template.channel,
                       purpose=template.purpose, priority=priority, journey_id=journey_id, run_id=run_id, step=step,
                       attempts=0, created_at=now, payload={})
@@ -141,17 +143,49 @@ def enqueue(session: Session, *, key: str, member_id: int, template_code: str, c
                 _use_grant(session, member.id, grant, -1)
     else:
         message.status, message.reason, message.detail = "suppressed", verdict.reason, verdict.detail
+    return _save(session, message, collector)
+
+
+def _save(session: Session, message: Message, collector: links.Collector | None = None) -> Message:
+    """Insert a decided message (and its tracked links); a concurrent decision of the same key wins."""
     try:
         with session.begin_nested():
             session.add(message)
             session.flush()
-            links.save(session, collector, message)
+            if collector is not None:
+                links.save(session, collector, message)
     except IntegrityError:  # the same key decided concurrently: theirs stands
-        existing = session.scalar(select(Message).where(Message.key == key))
+        existing = session.scalar(select(Message).where(Message.key == message.key))
         if existing is None:
             raise
         return existing
     return message
+
+
+def enqueue_webhook(session: Session, *, key: str, member_id: int, url: str, data: Mapping[str, Any],
+                    priority: int = 0, journey_id: int | None = None, run_id: int | None = None,
+                    step: str | None = None, now: dt.datetime | None = None) -> Message:
+    """Decide a call to an integrator's URL (a journey's webhook step) without a template: a `webhook`
+    service message whose recipient is the URL and whose payload is the JSON `data` to post. It needs no
+    consent and counts toward no marketing cap; a merged member is still suppressed. Sent like any
+    message (retries, dead letters), with the message id as the Standard Webhooks `webhook-id`."""
+    existing = session.scalar(select(Message).where(Message.key == key))
+    if existing is not None:
+        return existing
+    now = now or utcnow()
+    member = session.get(Member, member_id)  # no lock: no cap to protect
+    if member is None:
+        raise NotFound("member not found", code="member.not_found")
+    verdict = respect.check(session, member=member, channel="webhook", purpose="service",
+                            policy=respect.get_policy(session), now=now)
+    message = Message(key=key, member_id=member.id, template_id=None, channel="webhook", purpose="service",
+                      priority=priority, journey_id=journey_id, run_id=run_id, step=step, attempts=0,
+                      created_at=now, payload={"data": dict(data)})
+    if verdict.ok:
+        message.status, message.recipient, message.next_attempt_at = "queued", url, now
+    else:
+        message.status, message.reason, message.detail = "suppressed", verdict.reason, verdict.detail
+    return _save(session, message)
 
 
 def _use_grant(session: Session, member_id: int, template: str, delta: int) -> None:

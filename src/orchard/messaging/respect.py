@@ -9,7 +9,8 @@ member may ask to be left alone, the clock may pass into quiet hours meanwhile):
 * a recipient exists for the channel (phone for SMS, openid for WeChat, …); a mini-program
   subscribe message needs a grant left for its template (each user grant allows one send);
 * marketing caps: at most N marketing messages per member per D days, globally and per channel;
-  an SMS number gets at most `sms_per_number_per_day` messages of any purpose;
+  an SMS number gets at most `sms_per_number_per_day` messages of any purpose; a journey's own
+  `message_cap` limits the messages (any purpose, webhook calls aside) it sends one member;
 * quiet hours (member's zone — the tenant's): marketing is sent only between `start` and `end`;
   a decision outside them is queued for the next `start`, never sent early or late.
 
@@ -19,6 +20,7 @@ Every "no" has a stable reason code, stored on the message row.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -111,6 +113,26 @@ def set_policy(session: Session, policy: Policy, *, actor: str) -> Policy:
 
 
 @dataclass(frozen=True)
+class JourneyCap:
+    """A journey's own cap: at most `max` of its messages to one member in `days` days."""
+
+    journey_id: int
+    max: int
+    days: int
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A decision not in the database (a dry run's earlier sends), counted toward caps like a row."""
+
+    channel: str
+    purpose: str
+    journey_id: int | None
+    recipient: str | None
+    created_at: dt.datetime
+
+
+@dataclass(frozen=True)
 class Verdict:
     """`ok` with the recipient, or a reason code; `not_before` when quiet hours defer the send."""
 
@@ -141,8 +163,14 @@ def recipient_for(session: Session, member_id: int, channel: str) -> str | None:
 
 
 def check(session: Session, *, member: Member, channel: str, purpose: str, policy: Policy, now: dt.datetime,
-          at_send: bool = False, exclude_message_id: int | None = None, grant: str | None = None) -> Verdict:
-    """Every rule for one message to one member (see the module docstring)."""
+          at_send: bool = False, exclude_message_id: int | None = None, grant: str | None = None,
+          journey_cap: JourneyCap | None = None, pending: Sequence[Pending] = ()) -> Verdict:
+    """Every rule for one message to one member (see the module docstring). `pending` are decisions
+    for this member that are not rows (a dry run's earlier sends): they count toward caps too."""
+
+    def also(keep: Callable[[Pending], bool], since: dt.datetime) -> int:
+        return sum(1 for p in pending if p.created_at > since and keep(p))
+
     if member.status != "active":
         return Verdict(False, "member.inactive", "the member was merged into another")
     marketing = purpose == "marketing"
@@ -172,9 +200,19 @@ def check(session: Session, *, member: Member, channel: str, purpose: str, polic
     if channel == "sms":
         day_ago = now - dt.timedelta(days=1)
         sent = _count(session, Message.channel == "sms", Message.recipient == recipient,
-                      Message.created_at > day_ago, exclude=exclude_message_id)
+                      Message.created_at > day_ago, exclude=exclude_message_id) \
+            + also(lambda p: p.channel == "sms" and p.recipient == recipient, day_ago)
         if sent >= policy.sms_per_number_per_day:
             return Verdict(False, "cap.number", f"{sent} SMS to this number in 24 h")
+    if journey_cap is not None and not at_send and channel != "webhook":
+        # Before the global caps: a journey at its own cap must not pre-empt other journeys' messages.
+        window = now - dt.timedelta(days=journey_cap.days)
+        if _count(session, Message.member_id == member.id, Message.journey_id == journey_cap.journey_id,
+                  Message.channel != "webhook", Message.created_at > window, exclude=exclude_message_id) \
+                + also(lambda p: p.journey_id == journey_cap.journey_id and p.channel != "webhook", window) \
+                >= journey_cap.max:
+            return Verdict(False, "cap.journey",
+                           f"{journey_cap.max} message(s) from this journey per {journey_cap.days} days reached")
     if marketing and not at_send:
         for scope, cap in policy.caps.items():
             if scope != "all" and scope != channel:
@@ -183,12 +221,14 @@ def check(session: Session, *, member: Member, channel: str, purpose: str, polic
             conds = [Message.member_id == member.id, Message.purpose == "marketing", Message.created_at > window]
             if scope != "all":
                 conds.append(Message.channel == channel)
-            if _count(session, *conds, exclude=exclude_message_id) >= cap.max:
+            if _count(session, *conds, exclude=exclude_message_id) + also(
+                    lambda p, scope=scope: p.purpose == "marketing" and scope in ("all", p.channel), window) >= cap.max:
                 return Verdict(False, f"cap.{scope}", f"{cap.max} marketing message(s) per {cap.days} days reached")
         if policy.exclude_touched_days:
             window = now - dt.timedelta(days=policy.exclude_touched_days)
             if _count(session, Message.member_id == member.id, Message.purpose == "marketing",
-                      Message.created_at > window, exclude=exclude_message_id):
+                      Message.created_at > window, exclude=exclude_message_id) \
+                    + also(lambda p: p.purpose == "marketing", window):
                 return Verdict(False, "excluded.touched", f"touched in the last {policy.exclude_touched_days} days")
     not_before = quiet_until(policy, now) if marketing else None
     return Verdict(True, recipient=recipient, not_before=not_before)

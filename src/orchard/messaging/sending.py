@@ -35,4 +35,4 @@ def to_outbound(message: Message) -> OutboundMessage:
         purpose=message.purpose, template=payload.get("provider_template") or "",
         variables={k: str(v) for k, v in (payload.get("variables") or {}).items()},
         subject=payload.get("subject"), body=payload.get("body"), sign_name=payload.get("sign_name"),
-        unsubscribe_url=payload.get("unsubscribe_url"))
+        unsubscribe_url=payload.get("unsubscribe_url"), data=payload.get("data"))
