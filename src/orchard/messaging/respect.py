@@ -21,8 +21,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import func, select
@@ -123,13 +122,15 @@ class JourneyCap:
 
 @dataclass(frozen=True)
 class Pending:
-    """A decision not in the database (a dry run's earlier sends), counted toward caps like a row."""
+    """A decision counted toward caps: a message row (with its id), or one not in the database yet (a
+    batch's earlier decisions, a dry run's earlier sends)."""
 
     channel: str
     purpose: str
     journey_id: int | None
     recipient: str | None
     created_at: dt.datetime
+    message_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -154,12 +155,139 @@ def quiet_until(policy: Policy, now: dt.datetime) -> dt.datetime | None:
     return dt.datetime.combine(day, start, zone).astimezone(dt.UTC)
 
 
-def recipient_for(session: Session, member_id: int, channel: str) -> str | None:
-    if channel in ("log", "wecom", "webhook"):
-        return f"member:{member_id}"
-    kind = RECIPIENT_KIND[channel]
-    return session.scalar(select(Identity.value).where(Identity.member_id == member_id, Identity.kind == kind)
-                          .order_by(Identity.id.desc()).limit(1))
+@dataclass
+class Facts:
+    """What the rules read about one member, fetched for a whole batch of decisions at once (a handful
+    of grouped queries however many members), so that one message and a thousand are judged by the same
+    code (`judge`)."""
+
+    member_id: int
+    status: str
+    reduce_disturbance: bool
+    excluded_tag: str | None = None
+    #: (consent channel, purpose) → granted.
+    consents: dict[tuple[str, str], bool] = field(default_factory=dict)
+    #: identity kind → the newest value.
+    recipients: dict[str, str] = field(default_factory=dict)
+    #: subscribe template → grants left.
+    grants: dict[str, int] = field(default_factory=dict)
+    #: The member's counted messages within the longest window a cap looks back, plus decisions that
+    #: are not rows yet (a batch's earlier decisions, a dry run's earlier sends).
+    recent: list[Pending] = field(default_factory=list)
+
+
+def gather(session: Session, members: dict[int, tuple[str, bool]], *, channels: set[str], policy: Policy,
+           now: dt.datetime, at_send: bool = False, journey_days: int = 0) -> dict[int, Facts]:
+    """Facts for `members` (id → (status, reduce_disturbance)) about sending on `channels`. At send time
+    caps are not re-checked (they were spent when the message was decided), so recent messages are not read."""
+    facts = {mid: Facts(mid, status, reduce) for mid, (status, reduce) in members.items()}
+    if not facts:
+        return facts
+    ids = list(facts)
+    if policy.exclude_tags:
+        for mid, name in session.execute(
+                select(MemberTag.member_id, func.min(Tag.name)).join(Tag, MemberTag.tag_id == Tag.id)
+                .where(MemberTag.member_id.in_(ids), Tag.name.in_(policy.exclude_tags)).group_by(MemberTag.member_id)):
+            facts[mid].excluded_tag = name
+    consent_channels = {CONSENT_CHANNEL[c] for c in channels if c in CONSENT_CHANNEL}
+    if consent_channels:
+        for mid, channel, purpose, granted in session.execute(
+                select(Consent.member_id, Consent.channel, Consent.purpose, Consent.granted).where(
+                    Consent.member_id.in_(ids), Consent.channel.in_(consent_channels))):
+            facts[mid].consents[(channel, purpose)] = bool(granted)
+    kinds = {RECIPIENT_KIND[c] for c in channels if c in RECIPIENT_KIND}
+    if kinds:
+        for mid, kind, value in session.execute(  # ascending ids: the newest identity of a kind wins
+                select(Identity.member_id, Identity.kind, Identity.value).where(
+                    Identity.member_id.in_(ids), Identity.kind.in_(kinds)).order_by(Identity.id)):
+            facts[mid].recipients[kind] = value
+    if "wechat_subscribe" in channels and not at_send:
+        for mid, template, left in session.execute(
+                select(SubscribeGrant.member_id, SubscribeGrant.template, SubscribeGrant.remaining).where(
+                    SubscribeGrant.member_id.in_(ids))):
+            facts[mid].grants[template] = left
+    if not at_send:
+        days = max([c.days for c in policy.caps.values()] + [policy.exclude_touched_days, journey_days])
+        if days:
+            for mid, channel, purpose, journey_id, recipient, created_at, message_id in session.execute(
+                    select(Message.member_id, Message.channel, Message.purpose, Message.journey_id, Message.recipient,
+                           Message.created_at, Message.id).where(
+                        Message.member_id.in_(ids), Message.status.in_(COUNTED),
+                        Message.created_at > now - dt.timedelta(days=days))):
+                facts[mid].recent.append(Pending(channel, purpose, journey_id, recipient, created_at, message_id))
+    return facts
+
+
+def sms_counts(session: Session, numbers: set[str], *, now: dt.datetime,
+               exclude: Sequence[int] = ()) -> dict[str, int]:
+    """SMS counted toward each number's daily cap (any member, any purpose) in the last 24 hours."""
+    if not numbers:
+        return {}
+    stmt = select(Message.recipient, func.count()).where(
+        Message.status.in_(COUNTED), Message.channel == "sms", Message.recipient.in_(numbers),
+        Message.created_at > now - dt.timedelta(days=1)).group_by(Message.recipient)
+    if exclude:
+        stmt = stmt.where(Message.id.not_in(list(exclude)))
+    return dict(session.execute(stmt).tuples().all())
+
+
+def judge(f: Facts, numbers: dict[str, int], *, channel: str, purpose: str, policy: Policy, now: dt.datetime,
+          at_send: bool = False, grant: str | None = None, journey_cap: JourneyCap | None = None) -> Verdict:
+    """Every rule for one message to one member (see the module docstring), from facts already read."""
+
+    def count(keep: Callable[[Pending], bool], since: dt.datetime) -> int:
+        return sum(1 for p in f.recent if p.created_at > since and keep(p))
+
+    if f.status != "active":
+        return Verdict(False, "member.inactive", "the member was merged into another")
+    marketing = purpose == "marketing"
+    if marketing and f.excluded_tag:
+        return Verdict(False, "excluded.tag", f"the member carries the tag {f.excluded_tag}")
+    if marketing and f.reduce_disturbance:
+        return Verdict(False, "reduce_disturbance", "the member asked to be contacted less (减少打扰)")
+    consent_channel = CONSENT_CHANNEL.get(channel)
+    if consent_channel is not None:
+        granted = f.consents.get((consent_channel, purpose))
+        if marketing and not granted:
+            return Verdict(False, f"consent.{consent_channel}",
+                           f"no {consent_channel} consent for {purpose}" + (" at send time" if at_send else ""))
+        if not marketing and granted is False:
+            return Verdict(False, f"consent.{consent_channel}", f"{consent_channel} {purpose} consent withdrawn")
+    recipient = f"member:{f.member_id}" if channel in ("log", "wecom", "webhook") \
+        else f.recipients.get(RECIPIENT_KIND[channel])
+    if channel == "wechat_subscribe" and grant is not None and not at_send and not f.grants.get(grant):
+        return Verdict(False, "no_grant", f"no subscribe grant left for template {grant}")
+    if recipient is None:
+        return Verdict(False, "no_recipient", f"the member has no {RECIPIENT_KIND.get(channel)} for {channel}")
+    if channel == "sms":
+        sent = numbers.get(recipient, 0)
+        if sent >= policy.sms_per_number_per_day:
+            return Verdict(False, "cap.number", f"{sent} SMS to this number in 24 h")
+    if journey_cap is not None and not at_send and channel != "webhook":
+        # Before the global caps: a journey at its own cap must not pre-empt other journeys' messages.
+        if count(lambda p: p.journey_id == journey_cap.journey_id and p.channel != "webhook",
+                 now - dt.timedelta(days=journey_cap.days)) >= journey_cap.max:
+            return Verdict(False, "cap.journey",
+                           f"{journey_cap.max} message(s) from this journey per {journey_cap.days} days reached")
+    if marketing and not at_send:
+        for scope, cap in policy.caps.items():
+            if scope != "all" and scope != channel:
+                continue
+            if count(lambda p, scope=scope: p.purpose == "marketing" and scope in ("all", p.channel),
+                     now - dt.timedelta(days=cap.days)) >= cap.max:
+                return Verdict(False, f"cap.{scope}", f"{cap.max} marketing message(s) per {cap.days} days reached")
+        if policy.exclude_touched_days and count(lambda p: p.purpose == "marketing",
+                                                 now - dt.timedelta(days=policy.exclude_touched_days)):
+            return Verdict(False, "excluded.touched", f"touched in the last {policy.exclude_touched_days} days")
+    not_before = quiet_until(policy, now) if marketing else None
+    return Verdict(True, recipient=recipient, not_before=not_before)
+
+
+def remember(f: Facts, numbers: dict[str, int], decided: Pending) -> None:
+    """Count a decision that is not a row yet (or not visible to `gather`) toward the later ones."""
+    f.recent.append(decided)
+    if decided.channel == "sms" and decided.recipient:
+        numbers[decided.recipient] = numbers.get(decided.recipient, 0) + 1
 
 
 def check(session: Session, *, member: Member, channel: str, purpose: str, policy: Policy, now: dt.datetime,
@@ -167,75 +295,17 @@ def check(session: Session, *, member: Member, channel: str, purpose: str, polic
           journey_cap: JourneyCap | None = None, pending: Sequence[Pending] = ()) -> Verdict:
     """Every rule for one message to one member (see the module docstring). `pending` are decisions
     for this member that are not rows (a dry run's earlier sends): they count toward caps too."""
-
-    def also(keep: Callable[[Pending], bool], since: dt.datetime) -> int:
-        return sum(1 for p in pending if p.created_at > since and keep(p))
-
-    if member.status != "active":
-        return Verdict(False, "member.inactive", "the member was merged into another")
-    marketing = purpose == "marketing"
-    if marketing and policy.exclude_tags:
-        excluded = session.scalar(select(Tag.name).join(MemberTag, MemberTag.tag_id == Tag.id).where(
-            MemberTag.member_id == member.id, Tag.name.in_(policy.exclude_tags)).limit(1))
-        if excluded:
-            return Verdict(False, "excluded.tag", f"the member carries the tag {excluded}")
-    if marketing and member.reduce_disturbance:
-        return Verdict(False, "reduce_disturbance", "the member asked to be contacted less (减少打扰)")
-    consent_channel = CONSENT_CHANNEL.get(channel)
-    if consent_channel is not None:
-        row = session.get(Consent, (member.id, consent_channel, purpose))
-        if marketing and (row is None or not row.granted):
-            return Verdict(False, f"consent.{consent_channel}",
-                           f"no {consent_channel} consent for {purpose}" + (" at send time" if at_send else ""))
-        if not marketing and row is not None and not row.granted:
-            return Verdict(False, f"consent.{consent_channel}", f"{consent_channel} {purpose} consent withdrawn")
-    recipient = recipient_for(session, member.id, channel)
-    if channel == "wechat_subscribe" and grant is not None and not at_send:
-        left = session.scalar(select(SubscribeGrant.remaining).where(
-            SubscribeGrant.member_id == member.id, SubscribeGrant.template == grant))
-        if not left:
-            return Verdict(False, "no_grant", f"no subscribe grant left for template {grant}")
-    if recipient is None:
-        return Verdict(False, "no_recipient", f"the member has no {RECIPIENT_KIND.get(channel)} for {channel}")
-    if channel == "sms":
-        day_ago = now - dt.timedelta(days=1)
-        sent = _count(session, Message.channel == "sms", Message.recipient == recipient,
-                      Message.created_at > day_ago, exclude=exclude_message_id) \
-            + also(lambda p: p.channel == "sms" and p.recipient == recipient, day_ago)
-        if sent >= policy.sms_per_number_per_day:
-            return Verdict(False, "cap.number", f"{sent} SMS to this number in 24 h")
-    if journey_cap is not None and not at_send and channel != "webhook":
-        # Before the global caps: a journey at its own cap must not pre-empt other journeys' messages.
-        window = now - dt.timedelta(days=journey_cap.days)
-        if _count(session, Message.member_id == member.id, Message.journey_id == journey_cap.journey_id,
-                  Message.channel != "webhook", Message.created_at > window, exclude=exclude_message_id) \
-                + also(lambda p: p.journey_id == journey_cap.journey_id and p.channel != "webhook", window) \
-                >= journey_cap.max:
-            return Verdict(False, "cap.journey",
-                           f"{journey_cap.max} message(s) from this journey per {journey_cap.days} days reached")
-    if marketing and not at_send:
-        for scope, cap in policy.caps.items():
-            if scope != "all" and scope != channel:
-                continue
-            window = now - dt.timedelta(days=cap.days)
-            conds = [Message.member_id == member.id, Message.purpose == "marketing", Message.created_at > window]
-            if scope != "all":
-                conds.append(Message.channel == channel)
-            if _count(session, *conds, exclude=exclude_message_id) + also(
-                    lambda p, scope=scope: p.purpose == "marketing" and scope in ("all", p.channel), window) >= cap.max:
-                return Verdict(False, f"cap.{scope}", f"{cap.max} marketing message(s) per {cap.days} days reached")
-        if policy.exclude_touched_days:
-            window = now - dt.timedelta(days=policy.exclude_touched_days)
-            if _count(session, Message.member_id == member.id, Message.purpose == "marketing",
-                      Message.created_at > window, exclude=exclude_message_id) \
-                    + also(lambda p: p.purpose == "marketing", window):
-                return Verdict(False, "excluded.touched", f"touched in the last {policy.exclude_touched_days} days")
-    not_before = quiet_until(policy, now) if marketing else None
-    return Verdict(True, recipient=recipient, not_before=not_before)
-
-
-def _count(session: Session, *conds: Any, exclude: int | None = None) -> int:
-    stmt = select(func.count()).select_from(Message).where(Message.status.in_(COUNTED), *conds)
-    if exclude is not None:
-        stmt = stmt.where(Message.id != exclude)
-    return session.scalar(stmt) or 0
+    f = gather(session, {member.id: (member.status, member.reduce_disturbance)}, channels={channel}, policy=policy,
+               now=now, at_send=at_send, journey_days=journey_cap.days if journey_cap else 0)[member.id]
+    if exclude_message_id is not None:  # re-checking a message: it does not count against itself
+        f.recent = [p for p in f.recent if p.message_id != exclude_message_id]
+    number = f.recipients.get("phone") if channel == "sms" else None
+    numbers = sms_counts(session, {number} if number else set(), now=now,
+                         exclude=[exclude_message_id] if exclude_message_id is not None else [])
+    day_ago = now - dt.timedelta(days=1)
+    for p in pending:
+        f.recent.append(p)
+        if p.channel == "sms" and p.recipient and p.created_at > day_ago:
+            numbers[p.recipient] = numbers.get(p.recipient, 0) + 1
+    return judge(f, numbers, channel=channel, purpose=purpose, policy=policy, now=now, at_send=at_send,
+                 grant=grant, journey_cap=journey_cap)
