@@ -31,7 +31,9 @@ from typing import Any
 from sqlalchemy import and_, case, distinct, func, literal, literal_column, null, select, union_all
 from sqlalchemy.orm import Session
 
+from orchard.errors import InvalidInput
 from orchard.events.models import Event, Order
+from orchard.journeys import graph as G
 from orchard.journeys.models import OPEN, Journey, JourneyLog, JourneyRun, JourneyVersion
 from orchard.messaging.models import Message
 
@@ -198,12 +200,12 @@ def report(session: Session, journey: Journey, *, attribution_days: int = 7) -> 
     totals["conversion_rate"] = round(totals["converted"] / totals["entered"], 4) if totals["entered"] else 0.0
     totals["messages"] = by_status
 
-    # Steps in graph order (live version first, then steps only older versions had).
+    # Steps in path order from the entry (live version first, then steps only older versions had).
     order: list[str] = []
     types: dict[str, str] = {}
     for g in graphs:
-        for sid, step in (g.get("steps") or {}).items():
-            types.setdefault(sid, (step or {}).get("type"))
+        for sid in _path_order(g):
+            types.setdefault(sid, g["steps"][sid].get("type"))
             if sid not in order:
                 order.append(sid)
     order += sorted(set(steps) - set(order))
@@ -221,6 +223,22 @@ def report(session: Session, journey: Journey, *, attribution_days: int = 7) -> 
                            "from": "the touch (message sent); control members: entering"},
             "totals": totals, "variants": {k: variants[k] for k in sorted(variants)}, "steps": step_rows,
             "control_comparison": _comparison(variants)}
+
+
+def _path_order(graph: dict[str, Any]) -> list[str]:
+    """Step ids breadth-first from the entry along each step's links (JSONB does not keep the keys' order)."""
+    try:
+        parsed = G.parse(graph)
+    except InvalidInput:  # a version saved under older rules: its steps come last, by name
+        return []
+    seen, queue = [], [parsed.entry]
+    while queue:
+        sid = queue.pop(0)
+        if sid in seen:
+            continue
+        seen.append(sid)
+        queue += [t for _, t in G.targets(parsed.steps[sid]) if t]
+    return seen
 
 
 def _merge(into: dict[str, Any], part: dict[str, Any]) -> None:
