@@ -18,6 +18,7 @@ from orchard.loyalty.report_endpoints import router as points_reports_router
 from orchard.loyalty.rule_endpoints import router as points_rules_router
 from orchard.loyalty.tier_endpoints import router as tiers_router
 from orchard.members.endpoints import router as members_router
+from orchard.messaging.callback_endpoints import router as channel_callbacks_router
 from orchard.org.endpoints import router as org_router
 from orchard.scoring.endpoints import router as scoring_router
 from orchard.segments.endpoints import router as segments_router
@@ -27,5 +28,6 @@ api_router = APIRouter(prefix="/api/v1")
 for router in (auth_router, org_router, members_router, events_router, exports_router, imports_router,
                points_rules_router, points_reports_router, points_router, tiers_router,
                engagement_router, points_flags_router, benefits_router, catalog_router, coupon_templates_router,
-               coupons_router, segments_router, tags_router, scoring_router, journeys_router):
+               coupons_router, segments_router, tags_router, scoring_router, journeys_router,
+               channel_callbacks_router):
     api_router.include_router(router)

@@ -52,6 +52,11 @@ class Settings(BaseSettings):
     #: properties name it: {"order_id": external id[, "order_source": …]}), e.g. "order_delivered"
     #: or "return_window_closed"; empty: no such wait.
     points_order_pending_event: str = Field("", max_length=64)
+    #: Seconds a worker's claim on the messages it is sending holds (messaging.outbox). A worker that dies
+    #: mid-batch leaves its messages `sending`; once the claim lapses another worker queues them again and the
+    #: provider gets the same idempotency id. Keep it well above the slowest provider call
+    #: (`channels_http_timeout`); tests shorten it so a crash test need not wait five minutes.
+    outbox_claim_seconds: int = Field(300, ge=1, le=24 * 3600)
 
     # ---- Channel providers (orchard.channels.providers builds those that are configured) -----------------------
     #: Channel name → provider, e.g. "sms=aliyun,email=smtp"; a channel not listed uses its only configured

@@ -42,7 +42,10 @@ MEMBER_PARAMS = {"member_id", "order_id", "refund_id", "identity_id", "event_id"
 #: Id-like path parameters known NOT to address one member's data (admin objects, merge-review pairs).
 NON_MEMBER_PARAMS = {"key_id", "candidate_id", "staff_id", "job_id", "rule_id", "flag_id", "benefit_id",
                      "template_id", "item_code", "segment_code", "journey_code", "template_code",
-                     "message_id", "task_id"}
+                     "message_id", "task_id", "provider"}
+#: Routes a vendor calls, not staff: no Orchard credential, the vendor's signature is the authentication
+#: (messaging.callback_endpoints). Without a valid signature they answer 401 (or 404: provider not configured).
+VENDOR_CALLBACKS = {"receiveChannelCallback", "verifyChannelCallback"}
 NO_SUCH_ID = 987_654_321
 
 
@@ -73,7 +76,7 @@ class Target:
                 "identity_id": self.identity_id, "event_id": self.event_id, "name": self.tag,
                 "channel": "sms", "purpose": "marketing", "external_id": f"W-{self.store}-{self.member_id}",
                 "code": self.coupon_code, "item_code": "CUP", "segment_code": "none", "journey_code": "none",
-                "template_code": "none", "message_id": 1, "task_id": 1}
+                "template_code": "none", "message_id": 1, "task_id": 1, "provider": "webhook"}
 
 
 #: Per operation_id: the JSON body a member-scoped route is called with (None: no body). A valid body
@@ -645,7 +648,7 @@ def test_role_table_is_enforced_on_every_route(app, api, world):
     checked = 0
     for route in api_routes(app):
         perms = route_perms(route)
-        if route.operation_id == "createToken":
+        if route.operation_id == "createToken" or route.operation_id in VENDOR_CALLBACKS:
             assert not perms
             continue
         assert len(perms) == 1, f"{route.path}: expected exactly one permission check, found {perms}"
@@ -698,10 +701,18 @@ def test_every_api_route_requires_credentials(app, api):
               "candidate_id": 1, "staff_id": 1, "job_id": 1, "rule_id": 1, "flag_id": 1, "benefit_id": 1,
               "name": "vip", "channel": "sms", "purpose": "marketing", "external_id": "S-1", "template_id": 1,
               "code": "7K3M9QWX2D8F", "item_code": "CUP", "segment_code": "none", "journey_code": "none",
-                "template_code": "none", "message_id": 1, "task_id": 1}
+                "template_code": "none", "message_id": 1, "task_id": 1, "provider": "webhook"}
     checked = 0
     for route in api_routes(app):
         if route.operation_id == "createToken":
+            continue
+        if route.operation_id in VENDOR_CALLBACKS:  # unsigned: refused, whatever Orchard credential comes along
+            for method in calls(route):
+                for creds in ({}, {"Authorization": "Bearer nonsense"}):
+                    r = api.call(method, fill(route, values), body={} if method != "GET" else None, headers=creds)
+                    checked += 1
+                    if not (is_bare_problem(r, 401) or is_bare_problem(r, 404)):
+                        api.leak(f"{method} {route.path} unsigned -> {r.status_code} {r.text[:200]}")
             continue
         for method in calls(route):
             url = fill(route, values)

@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from orchard import db
 from orchard.errors import InvalidInput
 from orchard.identity.models import Identity
-from orchard.journeys import engine, service
+from orchard.journeys import engine, reporting, service
 from orchard.journeys.models import JourneyLog, JourneyRun
 from orchard.members.consent import set_consent
 from orchard.messaging import templates
@@ -126,10 +126,16 @@ def test_split_with_control_group_and_report(clean_db):
     control = [r for r in runs() if r.variant == "control"]
     with db.transaction(readonly=True) as s:
         sent_to = set(s.scalars(select(Message.member_id)))
-        rep = engine.report(s, service.get(s, "ab"))
+        rep = reporting.report(s, service.get(s, "ab"))
     assert not sent_to & {r.member_id for r in control}
-    assert sum(v["entered"] for v in rep["variants"].values()) == 40
-    assert rep["variants"]["control"]["entered"] == len(control) and rep["messages"]["queued"] == 40 - len(control)
+    assert sum(v["entered"] for v in rep["variants"].values()) == rep["totals"]["entered"] == 40
+    assert rep["variants"]["control"]["entered"] == len(control)
+    assert rep["totals"]["messages"] == {"queued": 40 - len(control)}
+    # Per step, as the engine logged it: everyone passed the split; only the treated reached the send step.
+    by_step = {row["step"]: row for row in rep["steps"]}
+    assert by_step["split"]["entered"] == 40 and by_step["send"]["entered"] == 40 - len(control)
+    assert set(by_step["send"]["variants"]) == {"A", "B"} and by_step["send"]["pending"] == 40 - len(control)
+    assert rep["control_comparison"]["control"]["entered"] == len(control)
 
 
 def test_absence_and_date_triggers_enter_once(clean_db):

@@ -7,7 +7,9 @@ guard (`cid`) needs ids drawn beforehand from `GET /v3/push/cid` and stored with
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import hmac
 import threading
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
@@ -17,12 +19,14 @@ import httpx
 
 from .base import (
     DEFAULT_TIMEOUT,
+    CallbackRejected,
     Channel,
     OutboundMessage,
     Quota,
     Reason,
     SendResult,
     StatusUpdate,
+    header,
     http_failure,
     parse_retry_after,
     status_failure,
@@ -66,6 +70,8 @@ class JPushProvider:
         self.apns_production = apns_production
         self.time_to_live = time_to_live
         self._http = httpx.Client(timeout=timeout, transport=transport, auth=(app_key, master_secret))
+        #: What JPush sends with its receipts and URL checks: the same Basic credentials as the push API.
+        self._callback_auth = "Basic " + base64.b64encode(f"{app_key}:{master_secret}".encode()).decode()
         self._rate_lock = threading.Lock()
         self._rate: Quota | None = None
 
@@ -135,10 +141,24 @@ class JPushProvider:
         resp.raise_for_status()
         return list(resp.json()["cidlist"])
 
+    def verify_callback(self, headers: Mapping[str, str]) -> None:
+        """JPush authenticates what it posts back ("回执 API", 调用验证) the way the push API authenticates us:
+        `Authorization: Basic base64(appKey:masterSecret)`."""
+        got = header(headers, "authorization") or ""
+        if not hmac.compare_digest(got.encode(), self._callback_auth.encode()):
+            raise CallbackRejected("bad JPush callback credentials")
+
+    def url_check(self, headers: Mapping[str, str], query: Mapping[str, str] | None) -> str:
+        """The GET JPush sends to validate a receipt URL: authenticated like a receipt, answered with `echostr`."""
+        self.verify_callback(headers)
+        return (query or {}).get("echostr", "")
+
     def parse_callback(self, headers: Mapping[str, str], body: bytes,
                        query: Mapping[str, str] | None = None) -> list[StatusUpdate]:
-        """JPush has no delivery callback on the standard plan (receipts are pulled from its report API, which
-        this adapter does not do): nothing to parse."""
+        """Checks the credentials, then reports nothing: JPush's delivery / click receipts are a VIP feature whose
+        fields Jiguang hands out per account (not published), and the standard plan has none (its report API is
+        pulled, which this adapter does not do)."""
+        self.verify_callback(headers)
         return []
 
     def quota(self) -> Quota | None:

@@ -110,3 +110,34 @@ def build_providers(settings: Settings | None = None, *,
 
 def get_provider(channel: Channel | str, settings: Settings | None = None, **kw) -> Provider | None:
     return build_providers(settings, **kw).get(Channel(channel))
+
+
+#: The name in a status-callback URL (`/api/v1/channels/{name}/callbacks`) → the adapter that answers it. One name
+#: per vendor account: the two WeChat accounts sign their pushes with different tokens.
+CALLBACK_PROVIDERS: dict[str, tuple[Channel, str]] = {
+    "aliyun": (Channel.sms, "aliyun"),
+    "tencent": (Channel.sms, "tencent"),
+    "wechat_oa": (Channel.wechat_oa, "wechat"),
+    "wechat_mp": (Channel.wechat_mp, "wechat"),
+    "jpush": (Channel.app_push, "jpush"),
+    "webhook": (Channel.webhook, "webhook"),
+}
+_callback_cache: dict[str, tuple[Settings, Provider]] = {}
+
+
+def callback_provider(name: str, settings: Settings | None = None) -> Provider | None:
+    """The configured adapter that parses `name`'s callbacks, or None (unknown name, or not configured: a
+    callback for an account Orchard has no credentials for cannot be verified). Built once per settings object,
+    not per callback, since an adapter holds an HTTP client."""
+    if name not in CALLBACK_PROVIDERS:
+        return None
+    s = settings or get_settings()
+    cached = _callback_cache.get(name)
+    if cached is not None and cached[0] is s:
+        return cached[1]
+    ctor = _candidates(s, None).get(CALLBACK_PROVIDERS[name])
+    if ctor is None:
+        return None
+    provider = ctor()
+    _callback_cache[name] = (s, provider)
+    return provider

@@ -177,6 +177,12 @@ class _WeChatBase:
         if not hmac.compare_digest(expected, query.get("signature", "")):
             raise CallbackRejected("bad WeChat callback signature")
 
+    def url_check(self, headers: Mapping[str, str], query: Mapping[str, str] | None) -> str:
+        """The GET WeChat sends when the server URL is saved in its console: signed like a push, answered with
+        the `echostr` it carries (plaintext mode)."""
+        self.verify_callback(query)
+        return (query or {}).get("echostr", "")
+
     def close(self) -> None:
         self._http.close()
 

@@ -94,9 +94,12 @@ def set_status(journey_code: Code, body: StatusIn, session: SessionDep,
 @router.get("/journeys/{journey_code}/report", operation_id="getJourneyReport")
 def report(journey_code: Code, session: SessionDep, principal: Actor(Perm.journeys_manage),
            attribution_days: Annotated[int, Query(ge=1, le=90)] = 7) -> dict:
-    """Per variant (and control): entered, in flight, completed, exited, converted, revenue; messages
-    by status and suppressions by reason."""
-    return engine.report(session, service.get(session, journey_code), attribution_days=attribution_days)
+    """Per journey, step and variant: entered, waiting, sent, suppressed by reason, delivered, opened, clicked,
+    converted within `attribution_days` after the touch (control: after entering), revenue; and treated vs
+    control (lift, 95 % interval, two-proportion z-test p-value). See journeys.reporting."""
+    from orchard.journeys import reporting
+
+    return reporting.report(session, service.get(session, journey_code), attribution_days=attribution_days)
 
 
 class DryRunIn(BaseModel):

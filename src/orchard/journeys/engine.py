@@ -18,7 +18,7 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Integer, String, and_, cast, exists, func, insert, literal, select, text, update
+from sqlalchemy import String, and_, exists, func, insert, literal, select, update
 from sqlalchemy.orm import Session
 
 from orchard.db import UTCDateTime
@@ -425,47 +425,3 @@ def explain(session: Session, *, member_id: int, journey_id: int | None = None, 
     rows = list(session.scalars(stmt.order_by(JourneyLog.id.desc()).limit(limit)))[::-1]
     return [{"journey_id": r.journey_id, "run_id": r.run_id, "step": r.step, "kind": r.kind, "reason": r.reason,
              "detail": r.detail, "at": r.at} for r in rows]
-
-
-def report(session: Session, journey: Journey, *, attribution_days: int = 7) -> dict[str, Any]:
-    """Per journey and variant: entered, waiting, completed, exited, sent, suppressed by reason,
-    converted (an order within `attribution_days` of entering), revenue; control vs treated."""
-    from orchard.messaging.models import Message
-
-    R = JourneyRun.__table__
-    variant = func.coalesce(R.c.variant, literal("all"))
-    o = Order.__table__
-    window = R.c.entered_at + text(f"INTERVAL '{int(attribution_days)} days'") \
-        if session.get_bind().dialect.name == "postgresql" else None
-    if window is None:
-        conv_order = and_(o.c.member_id == R.c.member_id, o.c.paid_at >= R.c.entered_at,
-                          func.julianday(o.c.paid_at) <= func.julianday(R.c.entered_at) + attribution_days)
-    else:
-        conv_order = and_(o.c.member_id == R.c.member_id, o.c.paid_at >= R.c.entered_at, o.c.paid_at <= window)
-    conv_order = and_(conv_order, o.c.status != "refunded")
-    revenue = select(func.coalesce(func.sum(o.c.amount_fen - o.c.refunded_fen), 0)).where(conv_order) \
-        .scalar_subquery()
-    rows = session.execute(select(
-        variant.label("variant"), func.count().label("entered"),
-        func.sum(cast(R.c.status.in_(OPEN), Integer)).label("in_flight"),
-        func.sum(cast(R.c.status == "completed", Integer)).label("completed"),
-        func.sum(cast(R.c.status == "exited", Integer)).label("exited"),
-        func.sum(cast(exists().where(conv_order), Integer)).label("converted"),
-        func.sum(revenue).label("revenue_fen"),
-    ).where(R.c.journey_id == journey.id).group_by(variant)).all()
-    messages = session.execute(select(Message.status, Message.reason, func.count()).where(
-        Message.journey_id == journey.id).group_by(Message.status, Message.reason)).all()
-    suppressed: dict[str, int] = {}
-    by_status: dict[str, int] = {}
-    for status, reason, n in messages:
-        by_status[status] = by_status.get(status, 0) + n
-        if status == "suppressed":
-            suppressed[reason or "?"] = n
-    variants = {r.variant: {"entered": r.entered, "in_flight": int(r.in_flight or 0),
-                            "completed": int(r.completed or 0), "exited": int(r.exited or 0),
-                            "converted": int(r.converted or 0), "revenue_fen": int(r.revenue_fen or 0),
-                            "conversion_rate": round((r.converted or 0) / r.entered, 4) if r.entered else 0.0}
-                for r in rows}
-    return {"journey": journey.code, "attribution_days": attribution_days, "variants": variants,
-            "messages": by_status, "suppressed": suppressed}
-

@@ -13,7 +13,6 @@ from urllib.parse import urlparse
 
 from fastapi import APIRouter, Path
 from fastapi.responses import RedirectResponse
-from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from orchard.config import get_settings
@@ -69,7 +68,8 @@ def follow(code: str = Path(min_length=1, max_length=16), session: SessionDep = 
     now = utcnow()
     link.clicks += 1
     link.first_click_at = link.first_click_at or now
-    if link.message_id is not None:
-        session.execute(update(Message).where(Message.id == link.message_id, Message.clicked_at.is_(None))
-                        .values(clicked_at=now))
+    if link.message_id is not None:  # the first click, and proof that the message arrived
+        from orchard.messaging import receipts
+
+        receipts.mark(session, [receipts.Change(link.message_id, "clicked", now)])
     return RedirectResponse(link.url, status_code=302)

@@ -102,8 +102,11 @@ class Message(Base):
     provider_message_id: Mapped[str | None] = mapped_column(String(128), index=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     sent_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    #: Receipts (messaging.receipts): the provider's delivery report, a read receipt, the first click (a tracked
+    #: link or the provider's click report). A read or click also stamps `delivered_at` when no receipt did.
     delivered_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     clicked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    opened_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 
 
 class ContactPolicy(Base):

@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session
 
 from orchard import db
 from orchard.audit.service import record
+from orchard.config import get_settings
 from orchard.errors import Conflict, InvalidInput, NotFound
 from orchard.journeys.models import SubscribeGrant
 from orchard.kit.clock import utcnow
@@ -40,7 +41,8 @@ from orchard.messaging import links, respect, templates
 from orchard.messaging.models import Message, MessageTemplate
 
 MAX_ATTEMPTS = 8
-#: How long a worker's claim on a message holds; after it the message is queued again.
+#: How long a worker's claim on a message holds by default; after it the message is queued again.
+#: The setting ORCHARD_OUTBOX_CLAIM_SECONDS (`claim_seconds()`) overrides it.
 CLAIM_SECONDS = 300
 BACKOFF_BASE_SECONDS = 30
 BACKOFF_MAX_SECONDS = 3600
@@ -236,6 +238,11 @@ def _me() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"[:64]
 
 
+def claim_seconds() -> int:
+    """The claim timeout in force (ORCHARD_OUTBOX_CLAIM_SECONDS, default `CLAIM_SECONDS`)."""
+    return get_settings().outbox_claim_seconds
+
+
 def claim(session: Session, *, limit: int, now: dt.datetime, me: str) -> list[int]:
     """Take up to `limit` due queued messages for this worker (and re-queue expired claims first)."""
     session.execute(update(Message).where(Message.status == "sending", Message.locked_until < now)
@@ -248,7 +255,7 @@ def claim(session: Session, *, limit: int, now: dt.datetime, me: str) -> list[in
     ids = list(session.scalars(due))
     if ids:
         session.execute(update(Message).where(Message.id.in_(ids)).values(
-            status="sending", locked_by=me, locked_until=now + dt.timedelta(seconds=CLAIM_SECONDS),
+            status="sending", locked_by=me, locked_until=now + dt.timedelta(seconds=claim_seconds()),
             attempts=Message.attempts + 1).execution_options(synchronize_session=False))
     return ids
 
@@ -330,6 +337,13 @@ def _record(session: Session, message_id: int, me: str, outcome: Outcome, provid
         return  # our claim expired and another worker owns it now
     now = utcnow()
     message.provider, message.locked_by, message.locked_until = provider, None, None
+    if message.status in ("delivered", "failed"):
+        # The provider's receipt (messaging.receipts) arrived before this record: the provider has the message,
+        # whatever this call's answer says (a timeout after acceptance). Keep the receipt; never retry it.
+        message.sent_at = message.sent_at or now
+        message.provider_message_id = message.provider_message_id or outcome.provider_message_id
+        stats.sent += 1
+        return
     if outcome.accepted:
         message.status, message.sent_at, message.provider_message_id = "sent", now, outcome.provider_message_id
         message.reason = message.detail = None
