@@ -54,3 +54,20 @@ def test_daily_jobs_fall_at_their_local_time():
     after = dt.datetime(2026, 11, 24, 3, 0, tzinfo=SH)
     assert job.next_after(before.astimezone(dt.UTC)) == dt.datetime(2026, 11, 24, 3, 0, tzinfo=SH)
     assert job.next_after(after.astimezone(dt.UTC)) == dt.datetime(2026, 11, 25, 3, 0, tzinfo=SH)
+
+
+def test_shared_jobs_run_in_every_process_without_a_lease(clean_db):
+    """Advance and dispatch claim their rows themselves: each process runs them every period, and a
+    process killed mid-run holds no lease that would keep the others out."""
+    calls: list[str] = []
+    job = runner.Job("t.shared", lambda s, n: calls.append("x"), every=5, shared=True)
+    now = dt.datetime(2026, 11, 24, 2, 0, tzinfo=dt.UTC)
+    assert runner.run_due((job,), now=now, me="p1") == ["t.shared"]
+    assert runner.run_due((job,), now=now, me="p2") == ["t.shared"]  # no lease keeps p2 out
+    assert runner.run_due((job,), now=now + dt.timedelta(seconds=2), me="p1") == []  # p1's period not over
+    assert runner.run_due((job,), now=now + dt.timedelta(seconds=5), me="p1") == ["t.shared"]
+    assert len(calls) == 3
+    with db.transaction(readonly=True) as s:
+        row = s.scalar(select(ScheduledJob).where(ScheduledJob.name == "t.shared"))
+    assert row.leased_by is None and row.lease_until is None and row.last_status == "ok"
+    assert {j.name for j in runner.JOBS if j.shared} == {"journeys.advance", "outbox.dispatch"}

@@ -40,6 +40,10 @@ class Job:
     daily_at: dt.time | None = None
     #: How long a claim holds before another process may take the job over.
     lease_seconds: int = 3600
+    #: Shared jobs take no lease: every process runs them each period, because the work itself is claimed
+    #: row by row (`FOR UPDATE SKIP LOCKED`), so several workers share it and a killed worker holds
+    #: nothing but its own rows (which its row claims release) — not the whole job for a lease's length.
+    shared: bool = False
 
     def next_after(self, now: dt.datetime) -> dt.datetime:
         if self.every is not None:
@@ -93,17 +97,36 @@ def _journeys_sweep(session: Session, now: dt.datetime) -> Any:
     return engine.sweep(session, now=now, kinds=(), housekeeping=True)
 
 
+#: A draining job (advance, dispatch) works batch after batch, each in its own transaction, for at
+#: most this long per period: a backlog drains at full speed instead of one batch per period.
+DRAIN_SECONDS = 20.0
+ADVANCE_BATCH = 1000
+DISPATCH_BATCH = 200
+
+
 def _journeys_advance(session: Session, now: dt.datetime) -> Any:
     from orchard.journeys import engine
 
-    return engine.advance(session, now=now)
+    del session  # each batch of runs is its own transaction (its row claims end with it)
+    started, total = time.monotonic(), 0
+    while True:
+        with db.transaction() as batch:
+            stats = engine.advance(batch, now=now, limit=ADVANCE_BATCH)
+        total += stats.runs
+        if stats.runs < ADVANCE_BATCH or time.monotonic() - started > DRAIN_SECONDS:
+            return {"runs": total}
 
 
 def _outbox_dispatch(session: Session, now: dt.datetime) -> Any:
     from orchard.messaging import outbox, sending
 
-    del session  # dispatch runs its own short transactions (one per message)
-    return outbox.dispatch(sending.providers(), now=now, to_outbound=sending.to_outbound)
+    del session  # dispatch runs its own short transactions
+    providers, started, total = sending.providers(), time.monotonic(), 0
+    while True:
+        stats = outbox.dispatch(providers, now=now, to_outbound=sending.to_outbound, limit=DISPATCH_BATCH)
+        total += stats.claimed
+        if stats.claimed < DISPATCH_BATCH or time.monotonic() - started > DRAIN_SECONDS:
+            return {"claimed": total}
 
 
 def _points_expire(session: Session, now: dt.datetime) -> Any:
@@ -130,13 +153,17 @@ JOBS: tuple[Job, ...] = (
     Job("journeys.events", _journeys_events, every=5, lease_seconds=600),
     Job("journeys.dates", _journeys_dates, every=600, lease_seconds=1800),
     Job("journeys.sweep", _journeys_sweep, every=30, lease_seconds=900),
-    Job("journeys.advance", _journeys_advance, every=5, lease_seconds=600),
-    Job("outbox.dispatch", _outbox_dispatch, every=2, lease_seconds=600),
+    Job("journeys.advance", _journeys_advance, every=5, shared=True),
+    Job("outbox.dispatch", _outbox_dispatch, every=2, shared=True),
     Job("refresh.nightly", _refresh_all, daily_at=dt.time(3, 0), lease_seconds=4 * 3600),
     Job("points.expire", _points_expire, daily_at=dt.time(0, 10)),
     Job("coupons.expire", _coupons_expire, daily_at=dt.time(0, 20)),
     Job("tiers.evaluate", _tiers_evaluate, daily_at=dt.time(1, 0), lease_seconds=4 * 3600),
 )
+
+
+#: When each shared job is next due in this process, by (process, job).
+_shared_next: dict[tuple[str, str], dt.datetime] = {}
 
 
 def _me() -> str:
@@ -172,9 +199,15 @@ def run_due(jobs: tuple[Job, ...] = JOBS, *, now: dt.datetime | None = None, me:
         ensure_rows(session, jobs, now=now)
     for job in jobs:
         started_at = now or utcnow()
-        with db.transaction() as session:
-            if not claim(session, job, started_at, me):
-                continue
+        if job.shared:
+            due = _shared_next.get((me, job.name), started_at)
+            if started_at < due <= started_at + dt.timedelta(seconds=job.every or 0):
+                continue  # this process ran it this period (a due time further out is a clock set back)
+            _shared_next[(me, job.name)] = job.next_after(started_at)
+        else:
+            with db.transaction() as session:
+                if not claim(session, job, started_at, me):
+                    continue
         ran.append(job.name)
         started = time.perf_counter()
         status, error = "ok", None
@@ -186,6 +219,12 @@ def run_due(jobs: tuple[Job, ...] = JOBS, *, now: dt.datetime | None = None, me:
             log.exception("scheduled job %s failed", job.name)
         with db.transaction() as session:
             J = ScheduledJob
+            if job.shared:  # the last run of any process, for `orchard scheduler status`
+                session.execute(update(J).where(J.name == job.name).values(
+                    last_started_at=started_at, last_finished_at=utcnow(), last_status=status, last_error=error,
+                    last_duration_ms=int((time.perf_counter() - started) * 1000),
+                    next_run_at=_shared_next[(me, job.name)]).execution_options(synchronize_session=False))
+                continue
             session.execute(update(J).where(J.name == job.name, J.leased_by == me).values(
                 last_finished_at=utcnow(), last_status=status, last_error=error,
                 last_duration_ms=int((time.perf_counter() - started) * 1000),
