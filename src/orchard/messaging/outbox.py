@@ -21,7 +21,7 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -79,22 +79,43 @@ def preview(session: Session, *, template_code: str, member: Member,
         raise InvalidInput.field("template", f"cannot render for this member: {exc}") from None
 
 
-def context_for(session: Session, member: Member, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The variables a template may use, filled for this member (see `templates.SAMPLE`)."""
-    from orchard.loyalty.models import PointsAccount
-    from orchard.org.models import OrgUnit
+@dataclass
+class Prefetched:
+    """What templates read besides the member, read once for a batch of decisions."""
 
-    account = session.get(PointsAccount, member.id)
-    store = session.get(OrgUnit, member.home_store_id) if member.home_store_id else None
-    hq = session.scalar(select(OrgUnit.name).where(OrgUnit.kind == "hq").limit(1))
+    balances: dict[int, int] = field(default_factory=dict)
+    stores: dict[int, Any] = field(default_factory=dict)
+    brand: str = "Orchard"
+
+    @classmethod
+    def read(cls, session: Session, members: Iterable[Member]) -> Prefetched:
+        from orchard.loyalty.models import PointsAccount
+        from orchard.org.models import OrgUnit
+
+        members = list(members)
+        ids = [m.id for m in members]
+        store_ids = {m.home_store_id for m in members if m.home_store_id}
+        return cls(
+            balances=dict(session.execute(select(PointsAccount.member_id, PointsAccount.balance).where(
+                PointsAccount.member_id.in_(ids))).tuples().all()) if ids else {},
+            stores={u.id: u for u in session.scalars(select(OrgUnit).where(OrgUnit.id.in_(store_ids)))}
+            if store_ids else {},
+            brand=session.scalar(select(OrgUnit.name).where(OrgUnit.kind == "hq").limit(1)) or "Orchard")
+
+
+def context_for(session: Session, member: Member, extra: Mapping[str, Any] | None = None, *,
+                prefetched: Prefetched | None = None) -> dict[str, Any]:
+    """The variables a template may use, filled for this member (see `templates.SAMPLE`)."""
+    pre = prefetched or Prefetched.read(session, [member])
+    store = pre.stores.get(member.home_store_id) if member.home_store_id else None
     ctx: dict[str, Any] = {
         "member": {"id": member.id, "name": member.name or "会员", "gender": member.gender,
                    "birthday": member.birthday.isoformat() if member.birthday else "", "region": member.region or "",
                    "joined_at": member.joined_at.date().isoformat(), "home_store": store.name if store else ""},
-        "points": {"balance": account.balance if account else 0},
+        "points": {"balance": pre.balances.get(member.id, 0)},
         "store": {"code": store.code if store else "", "name": store.name if store else "",
                   "city": (store.city or "") if store else ""},
-        "brand": {"name": hq or "Orchard"},
+        "brand": {"name": pre.brand},
         "event": {},
         "link": lambda url: url,
     }
@@ -103,49 +124,128 @@ def context_for(session: Session, member: Member, extra: Mapping[str, Any] | Non
     return ctx
 
 
+@dataclass(frozen=True)
+class Decision:
+    """One message to decide (see `enqueue`). `journey_cap` is the deciding journey's own (max, days)."""
+
+    key: str
+    member_id: int
+    template_code: str
+    context: Mapping[str, Any] | None = None
+    priority: int = 0
+    journey_id: int | None = None
+    run_id: int | None = None
+    step: str | None = None
+    journey_cap: tuple[int, int] | None = None
+
+
 def enqueue(session: Session, *, key: str, member_id: int, template_code: str, context: Mapping[str, Any] | None = None,
             priority: int = 0, journey_id: int | None = None, run_id: int | None = None, step: str | None = None,
             now: dt.datetime | None = None, journey_cap: tuple[int, int] | None = None) -> Message:
     """Decide one message: idempotent on `key` (a repeat returns the first decision). The member row is
     locked so two decisions for one member cannot both pass a cap. `journey_cap` is the deciding
     journey's own (max, days)."""
-    existing = session.scalar(select(Message).where(Message.key == key))
-    if existing is not None:
-        return existing
+    return enqueue_many(session, [Decision(key, member_id, template_code, context, priority, journey_id, run_id, step,
+                                           journey_cap)], now=now)[0]
+
+
+def enqueue_many(session: Session, decisions: Sequence[Decision], *, now: dt.datetime | None = None) -> list[Message]:
+    """Decide a batch of messages as `enqueue` decides one, with the same rules in the same order, in a
+    handful of statements whatever the batch size (members locked in id order, the respect facts of all
+    of them read at once, the messages inserted together). Decisions are taken in the given order and
+    each counts toward the next (two messages to one member in one batch cannot both pass a cap).
+    Returns one message per decision (a key decided before, or twice in the batch, gives the first)."""
     now = now or utcnow()
-    template = templates.get(session, template_code)
-    if template.status != "published":
-        raise Conflict(f"template {template_code!r} is not published", code="template.unpublished")
-    member = session.get(Member, member_id, with_for_update=True, populate_existing=True)
-    if member is None:
+    keys = list(dict.fromkeys(d.key for d in decisions))
+    decided = {m.key: m for m in session.scalars(select(Message).where(Message.key.in_(keys)))} if keys else {}
+    todo = [d for d in decisions if d.key not in decided]
+    if not todo:
+        return [decided[d.key] for d in decisions]
+    tpls: dict[str, MessageTemplate] = {}
+    for d in todo:
+        if d.template_code not in tpls:
+            tpls[d.template_code] = template = templates.get(session, d.template_code)
+            if template.status != "published":
+                raise Conflict(f"template {d.template_code!r} is not published", code="template.unpublished")
+    try:
+        with session.begin_nested():
+            out = _decide(session, todo, tpls, now)
+    except IntegrityError:  # a concurrent decider took one of the keys: one by one, theirs stands
+        if len(decisions) > 1:
+            return [enqueue_many(session, [d], now=now)[0] for d in decisions]
+        existing = session.scalar(select(Message).where(Message.key == decisions[0].key))
+        if existing is None:
+            raise
+        return [existing]
+    decided.update(out)
+    return [decided[d.key] for d in decisions]
+
+
+def _decide(session: Session, todo: Sequence[Decision], tpls: Mapping[str, MessageTemplate],
+            now: dt.datetime) -> dict[str, Message]:
+    ids = sorted({d.member_id for d in todo})
+    members = {m.id: m for m in session.scalars(select(Member).where(Member.id.in_(ids)).order_by(Member.id)
+                                                .with_for_update().execution_options(populate_existing=True))}
+    if len(members) != len(ids):
         raise NotFound("member not found", code="member.not_found")
     policy = respect.get_policy(session)
-    grant = (template.provider_template or template.code) if template.channel == "wechat_subscribe" else None
-    cap = respect.JourneyCap(journey_id, *journey_cap) if journey_cap and journey_id is not None else None
-    verdict = respect.check(session, member=member, channel=template.channel, purpose=template.purpose,
-                            policy=policy, now=now, grant=grant, journey_cap=cap)
-    if not verdict.ok and verdict.reason and verdict.reason.startswith("cap.") and verdict.reason != "cap.journey" \
-            and _preempt(session, member.id, template.channel, priority, policy, now, key):
-        verdict = respect.check(session, member=member, channel=template.channel, purpose=template.purpose,
-                                policy=policy, now=now, grant=grant, journey_cap=cap)
-    message = Message(key=key, member_id=member.id, template_id=template.id, channel=template.channel,
-                      purpose=template.purpose, priority=priority, journey_id=journey_id, run_id=run_id, step=step,
-                      attempts=0, created_at=now, payload={})
-    collector = links.Collector(key)
-    if verdict.ok:
-        try:
-            message.payload = templates.render_template(template, {**context_for(session, member, context),
-                                                                   "link": collector})
-        except (UndefinedError, TemplateError, InvalidInput) as exc:
-            message.status, message.reason, message.detail = "failed", "template.variable", str(exc)[:500]
+    channels = {t.channel for t in tpls.values()}
+    journey_days = max((d.journey_cap[1] for d in todo if d.journey_cap), default=0)
+
+    def facts_of(mids: Iterable[int]) -> dict[int, respect.Facts]:
+        return respect.gather(session, {mid: (members[mid].status, members[mid].reduce_disturbance) for mid in mids},
+                              channels=channels, policy=policy, now=now, journey_days=journey_days)
+
+    facts = facts_of(ids)
+    phones = {f.recipients["phone"] for f in facts.values() if "phone" in f.recipients} if "sms" in channels else set()
+    numbers = respect.sms_counts(session, phones, now=now)
+    prefetched = Prefetched.read(session, members.values())
+    out: dict[str, Message] = {}
+    saved: list[tuple[Message, links.Collector]] = []
+    for d in todo:
+        if d.key in out:
+            continue
+        template, member = tpls[d.template_code], members[d.member_id]
+        grant = (template.provider_template or template.code) if template.channel == "wechat_subscribe" else None
+        cap = respect.JourneyCap(d.journey_id, *d.journey_cap) if d.journey_cap and d.journey_id is not None else None
+        rules: dict[str, Any] = {"channel": template.channel, "purpose": template.purpose, "policy": policy,
+                                 "now": now, "grant": grant, "journey_cap": cap}
+        verdict = respect.judge(facts[member.id], numbers, **rules)
+        if not verdict.ok and verdict.reason and verdict.reason.startswith("cap.") and verdict.reason != "cap.journey" \
+                and _preempt(session, member.id, template.channel, d.priority, policy, now, d.key):
+            # Rare: re-read this member's facts (the batch's earlier messages are flushed by the query).
+            facts[member.id] = facts_of([member.id])[member.id]
+            if "phone" in facts[member.id].recipients:
+                numbers.update(respect.sms_counts(session, {facts[member.id].recipients["phone"]}, now=now))
+            verdict = respect.judge(facts[member.id], numbers, **rules)
+        message = Message(key=d.key, member_id=member.id, template_id=template.id, channel=template.channel,
+                          purpose=template.purpose, priority=d.priority, journey_id=d.journey_id, run_id=d.run_id,
+                          step=d.step, attempts=0, created_at=now, payload={})
+        collector = links.Collector(d.key)
+        if verdict.ok:
+            try:
+                message.payload = templates.render_template(template, {
+                    **context_for(session, member, d.context, prefetched=prefetched), "link": collector})
+            except (UndefinedError, TemplateError, InvalidInput) as exc:
+                message.status, message.reason, message.detail = "failed", "template.variable", str(exc)[:500]
+            else:
+                message.status, message.recipient = "queued", verdict.recipient
+                message.next_attempt_at = verdict.not_before or now
+                if grant is not None:  # the grant is reserved now; given back if the message is not sent
+                    _use_grant(session, member.id, grant, -1)
+                    facts[member.id].grants[grant] = facts[member.id].grants.get(grant, 0) - 1
+                respect.remember(facts[member.id], numbers, respect.Pending(
+                    template.channel, template.purpose, d.journey_id, verdict.recipient, now))
         else:
-            message.status, message.recipient = "queued", verdict.recipient
-            message.next_attempt_at = verdict.not_before or now
-            if grant is not None:  # the grant is reserved now; given back if the message is not sent
-                _use_grant(session, member.id, grant, -1)
-    else:
-        message.status, message.reason, message.detail = "suppressed", verdict.reason, verdict.detail
-    return _save(session, message, collector)
+            message.status, message.reason, message.detail = "suppressed", verdict.reason, verdict.detail
+        session.add(message)
+        out[d.key] = message
+        saved.append((message, collector))
+    session.flush()
+    for message, collector in saved:
+        if collector.urls:
+            links.save(session, collector, message)
+    return out
 
 
 def _save(session: Session, message: Message, collector: links.Collector | None = None) -> Message:
