@@ -82,7 +82,7 @@ def test_event_trigger_wait_condition_send_with_fallback_and_conversion_exit(sho
     stats = run(engine.advance, now=T0 + dt.timedelta(days=3))
     assert stats.runs == 2 and stats.sent == 2 and stats.suppressed == 2  # push: no recipient → SMS fallback
     with db.transaction(readonly=True) as s:
-        msgs = list(s.scalars(select(Message).order_by(Message.id)))
+        msgs = list(s.scalars(select(Message).order_by(Message.member_id, Message.id)))
         assert [(m.channel, m.status, m.reason) for m in msgs] == [
             ("app_push", "suppressed", "consent.app_push"), ("sms", "queued", None),
             ("app_push", "suppressed", "consent.app_push"), ("sms", "queued", None)]
@@ -258,3 +258,42 @@ def test_task_step_creates_a_store_task_and_subscribe_sends_need_grants(client):
         from orchard.journeys.models import SubscribeGrant
 
         assert s.get(SubscribeGrant, (mid, "TPL-1")).remaining == 1
+
+
+def test_concurrent_workers_advancing_shared_members_neither_deadlock_nor_break_the_cap(clean_db):
+    """Two journeys send to the same 30 members; two workers advance small batches at once (on
+    PostgreSQL their claims interleave). Members are locked in id order, so no deadlock, and the weekly
+    cap of one marketing message holds across journeys and workers."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with db.transaction() as s:
+        templates.create(s, code="hi_sms", name="hi", channel="sms", purpose="marketing", sign_name="果园",
+                         body="{{ member.name }}，会员日到了，回T退订", actor="t", publish=True)
+    graph = {"trigger": {"type": "event", "event": "visit"}, "entry": "s",
+             "steps": {"s": {"type": "send", "template": "hi_sms"}}}
+    make("one", graph)
+    make("two", graph)
+    with db.transaction() as s:
+        ids = [member(s, f"c{i}") for i in range(30)]
+        for i, mid in enumerate(ids):
+            s.add(Identity(member_id=mid, kind="phone", value=f"+86139000000{i:02d}"))
+            set_consent(s, member_id=mid, channel="sms", purpose="marketing", granted=True, source="t", actor="t")
+            event(s, mid, "visit", T0)
+    assert {r["entered"] for r in run(engine.sweep, now=T0)["journeys"].values()} == {30}
+
+    def work() -> int:
+        done = 0
+        while True:
+            stats = run(engine.advance, now=T0, limit=7)
+            done += stats.runs
+            if not stats.runs:
+                return done
+
+    with ThreadPoolExecutor(2) as pool:
+        assert sum(pool.map(lambda _: work(), range(2))) == 60
+    with db.transaction(readonly=True) as s:
+        queued = dict(s.execute(select(Message.member_id, func.count()).where(Message.status == "queued")
+                                .group_by(Message.member_id)).tuples().all())
+        capped = s.scalar(select(func.count()).select_from(Message).where(Message.reason == "cap.all"))
+    assert queued == {mid: 1 for mid in ids} and capped == 30
+    assert {r.status for r in runs()} == {"completed"}

@@ -127,10 +127,48 @@ class AdvanceStats:
     by_reason: dict[str, int] = field(default_factory=dict)
 
 
-def _log(session: Session, run: JourneyRun, kind: str, now: dt.datetime, *, step: str | None = None,
-         reason: str | None = None, **detail: Any) -> None:
-    session.add(JourneyLog(journey_id=run.journey_id, run_id=run.id, member_id=run.member_id,
-                           step=step or run.step, kind=kind, reason=reason, detail=detail, at=now))
+class _Batch:
+    """One advance call's shared state: the graphs and journeys met, compiled conditions, counters,
+    and the decision log rows (inserted together at the end)."""
+
+    def __init__(self, session: Session, now: dt.datetime, stats: AdvanceStats) -> None:
+        self.session, self.now, self.stats = session, now, stats
+        self.graphs: dict[int, G.Graph] = {}
+        self.journeys: dict[int, Journey] = {}
+        self.conditions: dict[tuple[int, str], Any] = {}
+        self.logs: list[dict[str, Any]] = []
+
+    def graph(self, version_id: int) -> G.Graph:
+        if version_id not in self.graphs:
+            self.graphs[version_id] = G.parse(self.session.get(JourneyVersion, version_id).graph)
+        return self.graphs[version_id]
+
+    def journey(self, journey_id: int) -> Journey:
+        if journey_id not in self.journeys:
+            self.journeys[journey_id] = self.session.get(Journey, journey_id)
+        return self.journeys[journey_id]
+
+    def log(self, run: JourneyRun, kind: str, *, step: str | None = None, reason: str | None = None,
+            **detail: Any) -> None:
+        self.logs.append({"journey_id": run.journey_id, "run_id": run.id, "member_id": run.member_id,
+                          "step": step or run.step, "kind": kind, "reason": reason, "detail": detail, "at": self.now})
+
+    def suppressed(self, reason: str | None) -> None:
+        self.stats.suppressed += 1
+        self.stats.by_reason[reason or "?"] = self.stats.by_reason.get(reason or "?", 0) + 1
+
+    def end(self, run: JourneyRun, status: str, reason: str | None) -> None:
+        run.status, run.end_reason, run.ended_at, run.wake_at = status, reason, self.now, None
+        self.log(run, "completed" if status == "completed" else "exited", reason=reason)
+        if status == "completed":
+            self.stats.completed += 1
+        else:
+            self.stats.exited += 1
+
+    def write_logs(self) -> None:
+        if self.logs:
+            self.session.execute(insert(JourneyLog), self.logs)
+            self.logs = []
 
 
 def _variant(run: JourneyRun, step_id: str, split: G.Split) -> str:
@@ -160,7 +198,12 @@ def _wake_after(step: G.Wait, now: dt.datetime) -> dt.datetime:
 
 
 def advance(session: Session, *, now: dt.datetime | None = None, limit: int = 1000) -> AdvanceStats:
-    """Claim due runs and execute each until it waits or ends (one transaction per call)."""
+    """Claim due runs and execute each until it waits or ends (one transaction per call).
+
+    Runs move in waves: the runs standing at the same step of the same version are executed together
+    (one query answers a condition for all of them, one batch of outbox decisions sends to all of them,
+    a wait is one assignment), then each moves on to its next step, until every run waits or ends.
+    Steps with side effects elsewhere (coupons, points, tags, tasks, webhooks) still go run by run."""
     now = now or utcnow()
     stats = AdvanceStats()
     due = select(JourneyRun).join(Journey, Journey.id == JourneyRun.journey_id).where(
@@ -168,144 +211,185 @@ def advance(session: Session, *, now: dt.datetime | None = None, limit: int = 10
     ).order_by(JourneyRun.wake_at, JourneyRun.id).limit(limit)
     if session.get_bind().dialect.name == "postgresql":
         due = due.with_for_update(skip_locked=True, of=JourneyRun)
-    # In member order: a step may lock its member (a send decision, points, a coupon), and two workers
-    # taking members in different orders would deadlock; in one global order they cannot.
     runs = sorted(session.scalars(due), key=lambda r: (r.member_id, r.id))
-    graphs: dict[int, G.Graph] = {}
-    journeys: dict[int, Journey] = {}
-    conditions: dict[tuple[int, str], Any] = {}
-    for run in runs:
-        if run.version_id not in graphs:
-            graphs[run.version_id] = G.parse(session.get(JourneyVersion, run.version_id).graph)
-        if run.journey_id not in journeys:
-            journeys[run.journey_id] = session.get(Journey, run.journey_id)
-        stats.runs += 1
-        _run(session, run, journeys[run.journey_id], graphs[run.version_id], conditions, now, stats)
+    if not runs:
+        return stats
+    # Every member this batch may lock (a send decision, points, a coupon), locked now in id order: two
+    # workers whose batches share members then wait for each other instead of deadlocking.
+    session.execute(select(Member.id).where(Member.id.in_(sorted({r.member_id for r in runs})))
+                    .order_by(Member.id).with_for_update())
+    batch = _Batch(session, now, stats)
+    stats.runs = len(runs)
+    active, waves = runs, 0
+    bound = max(len(batch.graph(v).steps) for v in {r.version_id for r in runs}) + 1
+    while active:
+        waves += 1
+        if waves > bound:  # pragma: no cover — a graph has no wait-free loop (checked when parsed)
+            raise AssertionError("a journey step loop without a wait")
+        groups: dict[tuple[int, str, bool], list[JourneyRun]] = {}
+        for run in active:
+            groups.setdefault((run.version_id, run.step, run.status == "waiting"), []).append(run)
+        active = []
+        for (version_id, sid, _), group in groups.items():
+            parsed = batch.graph(version_id)
+            journey = batch.journey(group[0].journey_id)
+            stats.steps += len(group)
+            for run, nxt in _step(batch, group, journey, parsed, sid, parsed.steps[sid]):
+                if nxt is None:
+                    batch.end(run, "completed", None)
+                else:
+                    run.step = nxt
+                    active.append(run)
+    batch.write_logs()
     session.flush()
     return stats
 
 
-def _run(session: Session, run: JourneyRun, journey: Journey, parsed: G.Graph, conditions: dict, now: dt.datetime,
-         stats: AdvanceStats) -> None:
+def _step(b: _Batch, group: list[JourneyRun], journey: Journey, parsed: G.Graph, sid: str,
+          step: Any) -> list[tuple[JourneyRun, str | None]]:
+    """Execute one step for runs standing at it; returns (run, next step or None to complete) for the
+    runs that go on now (runs that wait or exit are left where they are)."""
+    session, now = b.session, b.now
+    if group[0].status == "waiting" and isinstance(step, G.WaitEvent):
+        since = {r.id: _dt(r.context.get("waiting_since"), r.entered_at) for r in group}
+        latest = dict(session.execute(select(Event.member_id, func.max(Event.occurred_at)).where(
+            Event.member_id.in_({r.member_id for r in group}), Event.name == step.event,
+            Event.occurred_at >= min(since.values())).group_by(Event.member_id)).tuples().all())
+        out = []
+        for run in group:
+            happened = latest.get(run.member_id) is not None and latest[run.member_id] >= since[run.id]
+            b.log(run, "waited", reason="event" if happened else "timeout")
+            run.status, run.wait_event = "active", None
+            out.append((run, step.next if happened else step.timeout_next))
+        return out
+    if group[0].status == "waiting" and isinstance(step, G.Wait):
+        for run in group:
+            run.status = "active"
+        return [(run, step.next) for run in group]
+    if isinstance(step, G.Wait):
+        wake = _wake_after(step, now)
+        for run in group:
+            run.status, run.wake_at = "waiting", wake
+            b.log(run, "step", reason="wait", until=wake.isoformat())
+        return []
+    if isinstance(step, G.WaitEvent):
+        wake = now + dt.timedelta(hours=step.timeout_hours)
+        for run in group:
+            run.status, run.wait_event, run.wake_at = "waiting", step.event, wake
+            run.context = {**run.context, "waiting_since": now.isoformat()}
+            b.log(run, "step", reason="wait_event", event=step.event)
+        return []
+    if isinstance(step, G.Condition):
+        key = (group[0].version_id, sid)
+        if key not in b.conditions:
+            b.conditions[key] = evaluate.compile_definition(session, step.if_, now=now)
+        compiled = b.conditions[key]
+        hits = set(session.scalars(C.members_query(compiled.condition, compiled.ctx,
+                                                   C.m.c.id.in_({r.member_id for r in group}))))
+        for run in group:
+            b.log(run, "branch", reason="then" if run.member_id in hits else "else")
+        return [(run, step.then if run.member_id in hits else step.else_) for run in group]
+    if isinstance(step, G.Split):
+        out = []
+        for run in group:
+            run.variant = _variant(run, sid, step)
+            b.log(run, "branch", reason=f"variant:{run.variant}")
+            if run.variant == "control":  # held out: nothing more happens to them, and they are counted
+                b.end(run, "completed", "control")
+            else:
+                out.append((run, next(v.next for v in step.variants if v.name == run.variant)))
+        return out
+    if isinstance(step, G.Send):
+        _send(b, group, journey, parsed, sid, step)
+        return [(run, step.next) for run in group]
+    if isinstance(step, G.Exit):
+        for run in group:
+            b.end(run, "exited", "exit_step")
+        return []
+    return [(run, _one(b, run, journey, sid, step)) for run in group]
+
+
+def _send(b: _Batch, group: list[JourneyRun], journey: Journey, parsed: G.Graph, sid: str, step: G.Send) -> None:
+    """Decide the step's messages for the whole group through the outbox, template by template: a run
+    whose message was suppressed for want of consent or an address tries its next template."""
     from orchard.messaging import outbox
 
-    for _ in range(len(parsed.steps) + 1):  # a graph has no wait-free loop, so this bounds one advance
-        sid = run.step
-        step = parsed.steps[sid]
-        stats.steps += 1
-        nxt: str | None
-        if run.status == "waiting" and isinstance(step, G.WaitEvent):
-            happened = session.scalar(select(Event.id).where(
-                Event.member_id == run.member_id, Event.name == step.event,
-                Event.occurred_at >= _dt(run.context.get("waiting_since"), run.entered_at)).limit(1))
-            nxt = step.next if happened else step.timeout_next
-            _log(session, run, "waited", now, reason="event" if happened else "timeout")
-            run.status, run.wait_event = "active", None
-        elif run.status == "waiting" and isinstance(step, G.Wait):
-            nxt = step.next
-            run.status = "active"
-        elif isinstance(step, G.Wait):
-            run.status, run.wake_at = "waiting", _wake_after(step, now)
-            _log(session, run, "step", now, reason="wait", until=run.wake_at.isoformat())
-            return
-        elif isinstance(step, G.WaitEvent):
-            run.status, run.wait_event = "waiting", step.event
-            run.wake_at = now + dt.timedelta(hours=step.timeout_hours)
-            run.context = {**run.context, "waiting_since": now.isoformat()}
-            _log(session, run, "step", now, reason="wait_event", event=step.event)
-            return
-        elif isinstance(step, G.Condition):
-            key = (run.version_id, sid)
-            if key not in conditions:
-                compiled = evaluate.compile_definition(session, step.if_, now=now)
-                conditions[key] = compiled
-            compiled = conditions[key]
-            hit = session.scalar(select(func.count()).select_from(
-                C.members_query(compiled.condition, compiled.ctx, C.m.c.id == run.member_id).subquery())) == 1
-            nxt = step.then if hit else step.else_
-            _log(session, run, "branch", now, reason="then" if hit else "else")
-        elif isinstance(step, G.Split):
-            run.variant = _variant(run, sid, step)
-            nxt = None if run.variant == "control" else next(v.next for v in step.variants if v.name == run.variant)
-            _log(session, run, "branch", now, reason=f"variant:{run.variant}")
-            if run.variant == "control":  # held out: nothing more happens to them, and they are counted
-                _end(session, run, "completed", "control", now, stats)
-                return
-        elif isinstance(step, G.Send):
-            nxt = step.next
-            cap = (parsed.message_cap.max, parsed.message_cap.days) if parsed.message_cap else None
-            for code in send_order(session, step, run.member_id):
-                message = outbox.enqueue(session, key=f"j{journey.id}:r{run.id}:{sid}:{code}", member_id=run.member_id,
-                                         template_code=code, context={"event": run.context.get("event", {})},
-                                         priority=journey.priority, journey_id=journey.id, run_id=run.id, step=sid,
-                                         now=now, journey_cap=cap)
-                if message.status == "queued":
-                    stats.sent += 1
-                    _log(session, run, "sent", now, reason=None, message_id=message.id, template=code)
-                    break
-                stats.suppressed += 1
-                stats.by_reason[message.reason or "?"] = stats.by_reason.get(message.reason or "?", 0) + 1
-                _log(session, run, "suppressed", now, reason=message.reason, message_id=message.id, template=code)
-                if not falls_back(message.reason):
-                    break  # caps, quiet days, exclusions apply to every channel: no fallback
-        elif isinstance(step, G.WebhookStep):
-            message = outbox.enqueue_webhook(
-                session, key=f"j{journey.id}:r{run.id}:{sid}", member_id=run.member_id, url=step.url,
-                data=webhook_data(session, run, journey, sid, step), priority=journey.priority,
-                journey_id=journey.id, run_id=run.id, step=sid, now=now)
+    cap = (parsed.message_cap.max, parsed.message_cap.days) if parsed.message_cap else None
+    orders = _send_orders(b.session, step, [r.member_id for r in group])
+    trying = [(run, orders.get(run.member_id) or [step.template, *step.fallback]) for run in group]
+    for attempt in range(len(step.fallback) + 1):
+        if not trying:
+            break
+        decisions = [outbox.Decision(key=f"j{journey.id}:r{run.id}:{sid}:{codes[attempt]}", member_id=run.member_id,
+                                     template_code=codes[attempt], context={"event": run.context.get("event", {})},
+                                     priority=journey.priority, journey_id=journey.id, run_id=run.id, step=sid,
+                                     journey_cap=cap) for run, codes in trying]
+        messages = outbox.enqueue_many(b.session, decisions, now=b.now)
+        again = []
+        for (run, codes), message in zip(trying, messages, strict=True):
+            code = codes[attempt]
             if message.status == "queued":
-                _log(session, run, "step", now, reason="webhook", message_id=message.id, url=step.url)
-            else:
-                stats.suppressed += 1
-                stats.by_reason[message.reason or "?"] = stats.by_reason.get(message.reason or "?", 0) + 1
-                _log(session, run, "suppressed", now, reason=message.reason, message_id=message.id, url=step.url)
-            nxt = step.next
-        elif isinstance(step, G.CouponStep):
-            from orchard.coupons.issuing import issue_one
+                b.stats.sent += 1
+                b.log(run, "sent", message_id=message.id, template=code)
+                continue
+            b.suppressed(message.reason)
+            b.log(run, "suppressed", reason=message.reason, message_id=message.id, template=code)
+            if falls_back(message.reason) and attempt + 1 < len(codes):
+                again.append((run, codes))  # caps, quiet days, exclusions apply to every channel: no fallback
+        trying = again
 
-            coupon, _ = issue_one(session, template_id=step.template_id, member_id=run.member_id, source="journey",
-                                  external_id=f"j{journey.id}:r{run.id}:{sid}", reason=journey.code,
-                                  actor=f"journey:{journey.code}"[:64], now=now)
-            _log(session, run, "step", now, reason="coupon", coupon_id=coupon.id)
-            nxt = step.next
-        elif isinstance(step, G.PointsStep):
-            from orchard.loyalty.ledger import Command, post
 
-            post(session, Command(member_id=run.member_id, amount=step.amount, kind="adjust", reason=step.reason,
-                                  source="journey", external_id=f"j{journey.id}:r{run.id}:{sid}",
-                                  actor=f"journey:{journey.code}"[:64]), now=now)
-            _log(session, run, "step", now, reason="points", amount=step.amount)
-            nxt = step.next
-        elif isinstance(step, G.TagStep):
-            from orchard.imports.pg_bulk import SYSTEM
-            from orchard.members import notes_tags
+def _one(b: _Batch, run: JourneyRun, journey: Journey, sid: str, step: Any) -> str | None:
+    """Steps whose effect lives in another module's ledger (coupons, points, tags, tasks, webhooks):
+    each run through that module's own idempotent command."""
+    session, now = b.session, b.now
+    if isinstance(step, G.WebhookStep):
+        from orchard.messaging import outbox
 
-            for name in step.add:
-                notes_tags.add_tag(session, principal=SYSTEM, member_id=run.member_id, name=name)
-            for name in step.remove:
-                tag = notes_tags.tag_by_name(session, name, create=False)
-                if tag is not None and name in notes_tags.member_tags(session, run.member_id):
-                    notes_tags.remove_tag(session, principal=SYSTEM, member_id=run.member_id, name=name)
-            _log(session, run, "step", now, reason="tag", add=step.add, remove=step.remove)
-            nxt = step.next
-        elif isinstance(step, G.TaskStep):
-            from orchard.journeys import tasks
+        message = outbox.enqueue_webhook(
+            session, key=f"j{journey.id}:r{run.id}:{sid}", member_id=run.member_id, url=step.url,
+            data=webhook_data(session, run, journey, sid, step), priority=journey.priority,
+            journey_id=journey.id, run_id=run.id, step=sid, now=now)
+        if message.status == "queued":
+            b.log(run, "step", reason="webhook", message_id=message.id, url=step.url)
+        else:
+            b.suppressed(message.reason)
+            b.log(run, "suppressed", reason=message.reason, message_id=message.id, url=step.url)
+    elif isinstance(step, G.CouponStep):
+        from orchard.coupons.issuing import issue_one
 
-            task = tasks.create(session, key=f"j{journey.id}:r{run.id}:{sid}", member_id=run.member_id,
-                                kind=step.kind, title=step.title, body=step.body,
-                                due_at=now + dt.timedelta(hours=step.due_hours), journey_id=journey.id, run_id=run.id)
-            _log(session, run, "step", now, reason="task", task_id=task.id, task_kind=step.kind)
-            nxt = step.next
-        elif isinstance(step, G.Exit):
-            _end(session, run, "exited", "exit_step", now, stats)
-            return
-        else:  # pragma: no cover — the graph parser admits nothing else
-            raise AssertionError(type(step).__name__)
-        if nxt is None:
-            _end(session, run, "completed", None, now, stats)
-            return
-        run.step = nxt
-    raise AssertionError("a journey step loop without a wait")  # pragma: no cover
+        coupon, _ = issue_one(session, template_id=step.template_id, member_id=run.member_id, source="journey",
+                              external_id=f"j{journey.id}:r{run.id}:{sid}", reason=journey.code,
+                              actor=f"journey:{journey.code}"[:64], now=now)
+        b.log(run, "step", reason="coupon", coupon_id=coupon.id)
+    elif isinstance(step, G.PointsStep):
+        from orchard.loyalty.ledger import Command, post
+
+        post(session, Command(member_id=run.member_id, amount=step.amount, kind="adjust", reason=step.reason,
+                              source="journey", external_id=f"j{journey.id}:r{run.id}:{sid}",
+                              actor=f"journey:{journey.code}"[:64]), now=now)
+        b.log(run, "step", reason="points", amount=step.amount)
+    elif isinstance(step, G.TagStep):
+        from orchard.imports.pg_bulk import SYSTEM
+        from orchard.members import notes_tags
+
+        for name in step.add:
+            notes_tags.add_tag(session, principal=SYSTEM, member_id=run.member_id, name=name)
+        for name in step.remove:
+            tag = notes_tags.tag_by_name(session, name, create=False)
+            if tag is not None and name in notes_tags.member_tags(session, run.member_id):
+                notes_tags.remove_tag(session, principal=SYSTEM, member_id=run.member_id, name=name)
+        b.log(run, "step", reason="tag", add=step.add, remove=step.remove)
+    elif isinstance(step, G.TaskStep):
+        from orchard.journeys import tasks
+
+        task = tasks.create(session, key=f"j{journey.id}:r{run.id}:{sid}", member_id=run.member_id,
+                            kind=step.kind, title=step.title, body=step.body,
+                            due_at=now + dt.timedelta(hours=step.due_hours), journey_id=journey.id, run_id=run.id)
+        b.log(run, "step", reason="task", task_id=task.id, task_kind=step.kind)
+    else:  # pragma: no cover — the graph parser admits nothing else
+        raise AssertionError(type(step).__name__)
+    return step.next
 
 
 def falls_back(reason: str | None) -> bool:
@@ -317,18 +401,25 @@ def falls_back(reason: str | None) -> bool:
 def send_order(session: Session, step: G.Send, member_id: int) -> list[str]:
     """The templates a send step tries, in order: `template`, then `fallback`; with
     `prefer_member_channel`, the first of them on the member's preferred channel goes first."""
+    return _send_orders(session, step, [member_id]).get(member_id) or [step.template, *step.fallback]
+
+
+def _send_orders(session: Session, step: G.Send, member_ids: list[int]) -> dict[int, list[str]]:
+    """`send_order` for many members at once (only members whose order differs are listed)."""
     codes = [step.template, *step.fallback]
     if not step.prefer_member_channel:
-        return codes
-    preferred = session.scalar(select(Member.preferred_channel).where(Member.id == member_id))
-    if preferred is None:
-        return codes
+        return {}
     from orchard.messaging.models import MessageTemplate
 
     channels = {code: channel for code, channel in session.execute(
         select(MessageTemplate.code, MessageTemplate.channel).where(MessageTemplate.code.in_(codes)))}
-    first = next((c for c in codes if channels.get(c) == preferred), None)
-    return codes if first is None else [first, *(c for c in codes if c != first)]
+    out = {}
+    for mid, preferred in session.execute(select(Member.id, Member.preferred_channel).where(
+            Member.id.in_(member_ids), Member.preferred_channel.is_not(None))):
+        first = next((c for c in codes if channels.get(c) == preferred), None)
+        if first is not None:
+            out[mid] = [first, *(c for c in codes if c != first)]
+    return out
 
 
 def trigger_context(session: Session, trigger_key: str) -> dict[str, Any]:
@@ -352,16 +443,6 @@ def webhook_data(session: Session, run: Any, journey: Journey, step_id: str, ste
 
 def _dt(value: str | None, default: dt.datetime) -> dt.datetime:
     return dt.datetime.fromisoformat(value) if value else default
-
-
-def _end(session: Session, run: JourneyRun, status: str, reason: str | None, now: dt.datetime,
-         stats: AdvanceStats) -> None:
-    run.status, run.end_reason, run.ended_at, run.wake_at = status, reason, now, None
-    _log(session, run, "completed" if status == "completed" else "exited", now, reason=reason)
-    if status == "completed":
-        stats.completed += 1
-    else:
-        stats.exited += 1
 
 
 # -- set-based housekeeping ------------------------------------------------------------------------
