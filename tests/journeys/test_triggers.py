@@ -20,7 +20,7 @@ from orchard.journeys import graph as G
 from orchard.journeys.models import Journey, JourneyLog, JourneyRun
 from orchard.loyalty.ledger import Command, post
 from orchard.loyalty.models import TierChange, TierLevel
-from orchard.members.models import Member
+from orchard.members.models import Member, MemberAggregate
 from orchard.messaging import templates
 from orchard.segments import service as segments
 from tests.segments.helpers import member
@@ -195,6 +195,9 @@ def test_coupon_expiring_anniversary_and_repurchase_due(hello):
         cycle = member(s, "every 15 days", orders=[(local(2027, 1, 29, 12, 0), 100), (local(2027, 2, 13, 12, 0), 100)])
         member(s, "due 2 March", orders=[(local(2027, 1, 29, 12, 0), 100), (local(2027, 2, 14, 12, 0), 100)])
         member(s, "one order", orders=[(local(2027, 2, 13, 12, 0), 100)])
+        busy = member(s, "200 orders", orders=[(local(2026, 5, 1, 12, 0), 100), (local(2027, 2, 13, 12, 0), 100)])
+        # A frequent buyer: seconds × (orders − 1) no longer fits a 32-bit integer (it did overflow).
+        s.execute(update(MemberAggregate).where(MemberAggregate.member_id == busy).values(order_count=200))
         holder, other = member(s, "coupon"), member(s, "coupon used up earlier")
         tpl = CouponTemplate(name="t", kind="amount_off", off_fen=100, validity="relative", valid_days=7,
                              created_by="t")

@@ -282,13 +282,13 @@ def _repurchase_due(session: Session, target: dt.date, start: dt.datetime, end: 
     a = MemberAggregate.__table__
     last = cast(_epoch(session, a.c.last_order_at), BigInteger)
     span = last - cast(_epoch(session, a.c.first_order_at), BigInteger)
-    gaps = a.c.order_count - 1
+    gaps = cast(a.c.order_count - 1, BigInteger)  # seconds × orders overflows a 32-bit integer
     due = last + span / gaps
     return select(a.c.member_id.label("member_id"), literal(f"r:{target.isoformat()}").label("k")).select_from(
         a.join(C.m, C.m.c.id == a.c.member_id)).where(
         C.live(), a.c.order_count >= 2,
         a.c.last_order_at >= _at(start - MAX_CYCLE), a.c.last_order_at < _at(end),
-        span >= 86_400 * gaps, span <= int(MAX_CYCLE.total_seconds()) * gaps,
+        span >= gaps * 86_400, span <= gaps * int(MAX_CYCLE.total_seconds()),
         due >= int(start.timestamp()), due < int(end.timestamp()))
 
 
