@@ -158,7 +158,7 @@ def run_advance(url: str, workers: int, batch: int, log=print) -> float:
         f"load {points_seed.loadavg()}")
     engine = create_engine(url)
     with engine.connect() as c:
-        reasons = c.execute(text("SELECT coalesce(reason, status), count(*) FROM messages m JOIN journeys j "
+        reasons = c.execute(text("SELECT coalesce(m.reason, m.status), count(*) FROM messages m JOIN journeys j "
                                  "ON j.id = m.journey_id WHERE j.code = 'bench_engine' GROUP BY 1 ORDER BY 2 DESC"))
         log("  bench journey messages: " + ", ".join(f"{r} {n:,}" for r, n in reasons))
     engine.dispose()

@@ -166,9 +166,11 @@ class _Batch:
             self.stats.exited += 1
 
     def write_logs(self) -> None:
-        if self.logs:
-            self.session.execute(insert(JourneyLog), self.logs)
-            self.logs = []
+        """Multi-row INSERTs of a few hundred rows each (one round trip each, not one per row)."""
+        table = JourneyLog.__table__
+        for i in range(0, len(self.logs), 500):
+            self.session.execute(insert(table).values(self.logs[i:i + 500]))
+        self.logs = []
 
 
 def _variant(run: JourneyRun, step_id: str, split: G.Split) -> str:

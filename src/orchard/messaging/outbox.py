@@ -212,6 +212,8 @@ def _decide(session: Session, todo: Sequence[Decision], tpls: Mapping[str, Messa
                                  "now": now, "grant": grant, "journey_cap": cap}
         verdict = respect.judge(facts[member.id], numbers, **rules)
         if not verdict.ok and verdict.reason and verdict.reason.startswith("cap.") and verdict.reason != "cap.journey" \
+                and any(p.purpose == "marketing" and p.status in (None, "queued") and p.priority < d.priority
+                        for p in facts[member.id].recent) \
                 and _preempt(session, member.id, template.channel, d.priority, policy, now, d.key):
             # Rare: re-read this member's facts (the batch's earlier messages are flushed by the query).
             facts[member.id] = facts_of([member.id])[member.id]
@@ -235,7 +237,8 @@ def _decide(session: Session, todo: Sequence[Decision], tpls: Mapping[str, Messa
                     _use_grant(session, member.id, grant, -1)
                     facts[member.id].grants[grant] = facts[member.id].grants.get(grant, 0) - 1
                 respect.remember(facts[member.id], numbers, respect.Pending(
-                    template.channel, template.purpose, d.journey_id, verdict.recipient, now))
+                    template.channel, template.purpose, d.journey_id, verdict.recipient, now, status="queued",
+                    priority=d.priority))
         else:
             message.status, message.reason, message.detail = "suppressed", verdict.reason, verdict.detail
         session.add(message)

@@ -131,6 +131,8 @@ class Pending:
     recipient: str | None
     created_at: dt.datetime
     message_id: int | None = None
+    status: str | None = None
+    priority: int = 0
 
 
 @dataclass(frozen=True)
@@ -209,12 +211,14 @@ def gather(session: Session, members: dict[int, tuple[str, bool]], *, channels: 
     if not at_send:
         days = max([c.days for c in policy.caps.values()] + [policy.exclude_touched_days, journey_days])
         if days:
-            for mid, channel, purpose, journey_id, recipient, created_at, message_id in session.execute(
-                    select(Message.member_id, Message.channel, Message.purpose, Message.journey_id, Message.recipient,
-                           Message.created_at, Message.id).where(
+            for mid, channel, purpose, journey_id, recipient, created_at, message_id, status, priority in \
+                    session.execute(select(
+                        Message.member_id, Message.channel, Message.purpose, Message.journey_id, Message.recipient,
+                        Message.created_at, Message.id, Message.status, Message.priority).where(
                         Message.member_id.in_(ids), Message.status.in_(COUNTED),
                         Message.created_at > now - dt.timedelta(days=days))):
-                facts[mid].recent.append(Pending(channel, purpose, journey_id, recipient, created_at, message_id))
+                facts[mid].recent.append(Pending(channel, purpose, journey_id, recipient, created_at, message_id,
+                                                  status, priority))
     return facts
 
 
