@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from jinja2 import TemplateError, UndefinedError
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -244,6 +244,15 @@ def _decide(session: Session, todo: Sequence[Decision], tpls: Mapping[str, Messa
         session.add(message)
         out[d.key] = message
         saved.append((message, collector))
+    if session.get_bind().dialect.name == "postgresql" and len(saved) > 1:
+        # Ids drawn from the sequence first: the rows then go in as one pipelined executemany without
+        # RETURNING, instead of a huge multi-row INSERT … RETURNING that costs more to build than to run.
+        fresh = [m for m, _ in saved if m.id is None and m in session.new]
+        with session.no_autoflush:
+            ids = session.scalars(select(func.nextval("messages_id_seq")).select_from(
+                func.generate_series(1, len(fresh)))).all()
+        for message, message_id in zip(fresh, ids, strict=True):
+            message.id = message_id
     session.flush()
     for message, collector in saved:
         if collector.urls:
