@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, select
 
@@ -14,6 +15,7 @@ from orchard.members.consent import set_consent
 from orchard.messaging.models import Message, MessageTemplate
 from tests.segments.helpers import event, member
 
+SH = ZoneInfo("Asia/Shanghai")
 NOW = dt.datetime(2026, 11, 24, 3, 0, tzinfo=dt.UTC)  # 11:00 in Shanghai
 
 
@@ -66,3 +68,42 @@ def test_ready_journeys_install_once_publish_and_run(clean_db):
         sent = s.scalar(select(MessageTemplate.code).join(Message, Message.template_id == MessageTemplate.id)
                         .where(Message.member_id == cycler))
     assert sent == "cycle_sms"
+
+
+def test_the_shipped_journeys_run_end_to_end_on_the_demo_data(clean_db, tmp_path):
+    """`orchard demo` installs the ready journeys as drafts; published, swept, advanced and dispatched
+    (log provider) on the demo's own members: several journeys enter members, nothing fails, no member
+    gets two marketing messages in the week, and marketing reaches only members with SMS marketing
+    consent."""
+    from orchard.channels.log import LogProvider
+    from orchard.demo.generate import ANCHOR
+    from orchard.demo.load import load_demo
+    from orchard.members.models import Consent
+    from orchard.messaging import outbox, sending
+
+    load_demo(members=150, seed=11, directory=tmp_path)
+    with db.transaction() as s:
+        assert ready.install(s, actor="t", publish=True)["published"]
+    now = dt.datetime.combine(ANCHOR, dt.time(10, 0), SH).astimezone(dt.UTC)
+    with db.transaction() as s:
+        entered = {code: r["entered"] for code, r in engine.sweep(s, now=now)["journeys"].items() if r["entered"]}
+    assert len(entered) >= 3, entered
+    log = {name: LogProvider(channel) for name, channel in sending.CHANNELS.items()}
+    for at in (now, now + dt.timedelta(hours=25), now + dt.timedelta(days=16)):
+        with db.transaction() as s:
+            engine.advance(s, now=at)
+        outbox.dispatch(log, now=at, to_outbound=sending.to_outbound, limit=1000)
+    with db.transaction(readonly=True) as s:
+        messages = list(s.scalars(select(Message)))
+        consented = set(s.scalars(select(Consent.member_id).where(
+            Consent.channel == "sms", Consent.purpose == "marketing", Consent.granted.is_(True))))
+    assert messages and not [m for m in messages if m.status in ("failed", "dead", "queued", "sending")]
+    sent = [m for m in messages if m.status == "sent"]
+    assert sent and sum(len(p.sent) for p in log.values()) == len(sent)
+    marketing = [m for m in sent if m.purpose == "marketing"]
+    assert {m.member_id for m in marketing} <= consented
+    week: dict[tuple[int, int], int] = {}
+    for m in marketing:
+        key = (m.member_id, (m.created_at - now).days // 7)
+        week[key] = week.get(key, 0) + 1
+    assert max(week.values()) == 1
