@@ -19,6 +19,7 @@ Every "no" has a stable reason code, stored on the message row.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from orchard.audit.service import record
+from orchard.db import one_of
 from orchard.identity.models import Identity
 from orchard.journeys.models import SubscribeGrant
 from orchard.kit.clock import tenant_zone, utcnow
@@ -192,6 +194,107 @@ def check(session: Session, *, member: Member, channel: str, purpose: str, polic
                 return Verdict(False, "excluded.touched", f"touched in the last {policy.exclude_touched_days} days")
     not_before = quiet_until(policy, now) if marketing else None
     return Verdict(True, recipient=recipient, not_before=not_before)
+
+
+def check_at_send(session: Session, messages: Sequence[Message], *, policy: Policy,
+                  now: dt.datetime) -> dict[int, Verdict]:
+    """`check(…, at_send=True)` for a batch of claimed messages, by message id, in five set-based reads
+    instead of up to six queries per message (the outbox re-checks every batch before sending it).
+
+    The rules and their order, reason codes and details are `check`'s; keep the two in step (a test
+    compares them case by case). One difference, deliberate: the SMS per-number count treats the batch
+    as if sent one after another in id order — a batch message counts the messages to its number
+    outside the batch plus the earlier batch messages to it that pass the other rules — where a
+    message-by-message check would also count the later ones (still `sending`), suppressing the
+    oldest instead of the newest when a number is over its cap."""
+    if not messages:
+        return {}
+    member_ids = {m.member_id for m in messages}
+    members = {mid: (status, reduce) for mid, status, reduce in session.execute(
+        select(Member.id, Member.status, Member.reduce_disturbance).where(one_of(session, Member.id, member_ids)))}
+    marketing_ids = {m.member_id for m in messages if m.purpose == "marketing"}
+    excluded: dict[int, str] = {}
+    if marketing_ids and policy.exclude_tags:
+        excluded = dict(session.execute(
+            select(MemberTag.member_id, func.min(Tag.name)).join(Tag, MemberTag.tag_id == Tag.id)
+            .where(one_of(session, MemberTag.member_id, marketing_ids), Tag.name.in_(policy.exclude_tags))
+            .group_by(MemberTag.member_id)).all())
+    consent_channels = {CONSENT_CHANNEL[m.channel] for m in messages if m.channel in CONSENT_CHANNEL}
+    consents: dict[tuple[int, str, str], bool] = {}
+    if consent_channels:
+        consents = {(mid, ch, purpose): granted for mid, ch, purpose, granted in session.execute(
+            select(Consent.member_id, Consent.channel, Consent.purpose, Consent.granted).where(
+                one_of(session, Consent.member_id, member_ids), Consent.channel.in_(consent_channels)))}
+    kinds = {RECIPIENT_KIND[m.channel] for m in messages if m.channel in RECIPIENT_KIND}
+    addresses: dict[tuple[int, str], str] = {}
+    if kinds:
+        for mid, kind, value in session.execute(  # ascending ids: the newest identity of a kind wins
+                select(Identity.member_id, Identity.kind, Identity.value).where(
+                    one_of(session, Identity.member_id, member_ids), Identity.kind.in_(kinds)).order_by(Identity.id)):
+            addresses[(mid, kind)] = value
+    out: dict[int, Verdict] = {}
+    numbers: dict[int, str] = {}  # sms messages that passed every other rule → their number
+    for m in sorted(messages, key=lambda m: m.id):
+        verdict, recipient = _first_refusal(m, members.get(m.member_id), excluded, consents, addresses)
+        if verdict is not None:
+            out[m.id] = verdict
+        elif m.channel == "sms":
+            numbers[m.id] = recipient
+        else:
+            out[m.id] = Verdict(True, recipient=recipient)
+    if numbers:
+        day_ago = now - dt.timedelta(days=1)
+        sent = dict(session.execute(
+            select(Message.recipient, func.count()).where(
+                Message.status.in_(COUNTED), Message.channel == "sms", Message.created_at > day_ago,
+                one_of(session, Message.recipient, set(numbers.values())),
+                ~one_of(session, Message.id, [m.id for m in messages]))
+            .group_by(Message.recipient)).all())
+        for m in sorted((m for m in messages if m.id in numbers), key=lambda m: m.id):
+            number = numbers[m.id]
+            count = sent.get(number, 0)
+            if count >= policy.sms_per_number_per_day:
+                out[m.id] = Verdict(False, "cap.number", f"{count} SMS to this number in 24 h")
+                continue
+            out[m.id] = Verdict(True, recipient=number)
+            if m.created_at > day_ago:
+                sent[number] = count + 1
+    quiet = quiet_until(policy, now)
+    if quiet is not None:
+        for m in messages:
+            if m.purpose == "marketing" and out[m.id].ok:
+                out[m.id] = Verdict(True, recipient=out[m.id].recipient, not_before=quiet)
+    return out
+
+
+def _first_refusal(m: Message, member: tuple[str, bool] | None, excluded: dict[int, str],
+                   consents: dict[tuple[int, str, str], bool],
+                   addresses: dict[tuple[int, str], str]) -> tuple[Verdict | None, str | None]:
+    """`check`'s rules up to the recipient, from facts read for the whole batch: (refusal, None) or
+    (None, recipient)."""
+    if member is None or member[0] != "active":
+        return Verdict(False, "member.inactive", "the member was merged into another"), None
+    marketing = m.purpose == "marketing"
+    if marketing and m.member_id in excluded:
+        return Verdict(False, "excluded.tag", f"the member carries the tag {excluded[m.member_id]}"), None
+    if marketing and member[1]:
+        return Verdict(False, "reduce_disturbance", "the member asked to be contacted less (减少打扰)"), None
+    consent_channel = CONSENT_CHANNEL.get(m.channel)
+    if consent_channel is not None:
+        granted = consents.get((m.member_id, consent_channel, m.purpose))
+        if marketing and not granted:
+            return Verdict(False, f"consent.{consent_channel}",
+                           f"no {consent_channel} consent for {m.purpose} at send time"), None
+        if not marketing and granted is False:
+            return Verdict(False, f"consent.{consent_channel}",
+                           f"{consent_channel} {m.purpose} consent withdrawn"), None
+    if m.channel in ("log", "wecom", "webhook"):
+        return None, f"member:{m.member_id}"
+    recipient = addresses.get((m.member_id, RECIPIENT_KIND[m.channel]))
+    if recipient is None:
+        return Verdict(False, "no_recipient",
+                       f"the member has no {RECIPIENT_KIND.get(m.channel)} for {m.channel}"), None
+    return None, recipient
 
 
 def _count(session: Session, *conds: Any, exclude: int | None = None) -> int:
