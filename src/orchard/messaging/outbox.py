@@ -6,11 +6,15 @@ Delivery is at least once, and each message's `key` travels to the provider as i
 accepted a message but before recording it leaves the row `sending`; when its claim expires the row
 is queued again and the provider receives the same key a second time, so it can drop the duplicate.
 
-Workers claim due rows with `FOR UPDATE SKIP LOCKED` on PostgreSQL (several workers share the work
-without waiting on each other); SQLite serialises writers anyway. Before sending, the respect rules
-run again (consent withdrawn after the decision → not sent). Transient provider errors retry with
-exponential backoff; permanent ones fail at once; after `MAX_ATTEMPTS` a message is dead (the
-dead-letter list), from where an operator can resend it.
+Workers claim due rows a batch at a time with `FOR UPDATE SKIP LOCKED` on PostgreSQL (several workers
+share the work without waiting on each other); SQLite serialises writers anyway. Before sending, the
+respect rules run again for the whole batch (consent withdrawn after the decision → not sent; quiet
+hours reached → deferred). The batch is then sent a few messages at a time on threads, with no
+transaction open during a provider call, and every outcome is recorded in one transaction, only for
+the messages whose claim is still ours. Transient provider errors retry with exponential backoff;
+permanent ones fail at once; after `MAX_ATTEMPTS` a message is dead (the dead-letter list), from where
+an operator can resend it. A worker that dies between the sends and the record leaves its batch
+`sending`: the whole batch goes again, with the same keys, once the claim expires.
 """
 
 from __future__ import annotations

@@ -85,7 +85,7 @@ def _journeys_advance(session: Session, now: dt.datetime) -> Any:
 def _outbox_dispatch(session: Session, now: dt.datetime) -> Any:
     from orchard.messaging import outbox, sending
 
-    del session  # dispatch runs its own short transactions (one per message)
+    del session  # dispatch runs its own short transactions (two per batch)
     return outbox.dispatch(sending.providers(), now=now, to_outbound=sending.to_outbound)
 
 
