@@ -363,12 +363,12 @@ def _outcome(result: Any) -> Outcome:
 
 def _record(session: Session, results: list[tuple[Message, Outcome, str | None]], me: str,
             stats: DispatchStats) -> None:
-    """Record a batch's outcomes: one UPDATE statement per kind of outcome (executed for many rows),
-    only for the messages we still hold — the rest had their claim expire and belong to another
-    worker now."""
+    """Record a batch's outcomes: one UPDATE statement per kind of outcome, only for the messages we
+    still hold (locked first, in id order) — the rest had their claim expire during the sends and
+    belong to another worker now, which sends them again with the same keys."""
     ours = set(session.scalars(select(Message.id).where(
         db.one_of(session, Message.id, [message.id for message, _, _ in results]), Message.locked_by == me)
-        .with_for_update()))
+        .order_by(Message.id).with_for_update()))
     now = utcnow()
     sent, failed, retried = [], [], []
     for message, outcome, provider in results:
