@@ -163,7 +163,7 @@ def batch_settings(session: Session) -> None:
 def one_of(session: Session, column: Any, values: Iterable[Any]) -> ColumnElement[bool]:
     """`column IN (values)` for a batch of a few hundred values. On PostgreSQL it is `column = ANY(:array)`,
     one parameter psycopg sends as it is; `IN` renders one bound parameter per value, which SQLAlchemy
-    expands and psycopg parses again on every execution (a third of the CPU of an outbox dispatch round)."""
+    expands and psycopg parses again on every execution (a quarter of the CPU of an outbox dispatch round)."""
     values = list(values)
     if session.get_bind().dialect.name == "postgresql":
         return column == any_(bindparam(None, values, type_=postgresql.ARRAY(column.type)))
