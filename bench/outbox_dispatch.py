@@ -24,7 +24,8 @@ queued or sending. The clock runs from "go" (every worker imported and connected
 Reported: messages/s end to end, the outcome counts (sent, suppressed by reason, retried, failed) against what
 was seeded, the sink's distinct and duplicate ids (and whether the distinct ids are exactly the sent messages),
 CPU of the workers / this process (the sink) / PostgreSQL backends, PostgreSQL commits per message, and the load
-average. `--py-spy DIR` records a py-spy profile of each worker (all threads, raw format, for flame graphs).
+average. `--py-spy DIR` records a py-spy profile of each worker (samples of the thread holding the GIL, i.e.
+where Python spends CPU; raw format, for flame graphs).
 """
 
 from __future__ import annotations
