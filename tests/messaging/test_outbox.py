@@ -250,3 +250,108 @@ def test_contact_policy_api_validates_and_audits(client):
     ok = client.put("/api/v1/contact-policy", headers=admin, json={"caps": {"all": {"max": 2, "days": 7},
                                                                             "sms": {"max": 1, "days": 30}}})
     assert ok.status_code == 200 and ok.json()["caps"]["sms"] == {"max": 1, "days": 30}
+
+
+NIGHT = dt.datetime(2026, 11, 24, 22, 0, tzinfo=SH).astimezone(dt.UTC)
+
+
+class Keyed:
+    """A provider answering by message key (a batch is sent concurrently: the order says nothing)."""
+
+    name = "keyed"
+
+    def __init__(self, answers):
+        self.answers, self.sent = answers, []
+
+    def send(self, message):
+        self.sent.append(message.key)
+        answer = self.answers.get(message.key, outbox.Outcome(True, provider_message_id=f"p-{message.key}"))
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+def test_a_batch_mixing_every_outcome_is_recorded_row_by_row(world):
+    decide("promo", world["a"])  # marketing decided at noon, dispatched at night: deferred
+    for key in ("ok", "transient", "permanent", "boom"):
+        decide(key, world["a"], template="receipt")
+    decide("withdrawn", world["b"], template="receipt")
+    with db.transaction() as s:
+        set_consent(s, member_id=world["b"], channel="sms", purpose="service", granted=False, source="t", actor="t")
+    provider = Keyed({"transient": outbox.Outcome(False, error="throttled"), "boom": RuntimeError("adapter bug"),
+                      "permanent": outbox.Outcome(False, permanent=True, error="invalid number")})
+    stats = outbox.dispatch({"sms": provider}, now=NIGHT)
+    assert sorted(provider.sent) == ["boom", "ok", "permanent", "transient"]
+    assert (stats.claimed, stats.sent, stats.retried, stats.failed, stats.suppressed, stats.deferred) == \
+        (6, 1, 2, 1, 1, 1)
+    with db.transaction(readonly=True) as s:
+        rows = {m.key: m for m in s.scalars(select(Message))}
+    assert {k: (m.status, m.reason, m.attempts) for k, m in rows.items()} == {
+        "promo": ("queued", None, 0), "ok": ("sent", None, 1), "transient": ("queued", "provider.transient", 1),
+        "boom": ("queued", "provider.transient", 1), "permanent": ("failed", "provider.permanent", 1),
+        "withdrawn": ("suppressed", "consent.sms", 1)}
+    assert all(m.locked_by is None and m.locked_until is None for m in rows.values())
+    assert rows["promo"].next_attempt_at == dt.datetime(2026, 11, 25, 8, 0, tzinfo=SH)
+    assert (rows["ok"].provider, rows["ok"].provider_message_id) == ("keyed", "p-ok")
+    for key in ("transient", "boom"):  # backoff: 30 s ± 20 % after the record
+        assert rows[key].next_attempt_at - rows["ok"].sent_at >= dt.timedelta(seconds=24)
+    assert (rows["boom"].detail, rows["permanent"].detail) == ("RuntimeError: adapter bug", "invalid number")
+    assert rows["withdrawn"].detail == "sms service consent withdrawn"
+
+
+def test_a_claim_taken_over_during_the_send_is_not_overwritten(world):
+    decide("k", world["b"], template="receipt")
+
+    class Slow:  # the send outlives the claim, and another worker takes the message over meanwhile
+        name = "slow"
+
+        def send(self, message):
+            later = NOON + dt.timedelta(seconds=outbox.CLAIM_SECONDS + 1)
+            with db.transaction() as s:  # (would wait forever on SQLite if dispatch held a transaction)
+                assert outbox.claim(s, limit=10, now=later, me="other") == [message.id]
+            return outbox.Outcome(True)
+
+    assert outbox.dispatch({"sms": Slow()}, now=NOON).sent == 0
+    with db.transaction(readonly=True) as s:
+        m = s.scalar(select(Message))
+    assert (m.status, m.locked_by, m.attempts, m.sent_at) == ("sending", "other", 2, None)
+
+
+def test_the_batch_check_at_send_gives_the_verdicts_of_check(world):
+    """`respect.check_at_send` (the outbox's re-check of a whole batch) against `respect.check(at_send=True)`,
+    one message per rule, in and out of quiet hours."""
+    from orchard.members.models import Member
+    from tests.segments.helpers import tag
+
+    with db.transaction() as s:
+        merged = member(s, "合并", status="merged", merged_into_id=world["a"])
+        quiet = member(s, "安静", reduce_disturbance=True)
+        tagged = member(s, "投诉者")
+        tag(s, tagged, "投诉")
+        fine = member(s, "张三")
+        no_phone = member(s, "无号")
+        for n, mid in enumerate((merged, quiet, tagged, fine)):
+            s.add(Identity(member_id=mid, kind="phone", value=f"+861390000000{n}"))
+        for mid in (merged, quiet, tagged, fine, no_phone):
+            set_consent(s, member_id=mid, channel="sms", purpose="marketing", granted=True, source="t", actor="t")
+        set_consent(s, member_id=world["b"], channel="sms", purpose="service", granted=False, source="t", actor="t")
+        s.add(Message(key="earlier", member_id=world["a"], channel="sms", purpose="service", status="sent",
+                      recipient="+8613800000001", created_at=NOON - dt.timedelta(hours=1), payload={}))
+        cases = [(merged, "sms", "marketing"), (tagged, "sms", "marketing"), (quiet, "sms", "marketing"),
+                 (world["b"], "sms", "marketing"), (world["b"], "sms", "service"), (no_phone, "sms", "service"),
+                 (world["a"], "sms", "service"), (fine, "sms", "marketing"), (fine, "app_push", "service"),
+                 (quiet, "webhook", "marketing"), (quiet, "webhook", "service"), (fine, "email", "marketing")]
+        batch = [Message(key=f"c{i}", member_id=mid, channel=channel, purpose=purpose, status="sending",
+                         created_at=NOON, payload={}) for i, (mid, channel, purpose) in enumerate(cases)]
+        s.add_all(batch)
+        s.flush()
+        policy = respect.Policy(sms_per_number_per_day=1)
+        for now in (NOON, NIGHT):
+            verdicts = respect.check_at_send(s, batch, policy=policy, now=now)
+            for m in batch:
+                one = respect.check(s, member=s.get(Member, m.member_id), channel=m.channel, purpose=m.purpose,
+                                    policy=policy, now=now, at_send=True, exclude_message_id=m.id)
+                assert verdicts[m.id] == one, (m.key, m.channel, m.purpose)
+        assert {verdicts[m.id].reason for m in batch} == {
+            None, "member.inactive", "excluded.tag", "reduce_disturbance", "consent.sms", "no_recipient",
+            "cap.number", "consent.email"}

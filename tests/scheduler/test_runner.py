@@ -56,9 +56,10 @@ def test_daily_jobs_fall_at_their_local_time():
     assert job.next_after(after.astimezone(dt.UTC)) == dt.datetime(2026, 11, 25, 3, 0, tzinfo=SH)
 
 
-def test_shared_jobs_run_in_every_process_without_a_lease(clean_db):
+def test_shared_jobs_run_in_every_process_without_a_lease(clean_db, monkeypatch):
     """Advance and dispatch claim their rows themselves: each process runs them every period, and a
     process killed mid-run holds no lease that would keep the others out."""
+    monkeypatch.setattr(runner, "_shared_next", {})  # this process's memory of when it last ran them
     calls: list[str] = []
     job = runner.Job("t.shared", lambda s, n: calls.append("x"), every=5, shared=True)
     now = dt.datetime(2026, 11, 24, 2, 0, tzinfo=dt.UTC)

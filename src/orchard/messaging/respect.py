@@ -28,6 +28,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from orchard.audit.service import record
+from orchard.db import one_of
 from orchard.identity.models import Identity
 from orchard.journeys.models import SubscribeGrant
 from orchard.kit.clock import tenant_zone, utcnow
@@ -189,24 +190,25 @@ def gather(session: Session, members: dict[int, tuple[str, bool]], *, channels: 
     if policy.exclude_tags:
         for mid, name in session.execute(
                 select(MemberTag.member_id, func.min(Tag.name)).join(Tag, MemberTag.tag_id == Tag.id)
-                .where(MemberTag.member_id.in_(ids), Tag.name.in_(policy.exclude_tags)).group_by(MemberTag.member_id)):
+                .where(one_of(session, MemberTag.member_id, ids), Tag.name.in_(policy.exclude_tags))
+                .group_by(MemberTag.member_id)):
             facts[mid].excluded_tag = name
     consent_channels = {CONSENT_CHANNEL[c] for c in channels if c in CONSENT_CHANNEL}
     if consent_channels:
         for mid, channel, purpose, granted in session.execute(
                 select(Consent.member_id, Consent.channel, Consent.purpose, Consent.granted).where(
-                    Consent.member_id.in_(ids), Consent.channel.in_(consent_channels))):
+                    one_of(session, Consent.member_id, ids), Consent.channel.in_(consent_channels))):
             facts[mid].consents[(channel, purpose)] = bool(granted)
     kinds = {RECIPIENT_KIND[c] for c in channels if c in RECIPIENT_KIND}
     if kinds:
         for mid, kind, value in session.execute(  # ascending ids: the newest identity of a kind wins
                 select(Identity.member_id, Identity.kind, Identity.value).where(
-                    Identity.member_id.in_(ids), Identity.kind.in_(kinds)).order_by(Identity.id)):
+                    one_of(session, Identity.member_id, ids), Identity.kind.in_(kinds)).order_by(Identity.id)):
             facts[mid].recipients[kind] = value
     if "wechat_subscribe" in channels and not at_send:
         for mid, template, left in session.execute(
                 select(SubscribeGrant.member_id, SubscribeGrant.template, SubscribeGrant.remaining).where(
-                    SubscribeGrant.member_id.in_(ids))):
+                    one_of(session, SubscribeGrant.member_id, ids))):
             facts[mid].grants[template] = left
     if not at_send:
         days = max([c.days for c in policy.caps.values()] + [policy.exclude_touched_days, journey_days])
@@ -215,7 +217,7 @@ def gather(session: Session, members: dict[int, tuple[str, bool]], *, channels: 
                     session.execute(select(
                         Message.member_id, Message.channel, Message.purpose, Message.journey_id, Message.recipient,
                         Message.created_at, Message.id, Message.status, Message.priority).where(
-                        Message.member_id.in_(ids), Message.status.in_(COUNTED),
+                        one_of(session, Message.member_id, ids), Message.status.in_(COUNTED),
                         Message.created_at > now - dt.timedelta(days=days))):
                 facts[mid].recent.append(Pending(channel, purpose, journey_id, recipient, created_at, message_id,
                                                   status, priority))
@@ -313,3 +315,34 @@ def check(session: Session, *, member: Member, channel: str, purpose: str, polic
             numbers[p.recipient] = numbers.get(p.recipient, 0) + 1
     return judge(f, numbers, channel=channel, purpose=purpose, policy=policy, now=now, at_send=at_send,
                  grant=grant, journey_cap=journey_cap)
+
+
+def check_at_send(session: Session, messages: Sequence[Message], *, policy: Policy,
+                  now: dt.datetime) -> dict[int, Verdict]:
+    """`check(…, at_send=True)` for a batch of claimed messages, by message id, in five set-based reads
+    instead of up to six queries per message (the outbox re-checks every batch before sending it).
+
+    The rules and their order, reason codes and details are `check`'s; keep the two in step (a test
+    compares them case by case). One difference, deliberate: the SMS per-number count treats the batch
+    as if sent one after another in id order — a batch message counts the messages to its number
+    outside the batch plus the earlier batch messages to it that pass the other rules — where a
+    message-by-message check would also count the later ones (still `sending`), suppressing the
+    oldest instead of the newest when a number is over its cap."""
+    if not messages:
+        return {}
+    members = {mid: (status, reduce) for mid, status, reduce in session.execute(
+        select(Member.id, Member.status, Member.reduce_disturbance).where(
+            one_of(session, Member.id, {m.member_id for m in messages})))}
+    facts = gather(session, members, channels={m.channel for m in messages}, policy=policy, now=now, at_send=True)
+    phones = {f.recipients["phone"] for f in facts.values() if "phone" in f.recipients} \
+        if any(m.channel == "sms" for m in messages) else set()
+    numbers = sms_counts(session, phones, now=now, exclude=[m.id for m in messages])
+    day_ago = now - dt.timedelta(days=1)
+    out: dict[int, Verdict] = {}
+    for m in sorted(messages, key=lambda m: m.id):
+        f = facts.get(m.member_id) or Facts(m.member_id, "missing", False)
+        out[m.id] = verdict = judge(f, numbers, channel=m.channel, purpose=m.purpose, policy=policy, now=now,
+                                    at_send=True)
+        if verdict.ok and m.channel == "sms" and m.created_at > day_ago:
+            numbers[verdict.recipient] = numbers.get(verdict.recipient, 0) + 1
+    return out

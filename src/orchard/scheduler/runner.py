@@ -120,7 +120,7 @@ def _journeys_advance(session: Session, now: dt.datetime) -> Any:
 def _outbox_dispatch(session: Session, now: dt.datetime) -> Any:
     from orchard.messaging import outbox, sending
 
-    del session  # dispatch runs its own short transactions
+    del session  # dispatch runs its own short transactions (two per batch)
     providers, started, total = sending.providers(), time.monotonic(), 0
     while True:
         stats = outbox.dispatch(providers, now=now, to_outbound=sending.to_outbound, limit=DISPATCH_BATCH)
