@@ -210,7 +210,7 @@ def advance(session: Session, *, now: dt.datetime | None = None, limit: int = 10
     stats = AdvanceStats()
     due = select(JourneyRun).join(Journey, Journey.id == JourneyRun.journey_id).where(
         JourneyRun.status.in_(OPEN), JourneyRun.wake_at <= now, Journey.status == "live"
-    ).order_by(JourneyRun.wake_at, JourneyRun.id).limit(limit)
+    ).order_by(JourneyRun.wake_at).limit(limit)  # the wake index's order: no sort of every due run per claim
     if session.get_bind().dialect.name == "postgresql":
         due = due.with_for_update(skip_locked=True, of=JourneyRun)
     runs = sorted(session.scalars(due), key=lambda r: (r.member_id, r.id))
