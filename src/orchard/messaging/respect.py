@@ -20,11 +20,13 @@ Every "no" has a stable reason code, stored on the message row.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from sqlalchemy import func, select
+from sqlalchemy import Select, bindparam, func, select, true
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
 from orchard.audit.service import record
@@ -213,12 +215,11 @@ def gather(session: Session, members: dict[int, tuple[str, bool]], *, channels: 
     if not at_send:
         days = max([c.days for c in policy.caps.values()] + [policy.exclude_touched_days, journey_days])
         if days:
-            for mid, channel, purpose, journey_id, recipient, created_at, message_id, status, priority in \
-                    session.execute(select(
-                        Message.member_id, Message.channel, Message.purpose, Message.journey_id, Message.recipient,
-                        Message.created_at, Message.id, Message.status, Message.priority).where(
-                        one_of(session, Message.member_id, ids), Message.status.in_(COUNTED),
-                        Message.created_at > now - dt.timedelta(days=days))):
+            recent = _each(session, Message.member_id, ids, select(
+                Message.member_id, Message.channel, Message.purpose, Message.journey_id, Message.recipient,
+                Message.created_at, Message.id, Message.status, Message.priority).where(
+                Message.status.in_(COUNTED), Message.created_at > now - dt.timedelta(days=days)))
+            for mid, channel, purpose, journey_id, recipient, created_at, message_id, status, priority in recent:
                 facts[mid].recent.append(Pending(channel, purpose, journey_id, recipient, created_at, message_id,
                                                   status, priority))
     return facts
@@ -229,12 +230,29 @@ def sms_counts(session: Session, numbers: set[str], *, now: dt.datetime,
     """SMS counted toward each number's daily cap (any member, any purpose) in the last 24 hours."""
     if not numbers:
         return {}
-    stmt = select(Message.recipient, func.count()).where(
-        Message.status.in_(COUNTED), Message.channel == "sms", Message.recipient.in_(numbers),
-        Message.created_at > now - dt.timedelta(days=1)).group_by(Message.recipient)
-    if exclude:
-        stmt = stmt.where(Message.id.not_in(list(exclude)))
-    return dict(session.execute(stmt).tuples().all())
+    stmt = select(Message.recipient, Message.id).where(
+        Message.status.in_(COUNTED), Message.channel == "sms", Message.created_at > now - dt.timedelta(days=1))
+    skip = set(exclude)
+    out: dict[str, int] = {}
+    for recipient, message_id in _each(session, Message.recipient, numbers, stmt):
+        if message_id not in skip:
+            out[recipient] = out.get(recipient, 0) + 1
+    return out
+
+
+def _each(session: Session, column: Any, keys: Iterable[Any], stmt: Select) -> list[tuple]:
+    """`stmt` for every key (`column = key`), as one statement. On PostgreSQL a LATERAL subquery per key
+    behind an OFFSET fence, so each key is an index probe on (column, created_at): the planner's
+    estimate for "recent messages" is too low for rows newer than its statistics (always the case for a
+    busy outbox), and it would otherwise scan every recent message and test it against the whole batch
+    (2 s instead of 5 ms per 1,000 members on a million-member bench)."""
+    keys = list(keys)
+    if session.get_bind().dialect.name != "postgresql":
+        return list(session.execute(stmt.where(column.in_(keys))).tuples())
+    batch = func.unnest(bindparam(None, keys, type_=postgresql.ARRAY(column.type))).table_valued("key") \
+        .render_derived(name="batch")
+    per_key = stmt.where(column == batch.c.key).offset(0).lateral("per_key")
+    return list(session.execute(select(per_key).select_from(batch).join(per_key, true())).tuples())
 
 
 def judge(f: Facts, numbers: dict[str, int], *, channel: str, purpose: str, policy: Policy, now: dt.datetime,
