@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     channels: str = ""
     #: Channels with no configured provider write to the log instead (the demo); off: they have no provider.
     channels_log_fallback: bool = False
+    #: Sends per second per outbox channel and per worker process, e.g. "sms=50,email=10" (the provider's own
+    #: QPS limit divided by the number of workers); a channel not listed is not throttled.
+    channels_rate_limits: str = ""
     #: Aliyun SMS (Dysmsapi SendSms, POP v1 HMAC-SHA1): RAM AccessKey id / secret, default sign name.
     sms_aliyun_access_key_id: str = ""
     sms_aliyun_access_key_secret: SecretStr = SecretStr("")

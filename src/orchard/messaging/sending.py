@@ -36,3 +36,35 @@ def to_outbound(message: Message) -> OutboundMessage:
         variables={k: str(v) for k, v in (payload.get("variables") or {}).items()},
         subject=payload.get("subject"), body=payload.get("body"), sign_name=payload.get("sign_name"),
         unsubscribe_url=payload.get("unsubscribe_url"), data=payload.get("data"))
+
+
+def rate_limits(spec: str) -> dict[str, float]:
+    """ORCHARD_CHANNELS_RATE_LIMITS ("sms=50,email=10") as outbox channel → sends per second."""
+    out: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        name, sep, value = part.partition("=")
+        name = name.strip()
+        try:
+            rate = float(value)
+        except ValueError:
+            rate = 0.0
+        if not sep or name not in CHANNELS or rate <= 0:
+            raise ValueError(f"ORCHARD_CHANNELS_RATE_LIMITS: {part!r} is not <channel>=<sends per second> "
+                             f"(channels: {', '.join(CHANNELS)})")
+        out[name] = rate
+    return out
+
+
+_limiter: tuple[str, Any] | None = None
+
+
+def rate_limiter() -> Any:
+    """This process's token buckets (they must outlive one dispatch round to limit a rate)."""
+    from orchard.messaging.outbox import RateLimiter
+
+    global _limiter
+    spec = get_settings().channels_rate_limits
+    if _limiter is None or _limiter[0] != spec:
+        _limiter = (spec, RateLimiter(rate_limits(spec)))
+    return _limiter[1]
+

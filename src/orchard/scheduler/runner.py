@@ -123,7 +123,8 @@ def _outbox_dispatch(session: Session, now: dt.datetime) -> Any:
     del session  # dispatch runs its own short transactions (two per batch)
     providers, started, total = sending.providers(), time.monotonic(), 0
     while True:
-        stats = outbox.dispatch(providers, now=now, to_outbound=sending.to_outbound, limit=DISPATCH_BATCH)
+        stats = outbox.dispatch(providers, now=now, to_outbound=sending.to_outbound, limit=DISPATCH_BATCH,
+                                rate=sending.rate_limiter())
         total += stats.claimed
         if stats.claimed < DISPATCH_BATCH or time.monotonic() - started > DRAIN_SECONDS:
             return {"claimed": total}
