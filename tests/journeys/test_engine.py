@@ -297,3 +297,34 @@ def test_concurrent_workers_advancing_shared_members_neither_deadlock_nor_break_
         capped = s.scalar(select(func.count()).select_from(Message).where(Message.reason == "cap.all"))
     assert queued == {mid: 1 for mid in ids} and capped == 30
     assert {r.status for r in runs()} == {"completed"}
+
+
+def test_a_journey_that_no_longer_parses_is_skipped_not_fatal(shop):
+    """A live journey whose stored graph fails today's validation (saved under older rules) is reported by
+    the sweep and its runs fail; every other journey goes on."""
+    from orchard.journeys.models import Journey, JourneyVersion
+
+    graph = {"trigger": {"type": "event", "event": "visit"}, "entry": "w",
+             "steps": {"w": {"type": "wait", "hours": 1}}}
+    make("broken", graph)
+    make("fine", graph)
+    a, b, *_ = shop
+    with db.transaction() as s:
+        for mid in (a, b):
+            event(s, mid, "visit", T0)
+    run(engine.sweep, now=T0)  # both enter
+    with db.transaction() as s:
+        version = s.scalar(select(JourneyVersion).join(Journey, Journey.live_version_id == JourneyVersion.id)
+                           .where(Journey.code == "broken"))
+        version.graph = {**graph, "trigger": {"type": "event", "event": "$order", "where": [
+            {"prop": "sku", "op": "eq", "value": "X"}]}}  # `where` on $order is refused since
+        event(s, a, "visit", T0 + dt.timedelta(minutes=1))
+    out = run(engine.sweep, now=T0 + dt.timedelta(minutes=2))["journeys"]
+    assert "error" in out["broken"] and "where" in out["broken"]["error"]
+    assert "error" not in out["fine"]
+    stats = run(engine.advance, now=T0 + dt.timedelta(hours=2))
+    assert stats.runs == 4 and stats.exited == 2
+    with db.transaction(readonly=True) as s:
+        ends = dict(s.execute(select(Journey.code, JourneyRun.end_reason).join(
+            Journey, Journey.id == JourneyRun.journey_id).where(JourneyRun.status == "failed")).tuples().all())
+    assert ends == {"broken": "graph.invalid"}

@@ -14,14 +14,17 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import logging
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import String, and_, exists, func, insert, literal, select, update
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from orchard.db import UTCDateTime
+from orchard.errors import InvalidInput
 from orchard.events.models import Event, Order
 from orchard.journeys import graph as G
 from orchard.journeys import triggers
@@ -30,6 +33,8 @@ from orchard.kit.clock import tenant_zone, utcnow
 from orchard.members.models import Member
 from orchard.segments import compiler as C
 from orchard.segments import evaluate
+
+log = logging.getLogger("orchard.journeys")
 
 
 def _at(value: dt.datetime):
@@ -222,8 +227,21 @@ def advance(session: Session, *, now: dt.datetime | None = None, limit: int = 10
                     .order_by(Member.id).with_for_update())
     batch = _Batch(session, now, stats)
     stats.runs = len(runs)
+    broken = set()
+    for version_id in {r.version_id for r in runs}:
+        try:
+            batch.graph(version_id)
+        except InvalidInput as exc:  # saved under older rules: its runs fail, the batch goes on
+            log.warning("journey version %s does not parse: %s", version_id, exc)
+            broken.add(version_id)
+    for run in runs:
+        if run.version_id in broken:
+            run.status, run.end_reason, run.ended_at, run.wake_at = "failed", "graph.invalid", now, None
+            batch.log(run, "exited", reason="graph.invalid")
+            stats.exited += 1
+    runs = [r for r in runs if r.version_id not in broken]
     active, waves = runs, 0
-    bound = max(len(batch.graph(v).steps) for v in {r.version_id for r in runs}) + 1
+    bound = max((len(batch.graph(v).steps) for v in {r.version_id for r in runs}), default=0) + 1
     while active:
         waves += 1
         if waves > bound:  # pragma: no cover — a graph has no wait-free loop (checked when parsed)
@@ -488,13 +506,23 @@ def sweep(session: Session, *, now: dt.datetime | None = None, kinds: Collection
     (`triggers.CURSOR_KINDS`, `triggers.SWEEP_KINDS`); the CLI and the tests run everything."""
     now = now or utcnow()
     out: dict[str, Any] = {"journeys": {}, "woken": wake_on_events(session, now) if housekeeping else 0}
-    for journey in session.scalars(select(Journey).where(Journey.status == "live").order_by(Journey.id)):
-        _, parsed = _version(session, journey)
-        wanted = kinds is None or parsed.trigger.type in kinds
-        if not (wanted or housekeeping):
+    for journey in list(session.scalars(select(Journey).where(Journey.status == "live").order_by(Journey.id))):
+        # One journey that cannot run (a graph saved under older rules, a statement that fails) is reported
+        # and skipped, in its own savepoint: it must not stop every other journey's sweep.
+        try:
+            with session.begin_nested():
+                _, parsed = _version(session, journey)
+                wanted = kinds is None or parsed.trigger.type in kinds
+                if not (wanted or housekeeping):
+                    continue
+                converted = exit_converted(session, journey, parsed, now) if housekeeping else 0
+                result = enter(session, journey, now=now, parsed=parsed) if wanted \
+                    else {"entered": 0, "turned_away": 0}
+        except (InvalidInput, SQLAlchemyError) as exc:
+            log.warning("journey %s skipped by the sweep: %s", journey.code, exc)
+            out["journeys"][journey.code] = {"entered": 0, "turned_away": 0, "converted": 0,
+                                             "error": f"{type(exc).__name__}: {exc}"[:500]}
             continue
-        converted = exit_converted(session, journey, parsed, now) if housekeeping else 0
-        result = enter(session, journey, now=now, parsed=parsed) if wanted else {"entered": 0, "turned_away": 0}
         out["journeys"][journey.code] = {**result, "converted": converted}
     return out
 
