@@ -328,3 +328,39 @@ def test_a_journey_that_no_longer_parses_is_skipped_not_fatal(shop):
         ends = dict(s.execute(select(Journey.code, JourneyRun.end_reason).join(
             Journey, Journey.id == JourneyRun.journey_id).where(JourneyRun.status == "failed")).tuples().all())
     assert ends == {"broken": "graph.invalid"}
+
+
+def test_messages_name_the_coupon_a_step_issued_and_the_members_tier(shop):
+    """Templates may use every variable publishing checks them against: the coupon an earlier step of
+    the run issued, the member's tier and what the next one needs — filled at send, not left to fail."""
+    from orchard.coupons.models import CouponTemplate
+    from orchard.loyalty.models import MemberTier, TierLevel
+
+    a, b, *_ = shop
+    with db.transaction() as s:
+        tpl = CouponTemplate(name="满100减20", kind="amount_off", off_fen=2000, threshold_fen=10000,
+                             validity="relative", valid_days=7, created_by="t")
+        s.add_all([tpl, TierLevel(code="SILVER", name="银卡", rank=1, threshold=0),
+                   TierLevel(code="GOLD", name="金卡", rank=2, threshold=5000)])
+        s.flush()
+        silver = s.scalar(select(TierLevel.id).where(TierLevel.code == "SILVER"))
+        s.add(MemberTier(member_id=a, level_id=silver, since=T0, metric_value=1200))
+        templates.create(s, code="gift_sms", name="礼券", channel="sms", purpose="marketing", sign_name="果园",
+                         body="{{ member.name }}，{{ tier.name }}专享{{ coupon.name }}（{{ coupon.code }}，"
+                              "{{ coupon.valid_to }}前有效），再消费{{ tier.next_needs }}升级{{ tier.next_name }}。"
+                              "回T退订",
+                         actor="t", publish=True)
+        tpl_id = tpl.id
+    make("gift", {"trigger": {"type": "event", "event": "visit"}, "entry": "c",
+                  "steps": {"c": {"type": "coupon", "template_id": tpl_id, "next": "s"},
+                            "s": {"type": "send", "template": "gift_sms"}}})
+    with db.transaction() as s:
+        for mid in (a, b):
+            event(s, mid, "visit", T0)
+    run(engine.sweep, now=T0)
+    assert run(engine.advance, now=T0).sent == 2
+    with db.transaction(readonly=True) as s:
+        bodies = dict(s.execute(select(Message.member_id, Message.payload)).tuples().all())
+    assert "银卡专享满100减20" in bodies[a]["body"] and "再消费3800升级金卡" in bodies[a]["body"]
+    assert "银卡专享" in bodies[b]["body"] and "再消费5000升级金卡" in bodies[b]["body"]  # never placed: base level
+    assert "2026-11-30前有效" in bodies[a]["body"]  # issued 24 Nov, 7 days: last usable day 30 Nov

@@ -87,6 +87,8 @@ class _DryRun:
         self.parsed = G.parse(version.graph)
         self.policy = respect.get_policy(session)
         self.pending: list[respect.Pending] = []
+        #: After a coupon step, what later templates see as `coupon` (its code is drawn when issued).
+        self.coupon: dict[str, str] | None = None
 
     def run(self) -> dict[str, Any]:
         trigger, since, key = self._trigger()
@@ -252,6 +254,8 @@ class _DryRun:
             from orchard.coupons.models import CouponTemplate
 
             template = s.get(CouponTemplate, step.template_id)
+            if template is not None:
+                self.coupon = {"code": "（发券时生成）", "name": template.name, "valid_to": ""}
             item.update(outcome="coupon", template_id=step.template_id,
                         name=template.name if template else None,
                         summary=f"发放优惠券「{template.name}」" if template
@@ -326,7 +330,8 @@ class _DryRun:
 
     def _render(self, template: MessageTemplate, code: str) -> dict[str, Any]:
         collector = links.Collector(f"dry-run:{code}:{self.member.id}")
-        context = {**outbox.context_for(self.session, self.member, {"event": {}}), "link": collector}
+        extra: dict[str, Any] = {"event": {}, **({"coupon": self.coupon} if self.coupon else {})}
+        context = {**outbox.context_for(self.session, self.member, extra), "link": collector}
         try:
             return {"rendered": templates.render_template(template, context)}
         except (UndefinedError, TemplateError, InvalidInput) as exc:

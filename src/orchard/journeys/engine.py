@@ -341,7 +341,7 @@ def _send(b: _Batch, group: list[JourneyRun], journey: Journey, parsed: G.Graph,
         if not trying:
             break
         decisions = [outbox.Decision(key=f"j{journey.id}:r{run.id}:{sid}:{codes[attempt]}", member_id=run.member_id,
-                                     template_code=codes[attempt], context={"event": run.context.get("event", {})},
+                                     template_code=codes[attempt], context=_template_context(run),
                                      priority=journey.priority, journey_id=journey.id, run_id=run.id, step=sid,
                                      journey_cap=cap) for run, codes in trying]
         messages = outbox.enqueue_many(b.session, decisions, now=b.now)
@@ -382,6 +382,8 @@ def _one(b: _Batch, run: JourneyRun, journey: Journey, sid: str, step: Any) -> s
                               external_id=f"j{journey.id}:r{run.id}:{sid}", reason=journey.code,
                               actor=f"journey:{journey.code}"[:64], now=now)
         b.log(run, "step", reason="coupon", coupon_id=coupon.id)
+        # The run's later messages may name it: {{ coupon.name }}, {{ coupon.code }}, {{ coupon.valid_to }}.
+        run.context = {**run.context, "coupon": coupon_context(session, coupon)}
     elif isinstance(step, G.PointsStep):
         from orchard.loyalty.ledger import Command, post
 
@@ -410,6 +412,24 @@ def _one(b: _Batch, run: JourneyRun, journey: Journey, sid: str, step: Any) -> s
     else:  # pragma: no cover — the graph parser admits nothing else
         raise AssertionError(type(step).__name__)
     return step.next
+
+
+def _template_context(run: JourneyRun) -> dict[str, Any]:
+    """What a run adds to a template's variables: the trigger event and the coupon a step issued."""
+    out: dict[str, Any] = {"event": run.context.get("event", {})}
+    if "coupon" in run.context:
+        out["coupon"] = run.context["coupon"]
+    return out
+
+
+def coupon_context(session: Session, coupon: Any) -> dict[str, str]:
+    """A coupon as templates see it; `valid_to` is its last usable day in the tenant's zone."""
+    from orchard.coupons.models import CouponTemplate
+
+    name = session.scalar(select(CouponTemplate.name).where(CouponTemplate.id == coupon.template_id)) or ""
+    last = (coupon.valid_to - dt.timedelta(microseconds=1)).astimezone(tenant_zone()).date().isoformat() \
+        if coupon.valid_to else ""
+    return {"code": coupon.code, "name": name, "valid_to": last}
 
 
 def falls_back(reason: str | None) -> bool:

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from jinja2 import TemplateError, UndefinedError
-from sqlalchemy import bindparam, func, select, text, update
+from sqlalchemy import bindparam, case, func, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -96,16 +96,38 @@ class Prefetched:
     balances: dict[int, int] = field(default_factory=dict)
     stores: dict[int, Any] = field(default_factory=dict)
     brand: str = "Orchard"
+    #: member id → (level id, metric value); active levels in rank order.
+    tiers: dict[int, tuple[int, int]] = field(default_factory=dict)
+    levels: list[Any] = field(default_factory=list)
+
+    def tier(self, member_id: int) -> dict[str, Any]:
+        """`tier` as templates see it: the member's level and what the next one needs (the base level
+        for a member never placed; empty names when the brand has no tier program)."""
+        if not self.levels:
+            return {"code": "", "name": "", "next_name": "", "next_needs": 0}
+        level_id, metric = self.tiers.get(member_id, (self.levels[0].id, 0))
+        rank = next((i for i, lv in enumerate(self.levels) if lv.id == level_id), 0)
+        here = self.levels[rank]
+        nxt = self.levels[rank + 1] if rank + 1 < len(self.levels) else None
+        return {"code": here.code, "name": here.name, "next_name": nxt.name if nxt else "",
+                "next_needs": max(nxt.threshold - metric, 0) if nxt else 0}
 
     @classmethod
     def read(cls, session: Session, members: Iterable[Member]) -> Prefetched:
-        from orchard.loyalty.models import PointsAccount
+        from orchard.loyalty.models import MemberTier, PointsAccount, TierLevel
         from orchard.org.models import OrgUnit
 
         members = list(members)
         ids = [m.id for m in members]
         store_ids = {m.home_store_id for m in members if m.home_store_id}
+        now = utcnow()
+        effective = case((MemberTier.override_until > now, MemberTier.override_level_id), else_=MemberTier.level_id)
         return cls(
+            tiers={mid: (level, metric) for mid, level, metric in session.execute(
+                select(MemberTier.member_id, effective, MemberTier.metric_value).where(
+                    db.one_of(session, MemberTier.member_id, ids)))} if ids else {},
+            levels=list(session.scalars(select(TierLevel).where(TierLevel.active.is_(True))
+                                        .order_by(TierLevel.rank))),
             balances=dict(session.execute(select(PointsAccount.member_id, PointsAccount.balance).where(
                 PointsAccount.member_id.in_(ids))).tuples().all()) if ids else {},
             stores={u.id: u for u in session.scalars(select(OrgUnit).where(OrgUnit.id.in_(store_ids)))}
@@ -123,6 +145,7 @@ def context_for(session: Session, member: Member, extra: Mapping[str, Any] | Non
                    "birthday": member.birthday.isoformat() if member.birthday else "", "region": member.region or "",
                    "joined_at": member.joined_at.date().isoformat(), "home_store": store.name if store else ""},
         "points": {"balance": pre.balances.get(member.id, 0)},
+        "tier": pre.tier(member.id),
         "store": {"code": store.code if store else "", "name": store.name if store else "",
                   "city": (store.city or "") if store else ""},
         "brand": {"name": pre.brand},
