@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections import Counter
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, select
@@ -107,3 +108,9 @@ def test_the_shipped_journeys_run_end_to_end_on_the_demo_data(clean_db, tmp_path
         key = (m.member_id, (m.created_at - now).days // 7)
         week[key] = week.get(key, 0) + 1
     assert max(week.values()) == 1
+    with db.transaction(readonly=True) as s:  # win-back level 2 (day 8): a call-back and a WeCom task each
+        from orchard.journeys.models import StaffTask
+
+        tasks = Counter(s.scalars(select(StaffTask.kind)))
+        stored = s.scalar(select(func.count()).select_from(StaffTask).where(StaffTask.store_id.is_not(None)))
+    assert tasks["callback"] == tasks["wecom"] > 0 and stored > 0

@@ -31,6 +31,8 @@ TEMPLATES: tuple[dict[str, Any], ...] = (
      "body": "{{ member.name }}，好久不见！您常买的商品有新品上架，会员专享价等您来。回T退订"},
     {"code": "winback_gift_sms", "name": "流失挽回·礼券", "channel": "sms", "purpose": "marketing",
      "body": "{{ member.name }}，我们想您了！送您一张回归礼券，7天内有效。回T退订"},
+    {"code": "winback_gift_push", "name": "流失挽回·礼券推送", "channel": "app_push", "purpose": "marketing",
+     "subject": "{{ brand.name }}", "body": "{{ member.name }}，我们想您了！回归礼券已放入您的账户，7天内有效。"},
     {"code": "winback_offer_sms", "name": "流失挽回·召回优惠", "channel": "sms", "purpose": "marketing",
      "body": "{{ member.name }}，最后3天：老会员召回专享价，{{ store.name }}等您回来。回T退订"},
     {"code": "cart_sms", "name": "购物车提醒", "channel": "sms", "purpose": "marketing",
@@ -73,10 +75,22 @@ def journeys(coupon_template_id: int | None = None) -> tuple[dict[str, Any], ...
         {"code": "ready_winback", "name": "30天未消费·三级挽回", "reentry": "cooldown", "reentry_days": 90,
          "priority": 5, "graph": {
              "trigger": {"type": "absence", "after": "last_order", "absent": "$order", "days": 30},
-             "entry": "gift", "exit_on": {"event": "$order"},
-             "steps": {"gift": _send("winback_gift_sms", "wait1"),
-                       "wait1": {"type": "wait", "days": 15, "until_time": "10:00", "next": "offer"},
-                       "offer": _send("winback_offer_sms")}}},
+             "entry": "coupon" if coupon_template_id else "gift", "exit_on": {"event": "$order"},
+             "steps": {
+                 # Level 1, days 0–7: a gift (coupon) by app push, SMS when push cannot reach them.
+                 **({"coupon": coupon("gift")} if coupon_template_id else {}),
+                 "gift": {"type": "send", "template": "winback_gift_push", "fallback": ["winback_gift_sms"],
+                          "next": "wait1"},
+                 "wait1": {"type": "wait", "days": 8, "until_time": "10:00", "next": "callback"},
+                 # Level 2, days 8–15: a service call-back by the home store, and the shopping guide adds
+                 # them on WeCom.
+                 "callback": {"type": "task", "kind": "callback", "title": "回访：30天未消费会员",
+                              "body": "了解近况与不满意之处，告知回归礼券", "due_hours": 72, "next": "wecom"},
+                 "wecom": {"type": "task", "kind": "wecom", "title": "企微添加好友并问候",
+                           "body": "添加会员企业微信，发送专属问候与新品信息", "due_hours": 72, "next": "wait2"},
+                 "wait2": {"type": "wait", "days": 8, "until_time": "10:00", "next": "offer"},
+                 # Level 3, days 16–30: the recall offer.
+                 "offer": _send("winback_offer_sms")}}},
         {"code": "ready_cart", "name": "加购未下单·24小时提醒", "reentry": "cooldown", "reentry_days": 7, "graph": {
             "trigger": {"type": "event", "event": "added_to_cart"}, "entry": "wait",
             "exit_on": {"event": "$order"},
