@@ -8,7 +8,7 @@ import datetime as dt
 from zoneinfo import ZoneInfo
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from orchard import db
 from orchard.errors import InvalidInput
@@ -16,6 +16,7 @@ from orchard.identity.models import Identity
 from orchard.journeys import engine, reporting, service
 from orchard.journeys.models import JourneyLog, JourneyRun
 from orchard.members.consent import set_consent
+from orchard.members.models import MemberAggregate
 from orchard.messaging import templates
 from orchard.messaging.models import Message
 from tests.segments.helpers import event, member, order_line
@@ -149,15 +150,22 @@ def test_absence_and_date_triggers_enter_once(clean_db):
         bought = member(s, "bought", joined=now - dt.timedelta(days=4), orders=[(now - dt.timedelta(days=1), 100)])
         bday = member(s, "bday", birthday=dt.date(1990, 11, 27))
         bday2 = member(s, "bday-too", birthday=dt.date(1985, 11, 27))
+        away, seen = member(s, "last login 31 days ago"), member(s, "last login 10 days ago")
+        for mid, days in ((away, 31), (seen, 10)):
+            s.execute(update(MemberAggregate).where(MemberAggregate.member_id == mid).values(
+                last_login_at=now - dt.timedelta(days=days)))
+    make("no_login", {"trigger": {"type": "absence", "after": "last_login", "absent": "login", "days": 30},
+                      "entry": "s", "steps": {"s": {"type": "send", "template": "hello"}}})
     make("no_first_order", {"trigger": {"type": "absence", "after": "joined", "absent": "$order", "days": 3},
                             "entry": "s", "steps": {"s": {"type": "send", "template": "hello"}}})
     make("birthday", {"trigger": {"type": "date", "field": "birthday", "days_before": 3},
                       "entry": "s", "steps": {"s": {"type": "send", "template": "hello"}}})
     out = run(engine.sweep, now=now)["journeys"]
     assert out["no_first_order"]["entered"] == 2 and out["birthday"]["entered"] == 2
+    assert out["no_login"]["entered"] == 1
     again = run(engine.sweep, now=now + dt.timedelta(hours=1))["journeys"]
     assert again["no_first_order"]["entered"] == 0 and again["birthday"]["entered"] == 0
-    assert {(r.member_id) for r in runs()} == {late, late2, bday, bday2}
+    assert {(r.member_id) for r in runs()} == {late, late2, bday, bday2, away}
     del bought
 
 

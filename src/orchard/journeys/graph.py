@@ -19,7 +19,7 @@ Triggers (found by `triggers.py`, each kind one set-based statement):
   the event (e.g. `min_points` on `$order`) is refused with its path.
 * `segment_entry` / `segment_exit` — a member's spell in the segment starts / ends.
 * `absence` — nothing of `absent` within `days` after the `after` anchor (joined, first_order,
-  last_order, last_visit).
+  last_order, last_visit, last_login, last_event).
 * `date` — `days_before` the target day: `birthday`, `anniversary` (of joining, from the first year),
   `points_expiring`, `coupon_expiring` (an unused coupon whose last usable day it is),
   `repurchase_due` (last order + the member's typical interval between orders).
@@ -97,7 +97,8 @@ class SegmentExitTrigger(_M):
 
 class AbsenceTrigger(_M):
     type: Literal["absence"]
-    after: Literal["joined", "first_order", "last_order", "last_visit"]
+    #: last_login / last_event: "no login (no activity at all) for N days".
+    after: Literal["joined", "first_order", "last_order", "last_visit", "last_login", "last_event"]
     absent: Annotated[str, Field(min_length=1, max_length=64, description="an event name or $order")]
     days: Annotated[int, Field(ge=1, le=365)]
 

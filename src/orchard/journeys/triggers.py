@@ -205,7 +205,8 @@ def _absence(session: Session, trigger: G.AbsenceTrigger, now: dt.datetime):
     `absent` since the anchor. Keyed by the anchor's time, so one anchor enters once."""
     a = MemberAggregate.__table__
     anchor = {"joined": C.m.c.joined_at, "first_order": a.c.first_order_at, "last_order": a.c.last_order_at,
-              "last_visit": a.c.last_visit_at}[trigger.after]
+              "last_visit": a.c.last_visit_at, "last_login": a.c.last_login_at,
+              "last_event": a.c.last_event_at}[trigger.after]
     due = now - dt.timedelta(days=trigger.days)
     if trigger.absent == "$order":
         o = Order.__table__
