@@ -372,3 +372,35 @@ def test_messages_name_the_coupon_a_step_issued_and_the_members_tier(shop):
     assert "银卡专享满100减20" in bodies[a]["body"] and "再消费3800升级金卡" in bodies[a]["body"]
     assert "银卡专享" in bodies[b]["body"] and "再消费5000升级金卡" in bodies[b]["body"]  # never placed: base level
     assert "2026-11-30前有效" in bodies[a]["body"]  # issued 24 Nov, 7 days: last usable day 30 Nov
+
+
+def test_messages_carry_points_expiring_and_a_recommended_category(shop):
+    from orchard.loyalty.models import PointsAccount, PointsEntry, PointsLot
+
+    a, *_ = shop
+    with db.transaction() as s:
+        for i, (amount, expires, pending) in enumerate(((300, 10, None), (500, 200, None), (200, 300, 5))):
+            entry = PointsEntry(member_id=a, kind="earn", amount=amount, balance_after=0, reason="t", source="t",
+                                external_id=f"lot{i}", body_hash="", actor="t", explanation={})
+            s.add(entry)
+            s.flush()
+            s.add(PointsLot(member_id=a, entry_id=entry.id, amount=amount, remaining=amount, earned_at=T0,
+                            expires_at=T0 + dt.timedelta(days=expires),
+                            pending_until=T0 + dt.timedelta(days=pending) if pending else None))
+        s.add(PointsAccount(member_id=a, balance=1000, debt=0))
+        for day, category in ((3, "茶叶"), (2, "茶叶"), (1, "茶具")):
+            order_line(s, a, T0 - dt.timedelta(days=day), category)
+        templates.create(s, code="expiry_sms", name="到期", channel="sms", purpose="marketing", sign_name="果园",
+                         body="{{ points.expiring }}分将于{{ points.expiring_at }}到期，可用{{ points.available }}，"
+                              "待入账{{ points.pending }}；{{ recommend.category }}上新。回T退订",
+                         actor="t", publish=True)
+    make("expiry", {"trigger": {"type": "event", "event": "visit"}, "entry": "s",
+                    "steps": {"s": {"type": "send", "template": "expiry_sms"}}})
+    with db.transaction() as s:
+        event(s, a, "visit", T0)
+    run(engine.sweep, now=T0)
+    assert run(engine.advance, now=T0).sent == 1
+    with db.transaction(readonly=True) as s:
+        body = s.scalar(select(Message.payload)).get("body")
+    local_expiry = (T0 + dt.timedelta(days=10)).astimezone(SH).date().isoformat()
+    assert body.startswith(f"300分将于{local_expiry}到期，可用800，待入账200；茶叶上新"), body

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from jinja2 import TemplateError, UndefinedError
-from sqlalchemy import bindparam, case, func, select, text, update
+from sqlalchemy import and_, bindparam, case, func, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -40,7 +40,7 @@ from orchard.audit.service import record
 from orchard.config import get_settings
 from orchard.errors import Conflict, InvalidInput, NotFound
 from orchard.journeys.models import SubscribeGrant
-from orchard.kit.clock import utcnow
+from orchard.kit.clock import tenant_zone, utcnow
 from orchard.members.models import Member
 from orchard.messaging import links, respect, templates
 from orchard.messaging.models import Message, MessageTemplate
@@ -99,6 +99,19 @@ class Prefetched:
     #: member id → (level id, metric value); active levels in rank order.
     tiers: dict[int, tuple[int, int]] = field(default_factory=dict)
     levels: list[Any] = field(default_factory=list)
+    #: member id → (available, pending, expiring within EXPIRING_DAYS, soonest expiry date).
+    lots: dict[int, tuple[int, int, int, str]] = field(default_factory=dict)
+    #: member id → the categories they bought most in the last year (read only when a template asks).
+    categories: dict[int, list[str]] = field(default_factory=dict)
+
+    def points(self, member_id: int) -> dict[str, Any]:
+        available, pending, expiring, expiring_at = self.lots.get(member_id, (0, 0, 0, ""))
+        return {"balance": self.balances.get(member_id, 0), "available": available, "pending": pending,
+                "expiring": expiring, "expiring_at": expiring_at}
+
+    def recommend(self, member_id: int) -> dict[str, Any]:
+        categories = self.categories.get(member_id, [])
+        return {"category": categories[0] if categories else "", "categories": categories}
 
     def tier(self, member_id: int) -> dict[str, Any]:
         """`tier` as templates see it: the member's level and what the next one needs (the base level
@@ -113,16 +126,32 @@ class Prefetched:
                 "next_needs": max(nxt.threshold - metric, 0) if nxt else 0}
 
     @classmethod
-    def read(cls, session: Session, members: Iterable[Member]) -> Prefetched:
-        from orchard.loyalty.models import MemberTier, PointsAccount, TierLevel
+    def read(cls, session: Session, members: Iterable[Member], *, recommend: bool = True,
+             now: dt.datetime | None = None) -> Prefetched:
+        from orchard.loyalty.models import MemberTier, PointsAccount, PointsLot, TierLevel
         from orchard.org.models import OrgUnit
 
         members = list(members)
         ids = [m.id for m in members]
         store_ids = {m.home_store_id for m in members if m.home_store_id}
-        now = utcnow()
+        now = now or utcnow()
         effective = case((MemberTier.override_until > now, MemberTier.override_level_id), else_=MemberTier.level_id)
+        lot = PointsLot
+        pending = and_(lot.pending_until.is_not(None), lot.pending_until > now)
+        soon = and_(lot.expires_at.is_not(None), lot.expires_at > now,
+                    lot.expires_at <= now + dt.timedelta(days=EXPIRING_DAYS))
+        zone = tenant_zone()
+        lots = {mid: (int(av or 0), int(pe or 0), int(ex or 0),
+                      _aware(first).astimezone(zone).date().isoformat() if first else "")
+                for mid, av, pe, ex, first in session.execute(select(
+                    lot.member_id, func.sum(case((pending, 0), else_=lot.remaining)),
+                    func.sum(case((pending, lot.remaining), else_=0)), func.sum(case((soon, lot.remaining), else_=0)),
+                    func.min(case((lot.expires_at > now, lot.expires_at)))).where(
+                    db.one_of(session, lot.member_id, ids), lot.remaining > 0).group_by(lot.member_id))} \
+            if ids else {}
         return cls(
+            lots=lots,
+            categories=_top_categories(session, ids, now) if ids and recommend else {},
             tiers={mid: (level, metric) for mid, level, metric in session.execute(
                 select(MemberTier.member_id, effective, MemberTier.metric_value).where(
                     db.one_of(session, MemberTier.member_id, ids)))} if ids else {},
@@ -135,6 +164,30 @@ class Prefetched:
             brand=session.scalar(select(OrgUnit.name).where(OrgUnit.kind == "hq").limit(1)) or "Orchard")
 
 
+def _aware(value: dt.datetime) -> dt.datetime:
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+#: `points.expiring` counts the points that expire within this many days.
+EXPIRING_DAYS = 30
+
+
+def _top_categories(session: Session, member_ids: list[int], now: dt.datetime, n: int = 3) -> dict[int, list[str]]:
+    """Each member's most bought categories over the last year (by lines, then by name): the simplest
+    recommendation a message can carry ({{ recommend.category }})."""
+    from orchard.events.models import Order, OrderLine
+
+    rows = session.execute(select(Order.member_id, OrderLine.category, func.count()).join(
+        OrderLine, OrderLine.order_id == Order.id).where(
+        db.one_of(session, Order.member_id, member_ids), Order.paid_at > now - dt.timedelta(days=365),
+        Order.status != "refunded", OrderLine.category.is_not(None))
+        .group_by(Order.member_id, OrderLine.category))
+    ranked: dict[int, list[tuple[int, str]]] = {}
+    for mid, category, count in rows:
+        ranked.setdefault(mid, []).append((-count, category))
+    return {mid: [c for _, c in sorted(pairs)[:n]] for mid, pairs in ranked.items()}
+
+
 def context_for(session: Session, member: Member, extra: Mapping[str, Any] | None = None, *,
                 prefetched: Prefetched | None = None) -> dict[str, Any]:
     """The variables a template may use, filled for this member (see `templates.SAMPLE`)."""
@@ -144,8 +197,9 @@ def context_for(session: Session, member: Member, extra: Mapping[str, Any] | Non
         "member": {"id": member.id, "name": member.name or "会员", "gender": member.gender,
                    "birthday": member.birthday.isoformat() if member.birthday else "", "region": member.region or "",
                    "joined_at": member.joined_at.date().isoformat(), "home_store": store.name if store else ""},
-        "points": {"balance": pre.balances.get(member.id, 0)},
+        "points": pre.points(member.id),
         "tier": pre.tier(member.id),
+        "recommend": pre.recommend(member.id),
         "store": {"code": store.code if store else "", "name": store.name if store else "",
                   "city": (store.city or "") if store else ""},
         "brand": {"name": pre.brand},
@@ -232,7 +286,8 @@ def _decide(session: Session, todo: Sequence[Decision], tpls: Mapping[str, Messa
     facts = facts_of(ids)
     phones = {f.recipients["phone"] for f in facts.values() if "phone" in f.recipients} if "sms" in channels else set()
     numbers = respect.sms_counts(session, phones, now=now)
-    prefetched = Prefetched.read(session, members.values())
+    prefetched = Prefetched.read(session, members.values(), now=now, recommend=any(
+        "recommend" in (t.body or "") + (t.subject or "") + str(t.variables or "") for t in tpls.values()))
     out: dict[str, Message] = {}
     saved: list[tuple[Message, links.Collector]] = []
     for d in todo:

@@ -32,6 +32,7 @@ SAMPLE: dict[str, Any] = {
     "points": {"balance": 1200, "available": 1000, "pending": 200, "expiring": 300, "expiring_at": "2026-12-31"},
     "tier": {"code": "GOLD", "name": "金卡会员", "next_name": "铂金会员", "next_needs": 50000},
     "coupon": {"code": "7K3M9QWX2D8F", "name": "满100减20", "valid_to": "2026-12-31"},
+    "recommend": {"category": "运动鞋", "categories": ["运动鞋", "服装", "配件"]},
     "event": {},
     "store": {"code": "SH001", "name": "上海南京路店", "city": "上海"},
     "brand": {"name": "Orchard"},
