@@ -125,7 +125,7 @@ class _DryRun:
                 e.c.occurred_at <= self.now)
             ctx = C.context(self.session, now=self.now)
             for i, f in enumerate(t.where):
-                stmt = stmt.where(C._prop_filter(e.c.properties, f, ctx, f"$.trigger.where[{i}]"))
+                stmt = stmt.where(C.prop_filter(e.c.properties, f, ctx, f"$.trigger.where[{i}]"))
             row = self.session.execute(stmt.order_by(e.c.occurred_at.desc()).limit(1)).first()
             prefix = "e"
         out["event"] = t.event

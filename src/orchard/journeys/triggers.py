@@ -171,7 +171,7 @@ def _event(session: Session, journey: Journey, trigger: G.EventTrigger, now: dt.
             e.c.occurred_at >= fresh)
         ctx = C.context(session, now=now)
         for i, f in enumerate(trigger.where):
-            rows = rows.where(C._prop_filter(e.c.properties, f, ctx, f"$.trigger.where[{i}]"))
+            rows = rows.where(C.prop_filter(e.c.properties, f, ctx, f"$.trigger.where[{i}]"))
         key = "e:"
     rows = rows.order_by(text("src")).limit(ENTRY_BATCH).subquery()
     cursor = session.scalar(select(func.max(rows.c.src)))

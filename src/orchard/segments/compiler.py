@@ -392,7 +392,7 @@ def _behaviour(cond: lang.Behaviour, ctx: Context, path: str) -> ColumnElement[b
         member_col, time_col = e.c.member_id, e.c.occurred_at
         query = select(e.c.member_id).where(e.c.name == cond.event, e.c.member_id.is_not(None))
         for i, f in enumerate(cond.where):
-            query = query.where(_prop_filter(e.c.properties, f, ctx, f"{path}.where[{i}]"))
+            query = query.where(prop_filter(e.c.properties, f, ctx, f"{path}.where[{i}]"))
     query = query.where(time_col <= ctx.at(ctx.now))
     if cond.since_joined:
         joined = m.alias("joined")
@@ -479,9 +479,10 @@ def _scalar_filter(column, f: lang.PropFilter, path: str, *, numeric: bool) -> C
     return _COMPARE[op](column, value)
 
 
-def _prop_filter(props, f: lang.PropFilter, ctx: Context, path: str) -> ColumnElement[bool]:
+def prop_filter(props, f: lang.PropFilter, ctx: Context, path: str) -> ColumnElement[bool]:
     """An event property test. Numbers compare as numbers, everything else as text; a property that is
-    missing (or of the other kind) fails the test rather than raising a database cast error."""
+    missing (or of the other kind) fails the test rather than raising a database cast error. Public:
+    journey event triggers filter their events with it too."""
     op, v = f.op, f.value
     if op == "exists":
         return props[f.prop].as_string().is_not(None) if ctx.dialect == "postgresql" else \
