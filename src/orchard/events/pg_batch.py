@@ -46,6 +46,7 @@ from orchard.errors import OrchardError
 from orchard.events import aggregates
 from orchard.events.schemas import EventIn, Outcome
 from orchard.identity.normalize import InvalidIdentity, normalize
+from orchard.identity.resolve import owners_of
 from orchard.kit.clock import as_utc, utcnow
 from orchard.loyalty import earning
 
@@ -115,7 +116,7 @@ def write_events(session: Session, *, principal: Principal, items: list[Candidat
     if not rows:
         return {}
 
-    owners = _owners(session, {k for c in rows for k in keys_of[c.index]})
+    owners = owners_of(session, {k for c in rows for k in keys_of[c.index]})
     given = {c.data.member.id for c in rows if c.data.member.id is not None}
     live = _live_members(session, given) if given else {}
     member_of: dict[int, int | None] = {}
@@ -189,18 +190,6 @@ def _earning_names(session: Session) -> set[str]:
     if wanted := get_settings().points_order_pending_event:
         names.add(wanted)
     return names
-
-
-def _owners(session: Session, keys: set[tuple[str, str]]) -> dict[tuple[str, str], int]:
-    if not keys:
-        return {}
-    ordered = sorted(keys)
-    rows = session.execute(text(
-        "SELECT i.kind, i.value, i.member_id FROM identities i "
-        "JOIN unnest(CAST(:kinds AS text[]), CAST(:vals AS text[])) AS k(kind, value) "
-        "ON i.kind = k.kind AND i.value = k.value"),
-        {"kinds": [k for k, _ in ordered], "vals": [v for _, v in ordered]})
-    return {(r.kind, r.value): r.member_id for r in rows}
 
 
 def _live_members(session: Session, ids: set[int]) -> dict[int, int]:

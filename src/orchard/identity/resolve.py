@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sqlalchemy import select, tuple_, update
+from sqlalchemy import select, text, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -93,3 +93,17 @@ def attach_anonymous_events(session: Session, *, member_id: int, anonymous_id: s
     if result.rowcount:
         aggregates.recompute(session, member_id=member_id)
     return result.rowcount
+
+
+def owners_of(session: Session, keys: set[tuple[str, str]]) -> dict[tuple[str, str], int]:
+    """The member each already-known (kind, value) key belongs to, in one query (PostgreSQL: the keys go
+    as two arrays, for the set-based import and ingestion paths)."""
+    if not keys:
+        return {}
+    ordered = sorted(keys)
+    rows = session.execute(text(
+        "SELECT i.kind, i.value, i.member_id FROM identities i "
+        "JOIN unnest(CAST(:kinds AS text[]), CAST(:vals AS text[])) AS k(kind, value) "
+        "ON i.kind = k.kind AND i.value = k.value"),
+        {"kinds": [k for k, _ in ordered], "vals": [v for _, v in ordered]})
+    return {(r.kind, r.value): r.member_id for r in rows}

@@ -8,7 +8,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -52,17 +51,6 @@ def copy_rows(session: Session, table: str, columns: list[str], rows: list[tuple
     with cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as cp:
         for row in rows:
             cp.write_row(row)
-
-
-def owners_of(session: Session, keys: set[tuple[str, str]]) -> dict[tuple[str, str], int]:
-    """The member each already-known (kind, value) key belongs to, in one query."""
-    ordered = sorted(keys)
-    rows = session.execute(text(
-        "SELECT i.kind, i.value, i.member_id FROM identities i "
-        "JOIN unnest(CAST(:kinds AS text[]), CAST(:vals AS text[])) AS k(kind, value) "
-        "ON i.kind = k.kind AND i.value = k.value"),
-        {"kinds": [k for k, _ in ordered], "vals": [v for _, v in ordered]})
-    return {(r.kind, r.value): r.member_id for r in rows}
 
 
 def run_batch(session: Session, items: list[tuple[int, dict[str, Any]]], source: str, fast: FastWriter,

@@ -26,7 +26,8 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from orchard.errors import OrchardError
-from orchard.imports.pg_bulk import DIRTY, SYSTEM, RowOutcome, copy_rows, owners_of
+from orchard.identity.resolve import owners_of
+from orchard.imports.pg_bulk import DIRTY, SYSTEM, RowOutcome, copy_rows
 from orchard.kit.clock import utcnow
 
 _STAGING = (

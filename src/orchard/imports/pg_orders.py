@@ -28,7 +28,8 @@ from sqlalchemy.orm import Session
 
 from orchard.errors import Conflict
 from orchard.events.schemas import OrderIn
-from orchard.imports.pg_bulk import DIRTY, Clusters, RowOutcome, copy_rows, owners_of
+from orchard.identity.resolve import owners_of
+from orchard.imports.pg_bulk import DIRTY, Clusters, RowOutcome, copy_rows
 from orchard.kit.clock import utcnow
 from orchard.kit.hashing import fingerprint
 
