@@ -326,7 +326,7 @@ def _decide(session: Session, todo: Sequence[Decision], tpls: Mapping[str, Messa
                     facts[member.id].grants[grant] = facts[member.id].grants.get(grant, 0) - 1
                 respect.remember(facts[member.id], numbers, respect.Pending(
                     template.channel, template.purpose, d.journey_id, verdict.recipient, now, status="queued",
-                    priority=d.priority))
+                    priority=d.priority), now)
         else:
             message.status, message.reason, message.detail = "suppressed", verdict.reason, verdict.detail
         session.add(message)

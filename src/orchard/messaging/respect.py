@@ -307,10 +307,11 @@ def judge(f: Facts, numbers: dict[str, int], *, channel: str, purpose: str, poli
     return Verdict(True, recipient=recipient, not_before=not_before)
 
 
-def remember(f: Facts, numbers: dict[str, int], decided: Pending) -> None:
-    """Count a decision that is not a row yet (or not visible to `gather`) toward the later ones."""
+def remember(f: Facts, numbers: dict[str, int], decided: Pending, now: dt.datetime) -> None:
+    """Count a decision that is not a row yet (or not visible to `gather`) toward the later ones: in the
+    member's caps, and in its number's daily SMS cap while it is less than a day old."""
     f.recent.append(decided)
-    if decided.channel == "sms" and decided.recipient:
+    if decided.channel == "sms" and decided.recipient and decided.created_at > now - dt.timedelta(days=1):
         numbers[decided.recipient] = numbers.get(decided.recipient, 0) + 1
 
 
@@ -326,11 +327,8 @@ def check(session: Session, *, member: Member, channel: str, purpose: str, polic
     number = f.recipients.get("phone") if channel == "sms" else None
     numbers = sms_counts(session, {number} if number else set(), now=now,
                          exclude=[exclude_message_id] if exclude_message_id is not None else [])
-    day_ago = now - dt.timedelta(days=1)
     for p in pending:
-        f.recent.append(p)
-        if p.channel == "sms" and p.recipient and p.created_at > day_ago:
-            numbers[p.recipient] = numbers.get(p.recipient, 0) + 1
+        remember(f, numbers, p, now)
     return judge(f, numbers, channel=channel, purpose=purpose, policy=policy, now=now, at_send=at_send,
                  grant=grant, journey_cap=journey_cap)
 
@@ -355,12 +353,12 @@ def check_at_send(session: Session, messages: Sequence[Message], *, policy: Poli
     phones = {f.recipients["phone"] for f in facts.values() if "phone" in f.recipients} \
         if any(m.channel == "sms" for m in messages) else set()
     numbers = sms_counts(session, phones, now=now, exclude=[m.id for m in messages])
-    day_ago = now - dt.timedelta(days=1)
     out: dict[int, Verdict] = {}
     for m in sorted(messages, key=lambda m: m.id):
         f = facts.get(m.member_id) or Facts(m.member_id, "missing", False)
         out[m.id] = verdict = judge(f, numbers, channel=m.channel, purpose=m.purpose, policy=policy, now=now,
                                     at_send=True)
-        if verdict.ok and m.channel == "sms" and m.created_at > day_ago:
-            numbers[verdict.recipient] = numbers.get(verdict.recipient, 0) + 1
+        if verdict.ok:
+            remember(f, numbers, Pending(m.channel, m.purpose, m.journey_id, verdict.recipient, m.created_at,
+                                         m.id), now)
     return out
