@@ -256,6 +256,15 @@ def import_events(file: Path, source: str = "import", report: Annotated[Path | N
     _run_import("events", file, source, report, batch_size)
 
 
+@import_app.command("tags")
+def import_tags(file: Path, source: str = "import", report: Annotated[Path | None, typer.Option()] = None,
+                batch_size: Annotated[int | None, typer.Option(min=1)] = None) -> None:
+    """Import member tags: member_phone | member_external_id | member_card_no and tags (one or more names separated
+    by , ， ; | 、) (手机号, 会员ID, 标签 … work). Members must exist; a new tag name is created (source import) and
+    reported as a warning; imported tags are never removed by a rule refresh."""
+    _run_import("tags", file, source, report, batch_size)
+
+
 # ---- export -------------------------------------------------------------------------------------
 
 export_app = typer.Typer(help="导出 / export members, orders, events as CSV or XLSX", no_args_is_help=True)

@@ -53,3 +53,18 @@ def test_rule_tag_definition_errors_name_the_path(client, admin):
 def test_a_manual_tag_in_the_catalog(client, admin):
     r = client.post("/api/v1/tags", headers=admin, json={"name": "门店VIP", "kind": "value"})
     assert r.status_code == 201 and (r.json()["source"], r.json()["definition"]) == ("manual", None)
+
+
+def test_staff_adding_a_tag_a_rule_gave_makes_it_manual(client, admin):
+    """A member who carries a rule tag and is then given it by hand keeps it when the rule stops matching."""
+    with db.transaction() as s:
+        big = member(s, "big", orders=[(dt.datetime.now(dt.UTC), 90_000)])
+    r = client.post("/api/v1/tags", headers=admin, json={"name": "高消费", "kind": "value", "definition": {
+        "field": "total_spend_fen", "op": "gte", "value": 50_000}})
+    assert r.status_code == 201 and r.json()["members"] == 1
+    r = client.post(f"/api/v1/members/{big}/tags", headers=admin, json={"name": "高消费"})
+    assert r.status_code in (200, 201), r.text
+    with db.transaction() as s:
+        s.execute(text("UPDATE member_aggregates SET total_spend_fen = 0 WHERE member_id = :m"), {"m": big})
+        assert tags.refresh(s) == [{"tag": "高消费", "added": 0, "removed": 0, "size": 1}]
+        assert s.execute(text("SELECT source, added_by FROM member_tags")).one()[0] == "manual"

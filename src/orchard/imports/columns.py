@@ -75,7 +75,16 @@ EVENT_COLUMNS: dict[str, tuple[str, ...]] = {
     "properties": ("properties", "props", "属性", "事件属性"),
 }
 
-KINDS = {"orders": ORDER_COLUMNS, "members": MEMBER_COLUMNS, "refunds": REFUND_COLUMNS, "events": EVENT_COLUMNS}
+TAG_COLUMNS: dict[str, tuple[str, ...]] = {
+    "member_phone": ORDER_COLUMNS["member_phone"],
+    "member_external_id": ORDER_COLUMNS["member_external_id"],
+    "member_card_no": ORDER_COLUMNS["member_card_no"],
+    # One or more tag names, separated by , ， ; ； | or 、
+    "tags": ("tags", "tag", "tag_name", "tag_names", "标签", "会员标签", "标签名称", "标签名"),
+}
+
+KINDS = {"orders": ORDER_COLUMNS, "members": MEMBER_COLUMNS, "refunds": REFUND_COLUMNS, "events": EVENT_COLUMNS,
+         "tags": TAG_COLUMNS}
 
 
 def _key(header: str) -> str:

@@ -11,14 +11,14 @@ from sqlalchemy.orm import Mapped, mapped_column
 from orchard.db import Base, BigId, Json, UTCDateTime
 from orchard.kit.clock import utcnow
 
-KINDS = ("members", "orders", "refunds", "events")
+KINDS = ("members", "orders", "refunds", "events", "tags")
 STATUSES = ("queued", "running", "succeeded", "failed")
 
 
 class ImportJob(Base):
     __tablename__ = "import_jobs"
     __table_args__ = (
-        CheckConstraint("kind in ('members','orders','refunds','events')", name="kind"),
+        CheckConstraint("kind in ('members','orders','refunds','events','tags')", name="kind"),
         CheckConstraint("status in ('queued','running','succeeded','failed')", name="status"),
         Index("ix_import_jobs_status_id", "status", "id"),
     )

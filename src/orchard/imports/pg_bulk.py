@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from orchard.auth.roles import Role
 from orchard.auth.service import Principal
 from orchard.errors import OrchardError
+from orchard.imports.rows import RowError
 
 #: Who an import acts as: unscoped, unmasked; its writes are audited as "system:0".
 #: Queue a batch's members for the segments' real-time sweep (segments.dirty), in member-id order like
@@ -25,7 +26,7 @@ SYSTEM = Principal("system", 0, "import", Role.admin, None, False)
 #: (status, warning) of one row: status "created" | "updated" | "unchanged".
 RowOutcome = tuple[str, str | None]
 FastWriter = Callable[[Session, list[tuple[int, dict[str, Any]]], str],
-                      tuple[dict[int, "RowOutcome | OrchardError"], list[int]]]
+                      tuple[dict[int, "RowOutcome | OrchardError | RowError"], list[int]]]
 SlowWriter = Callable[[Session, dict[str, Any], str], RowOutcome]
 
 
@@ -67,6 +68,6 @@ def run_batch(session: Session, items: list[tuple[int, dict[str, Any]]], source:
         try:
             with session.begin_nested():
                 outcome[i] = slow(session, by_index[i], source)
-        except OrchardError as exc:
+        except (OrchardError, RowError) as exc:
             outcome[i] = exc
     return outcome

@@ -489,3 +489,21 @@ def event_row(get, stores: dict[str, int]) -> dict[str, Any]:
             "keys": member_keys(get), "occurred_at": _past_time(get("occurred_at"), "occurred_at"),
             "store_id": store(get("store_code"), "store_code", stores),
             "store_code": text(get("store_code")) or None, "properties": properties(get)}
+
+
+_TAG_SEPARATORS = re.compile(r"[,，;；|、]")
+#: Tag names are at most this long (tags.name).
+TAG_NAME_MAX = 64
+
+
+def tag_row(get, stores: dict[str, int] | None = None) -> dict[str, Any]:
+    """A row of a tag file: the member's keys and its tags, in the order given, each once."""
+    get = storable(get)
+    keys = member_keys(get)
+    names = list(dict.fromkeys(n.strip() for n in _TAG_SEPARATORS.split(text(get("tags"))) if n.strip()))
+    if not names:
+        raise RowError("tags", "is required: one or more tag names")
+    for name in names:
+        if len(name) > TAG_NAME_MAX:
+            raise RowError("tags", f"tag name longer than {TAG_NAME_MAX} characters: {name[:20]}…")
+    return {"keys": keys, "tags": names}

@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field
 
 from orchard.imports.models import ImportJob
 
-Kind = Literal["members", "orders", "refunds", "events"]
+Kind = Literal["members", "orders", "refunds", "events", "tags"]
 Status = Literal["queued", "running", "succeeded", "failed"]
 
 #: Failure messages by code, in Chinese and English; `{detail}` is the reader's own reason.

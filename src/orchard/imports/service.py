@@ -31,7 +31,7 @@ from orchard.events import ingest
 from orchard.events.models import Refund
 from orchard.events.schemas import EventIn, Outcome, RefundIn
 from orchard.identity import resolve as identity_resolve
-from orchard.imports import columns, pg_bulk, pg_members, pg_orders, rows
+from orchard.imports import columns, pg_bulk, pg_members, pg_orders, rows, tags
 from orchard.imports.readers import FileUnreadable, open_table
 from orchard.members.consent import set_consent
 from orchard.members.models import Consent, Member
@@ -89,12 +89,13 @@ def run_import(kind: str, path: Path, *, source: str = "import", report_path: Pa
     report = _Report(report_path or path.with_name(path.name + ".errors.csv"), table.headers)
     with transaction(readonly=True) as s:
         stores = dict(s.execute(select(OrgUnit.code, OrgUnit.id).where(OrgUnit.kind == "store")).tuples().all())
-    fast = kind in _FAST and get_engine().dialect.name == "postgresql"
+    postgres = get_engine().dialect.name == "postgresql"
+    fast = kind in _FAST and (postgres or kind in _ANY_DIALECT)
     size = batch_size or (PG_BATCH_SIZE if fast else BATCH_SIZE)
     batches = _batches(_units(kind, table.rows, mapping), size)
     try:
         if fast:
-            _pipelined(kind, batches, mapping, stores, source, result, report, progress)
+            _pipelined(kind, batches, mapping, stores, source, result, report, progress, threaded=postgres)
         else:
             for batch in batches:
                 _write_batch(kind, batch, mapping, stores, source, result, report)
@@ -113,6 +114,7 @@ _REQUIRED: dict[str, list[tuple[str, ...]]] = {
     "members": [("phone", "external_id", "card_no", "email", "wechat_unionid", "wechat_openid")],
     "refunds": [("refund_id",), ("order_id",), ("refunded_at",)],  # no amount: a full refund
     "events": [("event_id",), ("name",), ("occurred_at",), _MEMBER_KEYS],
+    "tags": [("tags",), _MEMBER_KEYS],
 }
 
 
@@ -123,7 +125,8 @@ def _check_required(kind: str, mapping: dict[str, int]) -> None:
 
 
 #: Per kind, the column that names an item: an id received before with another body is reported there.
-_ID_COLUMN = {"orders": "order_id", "members": "identities", "refunds": "refund_id", "events": "event_id"}
+_ID_COLUMN = {"orders": "order_id", "members": "identities", "refunds": "refund_id", "events": "event_id",
+              "tags": "tags"}
 
 _Rows = list[tuple[int, list[Any]]]
 
@@ -259,11 +262,12 @@ class _Prepared:
 
 def _pipelined(kind: str, batches: Iterator[list[_Unit]], mapping: dict[str, int],
                stores: dict[str, int], source: str, result: ImportResult, report: _Report,
-               progress: Callable[[int], None] | None) -> None:
+               progress: Callable[[int], None] | None, *, threaded: bool = True) -> None:
     """Orders and members on PostgreSQL: while one batch is written (COPY and set-based SQL,
     imports.pg_orders / pg_members) by a writer thread, the next is read and validated here — the
     database works on one core while Python validates on the other. Batches still commit one at a
-    time, in file order."""
+    time, in file order. Unthreaded (SQLite, one writer and in process), each batch is written
+    before the next is read."""
 
     def finish(prepared: _Prepared, outcome: dict[int, pg_bulk.RowOutcome | OrchardError]) -> None:
         for key, _ in prepared.items:
@@ -271,6 +275,11 @@ def _pipelined(kind: str, batches: Iterator[list[_Unit]], mapping: dict[str, int
         if progress:
             progress(prepared.rows)
 
+    if not threaded:
+        for batch in batches:
+            prepared = _prepare(kind, batch, mapping, stores, source, result, report)
+            finish(prepared, _store(kind, prepared, source))
+        return
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="orchard-import") as writer:
         pending: tuple[_Prepared, Future] | None = None
         for batch in batches:
@@ -401,8 +410,10 @@ def _ingest(session: Session, kind: str, schema: type[RefundIn | EventIn], field
         raise rows.RowError(column_of.get(field_, field_), reason) from None
 
 
-#: Kinds with a PostgreSQL fast path: kind → its batch writer.
-_FAST: dict[str, pg_bulk.FastWriter] = {"orders": pg_orders.write_orders, "members": pg_members.write_members}
+#: Kinds with a set-based batch writer (PostgreSQL only, but for those in _ANY_DIALECT): kind → the writer.
+_FAST: dict[str, pg_bulk.FastWriter] = {"orders": pg_orders.write_orders, "members": pg_members.write_members,
+                                        "tags": tags.write_tags}
+_ANY_DIALECT = {"tags"}
 
 #: kind → (row validator, writer, report column of the writer's warnings)
 _KINDS: dict[str, tuple[Callable[..., dict[str, Any]], Callable[..., tuple[str, str | None]], str]] = {
@@ -410,4 +421,5 @@ _KINDS: dict[str, tuple[Callable[..., dict[str, Any]], Callable[..., tuple[str, 
     "members": (rows.member_row, _member, "identities"),
     "refunds": (rows.refund_row, _refund, "order_id"),
     "events": (rows.event_row, _event, "member_phone"),
+    "tags": (rows.tag_row, tags.write_tag, "tags"),
 }

@@ -44,7 +44,12 @@ def tag_by_name(session: Session, name: str, *, create: bool, source: str = "man
 def add_tag(session: Session, *, principal: Principal, member_id: int, name: str) -> list[str]:
     member = scope.get_visible(session, principal, member_id)
     tag = tag_by_name(session, name, create=True)
-    if session.get(MemberTag, (member.id, tag.id)) is None:
+    have = session.get(MemberTag, (member.id, tag.id))
+    if have is not None and have.source == "rule":
+        # Staff say the member has it, whatever the rule says later: a refresh must not take it away.
+        have.source, have.added_by = "manual", principal.actor
+        session.flush()
+    elif have is None:
         now = utcnow()
         session.add(MemberTag(member_id=member.id, tag_id=tag.id, source="manual", added_by=principal.actor,
                               added_at=now))
