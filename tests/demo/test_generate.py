@@ -25,8 +25,13 @@ def _rows(files, kind):
         return list(csv.DictReader(fh))
 
 
-def _clean_orders(files):
+def _clean_lines(files):
     return [r for r in _rows(files, "orders") if not r["order_id"].endswith("-X")]
+
+
+def _clean_orders(files):
+    """One row per order: the first of its line rows (the order's columns repeat on each)."""
+    return list({r["order_id"]: r for r in reversed(_clean_lines(files))}.values())[::-1]
 
 
 def test_the_same_seed_writes_identical_files_and_another_seed_other_people(tmp_path):
@@ -110,6 +115,27 @@ def test_purchases_look_like_a_real_customer_base(tmp_path):
     assert 0.03 < len(refunds) / len(orders) < 0.07
     assert {"full", "amount", "line"} == {"line" if r["sku"] else "amount" if r["amount_fen"] else "full"
                                           for r in refunds}
+
+
+def test_baskets_have_several_lines_written_as_a_pos_exports_them(tmp_path):
+    files = generate.write_csvs(tmp_path, members=1000, seed=9)
+    lines = _clean_lines(files)
+    by_order: dict[str, list[dict]] = {}
+    for r in lines:
+        by_order.setdefault(r["order_id"], []).append(r)
+    sizes = Counter(len(rows) for rows in by_order.values())
+    # retail's mix is 60 / 27 / 10 / 3 % of 1–4 lines (a SKU drawn twice merges into one line)
+    assert 0.5 < sizes[1] / len(by_order) < 0.75 and sizes[2] > sizes[3] > sizes[4] > 0
+    ids = [r["order_id"] for r in lines]
+    assert sum(a != b for a, b in zip(ids, ids[1:], strict=False)) == len(by_order) - 1  # rows of an order: together
+    for rows in by_order.values():
+        assert len({(r["paid_at"], r["amount_fen"], r["member_phone"], r["store_code"]) for r in rows}) == 1
+        assert len({r["sku"] for r in rows}) == len(rows)
+        assert all(int(r["line_amount_fen"]) == int(r["unit_price_fen"]) * int(r["quantity"]) for r in rows)
+        assert 0 < int(rows[0]["amount_fen"]) <= sum(int(r["line_amount_fen"]) for r in rows)
+    discounted = sum(int(rows[0]["amount_fen"]) < sum(int(r["line_amount_fen"]) for r in rows)
+                     for rows in by_order.values())
+    assert 0.05 < discounted / len(by_order) < 0.5  # 满减 in the festivals, 95折 member prices
 
 
 def test_weekends_sell_more_than_weekdays(tmp_path):

@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 from orchard import db
 from orchard.auth import service as auth
 from orchard.demo.load import load_demo
-from orchard.events.models import Event, Order, Refund
+from orchard.events.models import Event, Order, OrderLine, Refund
 from orchard.identity.models import Identity
 from orchard.imports import columns
 from orchard.members.models import Consent, Member, MergeCandidate
@@ -32,6 +32,9 @@ def _dump() -> dict:
                               key=repr),
             "orders": sorted(s.execute(select(Order.external_id, Order.amount_fen, Order.refunded_fen,
                                               Order.paid_at)).tuples()),
+            "lines": sorted(s.execute(select(Order.external_id, OrderLine.sku, OrderLine.quantity,
+                                             OrderLine.amount_fen).join(Order, Order.id == OrderLine.order_id)
+                                      ).tuples()),
             "refunds": sorted(s.execute(select(Refund.external_id, Refund.status, Refund.amount_fen)).tuples(),
                               key=repr),
             "events": sorted(s.execute(select(Event.external_id, Event.name, Event.occurred_at)).tuples()),
@@ -61,6 +64,12 @@ def test_the_same_seed_loads_the_same_data_and_another_seed_other_data(clean_db,
     assert same == first
     assert len(first["members"]) > 55 and len(first["orders"]) > 20
     assert all(amount > 0 for _, amount, _, _ in first["orders"])
+    # baskets arrive whole: orders of several lines, what was paid never above the lines' sum
+    per_order: dict[str, int] = {}
+    for order_id, _, _, line_amount in first["lines"]:
+        per_order[order_id] = per_order.get(order_id, 0) + line_amount
+    assert len(first["lines"]) > len(first["orders"]) and len(per_order) == len(first["orders"])
+    assert all(amount <= per_order[order_id] for order_id, amount, _, _ in first["orders"])
     if "refunds" in columns.KINDS:
         assert first["refunds"] and all(status == "applied" for _, status, _ in first["refunds"])
     assert not {m[1] for m in first["members"]} & {m[1] for m in other["members"]}

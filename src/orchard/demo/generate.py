@@ -6,8 +6,10 @@ order, from one `random.Random(seed)`; "today" is the fixed ANCHOR, never the cl
 
 Purchases follow a BG/NBD-like process: each member buys at a gamma-distributed rate (most rarely,
 a few often) in the calendar's busy time (weekends, 618, 双11), and may drop out after each order.
-A basket has 1–4 lines, but the import reads one line per order row, so the row carries the
-basket's main line (sku, name, category, quantity) and the whole basket's amount.
+A basket has 1–4 lines (the preset's mix), written as a POS exports it: one row per line (sku, name,
+category, quantity, unit price, line amount), the order's columns repeated on each row, and the
+order's amount — what the member paid, below the lines' sum after a 满减 or member price — on every
+row of the order.
 A small share of rows is dirty on purpose (see DIRTY) so the import's error report and the
 duplicate scan have something to show.
 """
@@ -37,7 +39,7 @@ COLUMNS = {
     "members": ("phone", "card_no", "wechat_unionid", "name", "gender", "birthday", "region", "store_code",
                 "joined_at", "source_channel", "consent_sms", "consent_wechat", "consent_email"),
     "orders": ("order_id", "member_phone", "member_card_no", "paid_at", "amount_fen", "store_code", "channel", "sku",
-               "product_name", "category", "quantity"),
+               "product_name", "category", "quantity", "unit_price_fen", "line_amount_fen"),
     "refunds": ("refund_id", "order_id", "refunded_at", "amount_fen", "sku", "quantity", "reason"),
     "events": ("event_id", "name", "member_phone", "member_card_no", "occurred_at", "store_code", "category", "sku",
                "product_name", "properties"),
@@ -255,7 +257,7 @@ class _Generator:
         product = self._product()
         self._write("orders", [f"DM{self.seed}-{m.index:06d}-X", phone, "", _stamp(self._in_window()),
                                product.price_fen, store, self.p.channels[0][0], product.sku, product.name,
-                               product.category, 1])
+                               product.category, 1, product.price_fen, product.price_fen])
 
     # -- orders and refunds --------------------------------------------------------------------
     def _orders(self, m: _Member) -> None:
@@ -296,8 +298,10 @@ class _Generator:
             phone = people.spaced_e164(m.phone)
         by_card = offline and rng.random() < 0.1
         order_id = f"DM{self.seed}-{m.index:06d}-{k:03d}"
-        self._write("orders", [order_id, "" if by_card else phone, m.card if by_card else "", _stamp(paid), total,
-                               store, channel, main.sku, main.name, main.category, quantity])
+        head = [order_id, "" if by_card else phone, m.card if by_card else "", _stamp(paid), total, store, channel]
+        for product, units in lines.values():
+            self._write("orders", [*head, product.sku, product.name, product.category, units, product.price_fen,
+                                   product.price_fen * units])
         if rng.random() < REFUND_SHARE:
             self._refund(order_id, paid, total, main, quantity)
         categories = {prod.category for prod, _ in lines.values()}
