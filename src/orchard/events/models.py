@@ -55,7 +55,9 @@ class OrderLine(Base):
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    order_id: Mapped[int] = mapped_column(ForeignKey("orders.id", ondelete="CASCADE"), index=True)
+    #: No index of its own: the unique (order_id, line_no) index serves every look-up by order, and
+    #: a second one cost each imported line another B-tree insert.
+    order_id: Mapped[int] = mapped_column(ForeignKey("orders.id", ondelete="CASCADE"))
     line_no: Mapped[int] = mapped_column(Integer)
     sku: Mapped[str | None] = mapped_column(String(128))
     name: Mapped[str | None] = mapped_column(String(200))
