@@ -180,7 +180,7 @@ def main() -> None:
           f"{args.runs:,} runs; load {points_seed.loadavg()}")
     try:
         t = time.perf_counter()
-        segments_refresh.seed(url, args.members, args.orders, args.events)
+        segments_refresh.seed(url, args.members, args.orders, args.events, arrival="random")  # as measured
         seed_extra(url)
         print(f"seeded in {time.perf_counter() - t:.0f} s; load {points_seed.loadavg()}")
         os.environ["ORCHARD_DATABASE_URL"] = url

@@ -52,7 +52,16 @@ def _arr(values) -> str:
     return "ARRAY[" + ",".join(f"'{v}'" for v in values) + "]"
 
 
-def seed(url: str, members: int, orders: int, events: int, log=print) -> dict[str, float]:
+def _when(n: str, count: str, salt: int, days: int, arrival: str) -> str:
+    """A row's time in the last `days`: with arrival "time" row n arrives in time order (ids follow
+    time, give or take one row's slot), as ingestion appends; "random" scatters times over the ids."""
+    if arrival == "time":
+        share = f"(({count} - {n} + bench_u({n}, {salt})) / {count})"
+        return f"CAST(:now AS timestamptz) - {share} * interval '{days} days'"
+    return f"CAST(:now AS timestamptz) - bench_u({n}, {salt}) * interval '{days} days'"
+
+
+def seed(url: str, members: int, orders: int, events: int, log=print, arrival: str = "time") -> dict[str, float]:
     engine = create_engine(url, isolation_level="AUTOCOMMIT")
     params = {"m": members, "o": orders, "e": events, "now": NOW}
     steps: dict[str, float] = {}
@@ -91,7 +100,7 @@ def seed(url: str, members: int, orders: int, events: int, log=print) -> dict[st
          "s.ids[1 + n % cardinality(s.ids)], (ARRAY['pos','miniapp','shop'])[1 + n % 3], "
          "CASE WHEN n % 33 = 0 THEN 'partially_refunded' ELSE 'paid' END, 'CNY', a, "
          "CASE WHEN n % 33 = 0 THEN a / 4 ELSE 0 END, "
-         "CAST(:now AS timestamptz) - bench_u(n, 12) * interval '730 days', '{}', now() "
+         f"{_when('n', 'CAST(:o AS float8)', 12, 730, arrival)}, '{{}}', now() "
          "FROM (SELECT n, 1000 + floor(bench_u(n, 13) * 50000)::bigint AS a FROM generate_series(1, :o) n) g, "
          f"{stores} s(ids)",
          "SELECT setval('orders_id_seq', :o)")
@@ -115,7 +124,7 @@ def seed(url: str, members: int, orders: int, events: int, log=print) -> dict[st
          "jsonb_build_object('category', "
          f"({cats})[1 + CASE WHEN bench_u(n, 33) < 0.6 THEN mid % 12 ELSE floor(bench_u(n, 34) * 12)::int END]) "
          "FROM (SELECT n, 1 + floor(:m * 0.9 * power(bench_u(n, 31), 1.5))::bigint AS mid, bench_u(n, 32) AS k, "
-         "CAST(:now AS timestamptz) - bench_u(n, 35) * interval '365 days' AS t "
+         f"{_when('n', 'CAST(:e AS float8)', 35, 365, arrival)} AS t "
          f"FROM generate_series(1, :e) n) g, {stores} s(ids)",
          "SELECT setval('events_id_seq', greatest(:e, 1))")
     step("indexes", *(c for _, c in rebuild))
@@ -335,6 +344,10 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the database (its name is printed)")
     ap.add_argument("--explain", action="store_true", help="print EXPLAIN ANALYZE of the previews' counts")
     ap.add_argument("--database", help="reuse this kept, seeded database (no seeding, no drop)")
+    ap.add_argument("--arrival", choices=("time", "random"), default="time",
+                    help="orders and events stored in time order, as ingestion appends them (default), or with "
+                         "times scattered over the ids (the earlier, pessimistic seed)")
+    ap.add_argument("--previews-only", action="store_true", help="skip the two refresh passes")
     args = ap.parse_args()
     if args.database:
         name, url = args.database, points_seed.PG.rsplit("/", 1)[0] + "/" + args.database
@@ -345,7 +358,7 @@ def main() -> None:
     try:
         t = time.perf_counter()
         if not args.database:
-            seed(url, args.members, args.orders, args.events)
+            seed(url, args.members, args.orders, args.events, arrival=args.arrival)
         print(f"seeded in {time.perf_counter() - t:.0f} s; load {points_seed.loadavg()}")
         os.environ["ORCHARD_DATABASE_URL"] = url
         from orchard import db
@@ -353,11 +366,13 @@ def main() -> None:
         db.reset_caches()
         if not args.database:
             define_all()
-        first = run_refresh(NOW, "refresh.run, first pass (everyone placed)")
-        second = run_refresh(NOW + dt.timedelta(days=1), "refresh.run, next day (steady state)")
+        first = second = {"total": float("nan")}
+        if not args.previews_only:
+            first = run_refresh(NOW, "refresh.run, first pass (everyone placed)")
+            second = run_refresh(NOW + dt.timedelta(days=1), "refresh.run, next day (steady state)")
         previews = run_previews(NOW + dt.timedelta(days=1), args.explain)
-        print(f"\nsummary: first refresh {first['total']:.1f} s, next-day refresh {second['total']:.1f} s, "
-              "previews " + ", ".join(f"{ms:.0f} ms" for _, ms, _ in previews)
+        print(f"\nsummary ({args.arrival} arrival): first refresh {first['total']:.1f} s, next-day refresh "
+              f"{second['total']:.1f} s, previews " + ", ".join(f"{ms:.0f} ms" for _, ms, _ in previews)
               + f"; load {points_seed.loadavg()}")
         print("sizes: " + sizes(url))
     finally:
