@@ -214,14 +214,16 @@ async def _execute(pool: psycopg_pool.AsyncConnectionPool, call: dict[str, Any])
                 return {"status": "retry", "detail": exc.diag.message_detail}
             raise
         except psycopg.OperationalError as exc:
-            # A broken connection (server restart, network): the pool drops it; the spend is idempotent.
-            if attempt == 2 or not _broken(exc):
+            # A broken connection (the pool drops it) or a deadlock victim: the spend is idempotent.
+            if attempt == 2 or not _retryable(exc):
                 raise
-            log.warning("points spend: connection lost (%s); sending the call again", exc)
+            log.warning("points spend: %s; sending the call again", exc)
     raise AssertionError("unreachable")
 
 
-def _broken(exc: psycopg.OperationalError) -> bool:
+def _retryable(exc: psycopg.OperationalError) -> bool:
+    """Everything but a cancelled statement (statement_timeout) or a lock timeout, which would only
+    wait as long again."""
     return not isinstance(exc, psycopg.errors.QueryCanceled | psycopg.errors.LockNotAvailable)
 
 
