@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI
 
 from orchard import __version__
@@ -9,7 +12,8 @@ from orchard.api import api_router
 from orchard.docs_ui import install_docs
 from orchard.errors import install_handlers
 from orchard.idempotency.middleware import IdempotencyMiddleware
-from orchard.imports.jobs import lifespan
+from orchard.imports.jobs import lifespan as jobs_lifespan
+from orchard.loyalty import spend_pg
 from orchard.messaging.links import router as links_router
 from orchard.tracking.endpoints import router as tracking_router
 
@@ -20,6 +24,13 @@ DESCRIPTION = """Orchard 会员运营 CRM 的开放接口。
 写操作支持 `Idempotency-Key` 头。文件导入（`POST /api/v1/imports`）在后台运行，轮询任务状态即可。"""
 
 
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """The thin spend path's connection pool (PostgreSQL), then the import worker and the scheduler."""
+    async with spend_pg.pool_for(app), jobs_lifespan(app):
+        yield
+
+
 def create_app() -> FastAPI:
     app = FastAPI(title="Orchard", version=__version__, description=DESCRIPTION, docs_url=None, redoc_url=None,
                   openapi_url="/openapi.json", lifespan=lifespan)
@@ -28,6 +39,7 @@ def create_app() -> FastAPI:
     app.include_router(tracking_router)
     app.include_router(links_router)
     install_docs(app)
+    spend_pg.install(app)  # inside the Idempotency-Key middleware: keyed spends are recorded as before
     app.add_middleware(IdempotencyMiddleware)
 
     @app.get("/healthz", include_in_schema=False)

@@ -47,7 +47,11 @@ def db_downgrade(revision: str) -> None:
 
 @app.command()
 def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
-          scheduler: Annotated[bool, typer.Option(help="run the periodic jobs in this server")] = True) -> None:
+          scheduler: Annotated[bool, typer.Option(help="run the periodic jobs in this server")] = True,
+          http: Annotated[str, typer.Option(help="uvicorn's HTTP parser: auto (httptools when installed) or h11")]
+          = "auto",
+          loop: Annotated[str, typer.Option(help="uvicorn's event loop: auto (uvloop when installed) or asyncio")]
+          = "auto") -> None:
     """Serve the API (and docs at /docs), with the scheduler of periodic jobs (segment sweeps every
     10 s, due segment refreshes, nightly `orchard refresh`, points and coupon expiry, tiers)."""
     import uvicorn
@@ -56,7 +60,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
 
     os.environ["ORCHARD_SCHEDULER"] = "true" if scheduler else "false"
     get_settings.cache_clear()
-    uvicorn.run("orchard.app:create_app", factory=True, host=host, port=port, workers=workers)
+    uvicorn.run("orchard.app:create_app", factory=True, host=host, port=port, workers=workers, http=http, loop=loop)
 
 
 @users_app.command("create")

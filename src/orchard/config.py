@@ -57,6 +57,16 @@ class Settings(BaseSettings):
     #: provider gets the same idempotency id. Keep it well above the slowest provider call
     #: (`channels_http_timeout`); tests shorten it so a crash test need not wait five minutes.
     outbox_claim_seconds: int = Field(300, ge=1, le=24 * 3600)
+    #: On PostgreSQL, `POST …/points/spend` takes the one-round-trip path (loyalty.spend_pg: an async route on
+    #: its own connection pool calling a PL/pgSQL function); off: every spend goes through the service path,
+    #: as on SQLite (the reference the thin path is tested against).
+    points_spend_fast_path: bool = True
+    #: Connections of that path's pool, per server process. The function holds the member's account lock
+    #: for well under a millisecond, so a few connections per core keep the database busy.
+    points_spend_pool_size: int = Field(10, ge=1, le=200)
+    #: Seconds a spend waits for a free connection before it is a 503 (server.busy, Retry-After), as the
+    #: service path's pool does.
+    points_spend_pool_timeout: float = Field(30.0, gt=0, le=600)
 
     # ---- Channel providers (orchard.channels.providers builds those that are configured) -----------------------
     #: Channel name → provider, e.g. "sms=aliyun,email=smtp"; a channel not listed uses its only configured

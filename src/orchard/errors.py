@@ -97,6 +97,24 @@ def problem_response(status: int, body: dict[str, Any], headers: dict[str, str] 
     return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
 
 
+def orchard_problem(req: Request, exc: OrchardError) -> JSONResponse:
+    """The response for a business error (the handler's, and the thin spend path's, which runs outside
+    the exception middleware)."""
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+    if "retry_after" in exc.extra:
+        headers = {"Retry-After": str(exc.extra["retry_after"])}
+    return problem_response(exc.status_code, exc.to_problem(), headers, req)
+
+
+def busy_problem(req: Request, exc: Exception) -> JSONResponse:
+    """Every database connection stayed busy past the pool's wait: overload, not a fault. A 503 with
+    Retry-After tells a POS or an integration to back off and retry (idempotently)."""
+    log.warning("database connection pool exhausted: %s", exc)
+    body = {"type": "https://orchard.dev/problems/server.busy", "title": "服务繁忙", "status": 503,
+            "detail": "the server is busy; retry shortly", "code": "server.busy"}
+    return problem_response(503, body, {"Retry-After": "2"}, req)
+
+
 def _loc_to_field(loc: tuple | list) -> str:
     parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
     return ".".join(parts) or (str(loc[0]) if loc else "")
@@ -117,10 +135,7 @@ def validation_errors(exc_errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(OrchardError)
     async def _orchard(req: Request, exc: OrchardError):
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
-        if "retry_after" in exc.extra:
-            headers = {"Retry-After": str(exc.extra["retry_after"])}
-        return problem_response(exc.status_code, exc.to_problem(), headers, req)
+        return orchard_problem(req, exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(req: Request, exc: RequestValidationError):
@@ -139,12 +154,7 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(PoolTimeout)
     async def _busy(req: Request, exc: PoolTimeout):
-        # Every database connection stayed busy past the pool's wait: overload, not a fault. A 503
-        # with Retry-After tells a POS or an integration to back off and retry (idempotently).
-        log.warning("database connection pool exhausted: %s", exc)
-        body = {"type": "https://orchard.dev/problems/server.busy", "title": "服务繁忙", "status": 503,
-                "detail": "the server is busy; retry shortly", "code": "server.busy"}
-        return problem_response(503, body, {"Retry-After": "2"}, req)
+        return busy_problem(req, exc)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(req: Request, exc: StarletteHTTPException):
