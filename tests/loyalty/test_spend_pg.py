@@ -1,4 +1,4 @@
-"""The thin spend path on PostgreSQL (loyalty.spend_pg + the orchard_points_spend() function, migration 0014).
+"""The thin spend path on PostgreSQL (loyalty.spend_pg + the orchard_points_spend() function, migration 0015).
 
 The service path (`loyalty.endpoints.spend` → `ledger.post`) is the reference: the same sequence of
 requests — spends across several lots expiring on different dates, pending and expired lots, replays, an

@@ -4,7 +4,7 @@ Why: through FastAPI's dependency solving, SQLAlchemy and four thread hand-offs 
 server CPU and 14 SQL statements (docs/benchmarks.md, "Single redemptions over HTTP"); 500 spends/s on
 two shared cores leaves ~2 ms. Here an ASGI middleware in front of the router parses and validates
 the request itself (`SpendIn`, the same model), takes a connection from an async psycopg pool opened
-in the app's lifespan (no pre-ping, no thread) and calls `orchard_points_spend()` (migration 0014),
+in the app's lifespan (no pre-ping, no thread) and calls `orchard_points_spend()` (migration 0015),
 which checks the credential, the permission, the member's scope and the store code and does the whole
 ledger work in the same statement. The route answers from the one row it returns, with the errors
 of `orchard.errors` and the response model of the service path, so clients see no difference.

@@ -1,7 +1,7 @@
 """orchard_points_spend(): a point redemption in one round trip on PostgreSQL (loyalty.spend_pg)
 
-Revision ID: 0014
-Revises: 0012
+Revision ID: 0015
+Revises: 0014
 Create Date: 2026-11-26 10:00:00
 
 The thin HTTP path for `POST /api/v1/members/{id}/points/spend` calls this function once per request:
@@ -20,8 +20,8 @@ rows (the expiry columns of another branch, say) needs a new revision with CREAT
 """
 from alembic import op
 
-revision = '0014'
-down_revision = '0012'
+revision = '0015'
+down_revision = '0014'
 branch_labels = None
 depends_on = None
 
