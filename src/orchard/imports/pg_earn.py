@@ -135,6 +135,7 @@ class BatchEarning:
         self.levels: dict[int, _Level] = {}
         self.base_code: str | None = None
         self.zone = tenant_zone()
+        self.bounds: dict[tuple[str, dt.date], tuple[dt.date, dt.date]] = {}
 
     # ---- before the orders are written --------------------------------------------------------------
 
@@ -286,15 +287,25 @@ class BatchEarning:
         return self.base_code
 
     def _used(self, st: _Member, target: str):
+        """`earning.caps_used` over the member's in-memory day sums."""
         def used(rule_id: int, period: str, at: dt.datetime) -> int:
             key = (target, rule_id)
             if period == "lifetime":
                 return st.life.get(key, 0)
-            start = period_start(period, at)
-            lo = start.astimezone(self.zone).date()
-            hi = period_end(period, start).astimezone(self.zone).date()
+            lo, hi = self._bounds(period, at)
             return sum(v for d, v in st.days.get(key, {}).items() if lo <= d < hi)
         return used
+
+    def _bounds(self, period: str, at: dt.datetime) -> tuple[dt.date, dt.date]:
+        """The tenant-zone days [lo, hi) of the period holding `at` (remembered: most orders of a
+        batch share their days, and the zone arithmetic cost more than the rules)."""
+        day = at.astimezone(self.zone).date()
+        key = (period, day)
+        if (found := self.bounds.get(key)) is None:
+            start = period_start(period, at)
+            found = self.bounds[key] = (start.astimezone(self.zone).date(),
+                                        period_end(period, start).astimezone(self.zone).date())
+        return found
 
     def _count(self, st: _Member, target: str, rule_id: int, at: dt.datetime, amount: int) -> None:
         key = (target, rule_id)
