@@ -193,7 +193,8 @@ import_app = typer.Typer(help="导入 / import CSV or XLSX (UTF-8, UTF-8 with BO
 app.add_typer(import_app, name="import")
 
 
-def _run_import(kind: str, file: Path, source: str, report: Path | None, batch_size: int | None) -> None:
+def _run_import(kind: str, file: Path, source: str, report: Path | None, batch_size: int | None,
+                earn: bool = False) -> None:
     """Per-row problems go to the error report; the exit code is non-zero only when the file
     itself cannot be read."""
     from rich.progress import Progress, ProgressColumn, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -211,7 +212,7 @@ def _run_import(kind: str, file: Path, source: str, report: Path | None, batch_s
                       RowsPerSecond(), TimeElapsedColumn(), console=err, transient=False) as bar:
             task = bar.add_task(f"导入 import {kind}", total=None)
             result = run_import(kind, file, source=source, report_path=report, batch_size=batch_size,
-                                progress=lambda n: bar.advance(task, n))
+                                progress=lambda n: bar.advance(task, n), earn=earn)
     except FileUnreadable as exc:
         err.print(f"[red]无法读取文件 / cannot read the file:[/red] {exc}")
         raise typer.Exit(2) from None
@@ -227,11 +228,15 @@ def _run_import(kind: str, file: Path, source: str, report: Path | None, batch_s
 
 @import_app.command("orders")
 def import_orders(file: Path, source: str = "import", report: Annotated[Path | None, typer.Option()] = None,
-                  batch_size: Annotated[int | None, typer.Option(min=1)] = None) -> None:
+                  batch_size: Annotated[int | None, typer.Option(min=1)] = None,
+                  earn: Annotated[bool, typer.Option(
+                      "--earn", help="订单按积分规则积分 / the orders this import creates earn points, growth value "
+                                     "and tier upgrades as if sent to the API (a POS's nightly file); without it an "
+                                     "import loads history and earns nothing")] = False) -> None:
     """Import orders: order_id, member_phone | member_external_id | member_card_no, paid_at, amount | amount_fen,
     store_code, channel, and per line sku, product_name, category, quantity, unit_price, line_amount, line_no: one row
     per order line, consecutive rows of an order id forming one order (订单号, 手机号, 金额, 单价, 行金额 … work)."""
-    _run_import("orders", file, source, report, batch_size)
+    _run_import("orders", file, source, report, batch_size, earn)
 
 
 @import_app.command("members")

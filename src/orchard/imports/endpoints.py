@@ -59,7 +59,13 @@ _UPLOAD_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {"m
             "source": {"type": "string", "minLength": 1, "maxLength": 64, "pattern": r"^[A-Za-z0-9_.:\-]+$",
                        "default": "import",
                        "description": "source of the imported orders, refunds and events (part of their "
-                                      "idempotency key, as `--source` on the command line)"}}}}}}}
+                                      "idempotency key, as `--source` on the command line)"},
+            "earn": {"type": "boolean", "default": False,
+                     "description": "orders only: the orders this import creates earn points, growth value and "
+                                    "tier upgrades by the earning rules, as if sent to `POST /api/v1/orders` (a "
+                                    "POS's nightly file), as `--earn` on the command line; orders already stored "
+                                    "(a re-upload) earn nothing again. Without it an import loads history and "
+                                    "earns nothing"}}}}}}}
 _UPLOAD_RESPONSES: dict[int | str, dict[str, Any]] = {
     202: {"description": "The job, queued (or already running)",
           "headers": {"Location": {"description": "the job's URL, /api/v1/imports/{id}",
@@ -67,7 +73,8 @@ _UPLOAD_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"description": "the body is not valid multipart/form-data (or was cut short)", "content": _PROBLEM},
     413: {"description": "the file is larger than ORCHARD_UPLOAD_MAX_BYTES (2 GB by default)", "content": _PROBLEM},
     415: {"description": "the body is not multipart/form-data", "content": _PROBLEM},
-    422: {"description": "kind, file or source missing or invalid, or an unknown field", "content": _PROBLEM},
+    422: {"description": "kind, file, source or earn missing or invalid (earn with a kind other than orders), or an "
+                         "unknown field", "content": _PROBLEM},
 }
 
 

@@ -85,14 +85,16 @@ def _relative(path: Path) -> str:
 
 def create(session: Session, *, principal: Principal, upload: Upload) -> ImportJob:
     """The queued job for a stored upload, and its audit row, in the caller's transaction."""
-    job = ImportJob(kind=upload.kind, status="queued", source=upload.source, file_name=upload.file_name,
+    job = ImportJob(kind=upload.kind, status="queued", source=upload.source, earn=upload.earn,
+                    file_name=upload.file_name,
                     file_path=_relative(upload.path), size_bytes=upload.size, sha256=upload.sha256,
                     rows_processed=0, created=0, unchanged=0, updated=0, errors=0, warnings=0, unknown_columns=[],
                     created_by=principal.actor)
     session.add(job)
     session.flush()
     audit.record(session, actor=principal.actor, action="import.uploaded", entity="import_job", entity_id=job.id,
-                 data={"kind": upload.kind, "source": upload.source, "file_name": upload.file_name,
+                 data={"kind": upload.kind, "source": upload.source, "earn": upload.earn,
+                       "file_name": upload.file_name,
                        "size_bytes": upload.size, "sha256": upload.sha256})
     session.flush()
     return job
@@ -197,7 +199,7 @@ def run_job(job_id: int, *, worker_id: str, stop: threading.Event | None = None)
     beat.start()
     try:
         result = run_import(job.kind, upload, source=job.source, report_path=report, batch_size=BATCH_SIZE,
-                            progress=progress)
+                            progress=progress, earn=job.earn)
     except FileUnreadable as exc:
         _finish(job_id, worker_id, report, status="failed", error_code=UNREADABLE, error_detail=str(exc))
     except _Interrupted:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import BigInteger, CheckConstraint, Index, String, Text
+from sqlalchemy import BigInteger, Boolean, CheckConstraint, Index, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from orchard.db import Base, BigId, Json, UTCDateTime
@@ -32,6 +32,8 @@ class ImportJob(Base):
     #: Where the upload is kept, relative to ORCHARD_DATA_DIR.
     file_path: Mapped[str] = mapped_column(String(500))
     size_bytes: Mapped[int] = mapped_column(BigInteger)
+    #: Orders only: the orders the import creates earn points (`orchard import orders --earn`).
+    earn: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
     sha256: Mapped[str] = mapped_column(String(64))
     #: Rows read so far: advanced after every committed batch, set to the total at the end.
     rows_processed: Mapped[int] = mapped_column(BigInteger, default=0)

@@ -30,6 +30,11 @@ FastWriter = Callable[[Session, list[tuple[int, dict[str, Any]]], str],
 SlowWriter = Callable[[Session, dict[str, Any], str], RowOutcome]
 
 
+class Redo(Exception):
+    """The fast path met something only the per-row path decides (e.g. an order earning more than a
+    points entry may hold): the whole batch runs on the per-row path, as after a unique-key race."""
+
+
 class Clusters:
     def __init__(self) -> None:
         self.parent: dict[Any, Any] = {}
@@ -57,11 +62,12 @@ def copy_rows(session: Session, table: str, columns: list[str], rows: list[tuple
 def run_batch(session: Session, items: list[tuple[int, dict[str, Any]]], source: str, fast: FastWriter,
               slow: SlowWriter) -> dict[int, RowOutcome | OrchardError]:
     """The fast path for what it can take, the per-row path (`slow`) for the rest, in one transaction.
-    A unique-constraint race with a concurrent writer sends the whole batch down the per-row path."""
+    A unique-constraint race with a concurrent writer (or `Redo`) sends the whole batch down the
+    per-row path."""
     try:
         with session.begin_nested():
             outcome, slow_rows = fast(session, items, source)
-    except IntegrityError:
+    except (IntegrityError, Redo):
         outcome, slow_rows = {}, [i for i, _ in items]
     by_index = dict(items)
     for i in slow_rows:

@@ -17,6 +17,10 @@ and hands the rest back to the per-row path:
    inserted for new members and moved in one `UPDATE … FROM` for known ones.
 A unique-constraint race with a concurrent writer raises IntegrityError; the caller then redoes the
 batch on the per-row path (tests/imports/test_pg_orders.py holds the paths equal).
+
+With `earn` (`orchard import orders --earn`) the created orders also earn, through
+`imports.pg_earn` in the same transaction; a member any of whose rows goes to the per-row path goes
+there whole, so each member's orders earn in file order on one path (tests/imports/test_pg_earn.py).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from orchard.errors import Conflict
 from orchard.events.schemas import OrderIn
 from orchard.identity.resolve import owners_of
 from orchard.imports.pg_bulk import DIRTY, Clusters, RowOutcome, copy_rows
+from orchard.imports.pg_earn import BatchEarning
 from orchard.kit.clock import utcnow
 from orchard.kit.hashing import fingerprint
 
@@ -76,10 +81,10 @@ _STAGING = (
 )
 
 
-def write_orders(session: Session, items: list[tuple[int, dict[str, Any]]], source: str
+def write_orders(session: Session, items: list[tuple[int, dict[str, Any]]], source: str, *, earn: bool = False
                  ) -> tuple[dict[int, RowOutcome | Conflict], list[int]]:
     """items: (index, clean row) in file order. Returns ({index: (status, None) | Conflict},
-    indexes to run on the per-row path, in file order)."""
+    indexes to run on the per-row path, in file order). `earn`: created orders earn points."""
     outcome: dict[int, RowOutcome | Conflict] = {}
     slow: set[int] = set()
     seen: set[str] = set()
@@ -135,6 +140,13 @@ def write_orders(session: Session, items: list[tuple[int, dict[str, Any]]], sour
             clusters.find(first)
     conflicted = {clusters.find(k) for k in bridged}
     owner_of = {clusters.find(("member", mid)): mid for mid in set(owners.values())}
+    earning = None
+    if earn:
+        conflicted |= _touched_by_slow_rows(session, clusters, [c for i, c in items if i in slow])
+        roots = {clusters.find(c["keys"][0]) for _, c in todo} - conflicted
+        earning = BatchEarning.start(session, {r: owner_of.get(r) for r in roots},
+                                     [c["paid_at"] for _, c in todo], utcnow())
+        conflicted |= earning.held
     number: dict[Any, int] = {}
     member_of: dict[int, int | None] = {}
     cluster_of: dict[int, int] = {}
@@ -168,7 +180,7 @@ def write_orders(session: Session, items: list[tuple[int, dict[str, Any]]], sour
                 ln["unit_price_fen"], ln["amount_fen"])
                for i, c in fast for pos, ln in enumerate(c["lines"], start=1)])
     session.execute(text("ANALYZE _imp_member, _imp_keys, _imp_orders, _imp_lines"))
-    now = utcnow()
+    now = earning.now if earning is not None else utcnow()
     params = {"src": source, "now": now}
     # New members for clusters without one: the first row in file order decides join time and store,
     # as on the per-row path; unknown keys are linked to the cluster's member.
@@ -217,6 +229,24 @@ def write_orders(session: Session, items: list[tuple[int, dict[str, Any]]], sour
         "FROM _imp_sums s WHERE NOT s.is_new AND a.member_id = s.member_id"))
     # Their segments re-check in real time (segments.dirty), in member-id order like every marker.
     session.execute(text(DIRTY.format(table="_imp_sums")), params)
+    if earning is not None:
+        earning.write(session, source, fast)
     for i, _ in fast:
         outcome[i] = ("created", None)
     return outcome, [i for i, _ in items if i in slow]
+
+
+def _touched_by_slow_rows(session: Session, clusters: Clusters, slow_rows: list[dict[str, Any]]) -> set[Any]:
+    """The identity clusters that share a member with a row going to the per-row path (a repeated
+    order id, an order a refund waits for): with earning they go there whole, so a member's orders
+    earn in file order (caps, tier upgrades) on one path."""
+    if not slow_rows:
+        return set()
+    keys = {k for c in slow_rows for k in c["keys"]}
+    owners = owners_of(session, keys)
+    touched = set()
+    for key in keys:
+        for node in (key, ("member", owners.get(key))):
+            if node in clusters.parent:
+                touched.add(clusters.find(node))
+    return touched

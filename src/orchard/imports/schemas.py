@@ -31,6 +31,8 @@ class ImportJobRead(BaseModel):
     kind: Kind
     status: Status = Field(description="queued → running → succeeded | failed")
     source: str = Field(description="source of the imported orders, refunds and events (idempotency key part)")
+    earn: bool = Field(description="orders only: the orders this import creates earn points, growth value and tier "
+                                   "upgrades by the earning rules, as if sent to the API")
     file_name: str = Field(description="the uploaded file's name, as the client sent it")
     size_bytes: int
     sha256: str = Field(description="SHA-256 of the uploaded file, hex")
@@ -56,7 +58,8 @@ class ImportJobRead(BaseModel):
         if job.error_code:
             zh, en = _MESSAGES.get(job.error_code, ("{detail}", "{detail}"))
             message = (en if english else zh).format(detail=job.error_detail or "")
-        return cls(id=job.id, kind=job.kind, status=job.status, source=job.source, file_name=job.file_name,
+        return cls(id=job.id, kind=job.kind, status=job.status, source=job.source, earn=job.earn,
+                   file_name=job.file_name,
                    size_bytes=job.size_bytes, sha256=job.sha256, rows_processed=job.rows_processed,
                    created=job.created, unchanged=job.unchanged, updated=job.updated, errors=job.errors,
                    warnings=job.warnings, unknown_columns=list(job.unknown_columns or []),

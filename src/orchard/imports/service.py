@@ -18,6 +18,7 @@ import csv
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -78,10 +79,15 @@ class _Report:
 
 
 def run_import(kind: str, path: Path, *, source: str = "import", report_path: Path | None = None,
-               batch_size: int | None = None, progress: Callable[[int], None] | None = None) -> ImportResult:
-    """Import `path`; raises FileUnreadable only when the file itself cannot be read."""
+               batch_size: int | None = None, progress: Callable[[int], None] | None = None,
+               earn: bool = False) -> ImportResult:
+    """Import `path`; raises FileUnreadable only when the file itself cannot be read. `earn` (orders
+    only): each order the import creates earns points, growth and tier upgrades as if it had been
+    sent to the API (`imports.pg_earn` on PostgreSQL); without it an import loads history."""
     if kind not in columns.KINDS:
         raise FileUnreadable(f"unknown import kind {kind!r}; use one of {', '.join(columns.KINDS)}")
+    if earn and kind != "orders":
+        raise ValueError("only orders earn on import")
     table = open_table(path)
     mapping, unknown = columns.map_headers(kind, table.headers)
     _check_required(kind, mapping)
@@ -95,10 +101,10 @@ def run_import(kind: str, path: Path, *, source: str = "import", report_path: Pa
     batches = _batches(_units(kind, table.rows, mapping), size)
     try:
         if fast:
-            _pipelined(kind, batches, mapping, stores, source, result, report, progress, threaded=postgres)
+            _pipelined(kind, batches, mapping, stores, source, result, report, progress, earn, threaded=postgres)
         else:
             for batch in batches:
-                _write_batch(kind, batch, mapping, stores, source, result, report)
+                _write_batch(kind, batch, mapping, stores, source, result, report, earn)
                 if progress:
                     progress(sum(len(unit.rows) for unit in batch))
     finally:
@@ -222,8 +228,8 @@ def _record(result: ImportResult, report: _Report, kind: str, unit: _Unit,
 
 
 def _write_batch(kind: str, batch: list[_Unit], mapping: dict[str, int], stores: dict[str, int],
-                 source: str, result: ImportResult, report: _Report) -> None:
-    write = _KINDS[kind][1]
+                 source: str, result: ImportResult, report: _Report, earn: bool = False) -> None:
+    write = _writers(kind, earn)[1]
     with transaction() as session:
         for unit in batch:
             result.rows += len(unit.rows)
@@ -262,7 +268,7 @@ class _Prepared:
 
 def _pipelined(kind: str, batches: Iterator[list[_Unit]], mapping: dict[str, int],
                stores: dict[str, int], source: str, result: ImportResult, report: _Report,
-               progress: Callable[[int], None] | None, *, threaded: bool = True) -> None:
+               progress: Callable[[int], None] | None, earn: bool = False, *, threaded: bool = True) -> None:
     """Orders and members on PostgreSQL: while one batch is written (COPY and set-based SQL,
     imports.pg_orders / pg_members) by a writer thread, the next is read and validated here — the
     database works on one core while Python validates on the other. Batches still commit one at a
@@ -278,7 +284,7 @@ def _pipelined(kind: str, batches: Iterator[list[_Unit]], mapping: dict[str, int
     if not threaded:
         for batch in batches:
             prepared = _prepare(kind, batch, mapping, stores, source, result, report)
-            finish(prepared, _store(kind, prepared, source))
+            finish(prepared, _store(kind, prepared, source, earn))
         return
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="orchard-import") as writer:
         pending: tuple[_Prepared, Future] | None = None
@@ -286,7 +292,7 @@ def _pipelined(kind: str, batches: Iterator[list[_Unit]], mapping: dict[str, int
             prepared = _prepare(kind, batch, mapping, stores, source, result, report)
             if pending is not None:
                 finish(pending[0], pending[1].result())
-            pending = prepared, writer.submit(_store, kind, prepared, source)
+            pending = prepared, writer.submit(_store, kind, prepared, source, earn)
         if pending is not None:
             finish(pending[0], pending[1].result())
 
@@ -308,18 +314,26 @@ def _prepare(kind: str, batch: list[_Unit], mapping: dict[str, int], stores: dic
     return prepared
 
 
-def _store(kind: str, prepared: _Prepared, source: str) -> dict[int, pg_bulk.RowOutcome | OrchardError]:
+def _store(kind: str, prepared: _Prepared, source: str,
+           earn: bool = False) -> dict[int, pg_bulk.RowOutcome | OrchardError]:
     with transaction() as session:
-        return pg_bulk.run_batch(session, prepared.items, source, _FAST[kind], _KINDS[kind][1])
+        return pg_bulk.run_batch(session, prepared.items, source, *_writers(kind, earn))
 
 
-def _order(session: Session, clean: dict[str, Any], source: str) -> tuple[str, str | None]:
+def _writers(kind: str, earn: bool) -> tuple[Any, Callable[..., tuple[str, str | None]]]:
+    """(fast batch writer or None, per-row writer) of a kind; with `earn`, the orders' earning ones."""
+    if earn:
+        return partial(pg_orders.write_orders, earn=True), partial(_order, earn=True)
+    return _FAST.get(kind), _KINDS[kind][1]
+
+
+def _order(session: Session, clean: dict[str, Any], source: str, earn: bool = False) -> tuple[str, str | None]:
     try:
         data = pg_orders.order_model(clean, source)
     except ValidationError as exc:  # the row validators catch all of this first; never a crash if not
         errors = validation_errors(list(exc.errors()))
         raise InvalidInput(errors[0]["reason"], errors=errors) from None
-    outcome = ingest.ingest(session, principal=SYSTEM, kind="order", data=data, earn=False)
+    outcome = ingest.ingest(session, principal=SYSTEM, kind="order", data=data, earn=earn)
     return ("created" if outcome.status == "created" else "unchanged"), None
 
 

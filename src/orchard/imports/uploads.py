@@ -1,13 +1,14 @@
 """The body of `POST /api/v1/imports`: multipart/form-data with `kind`, `file` and optionally
-`source`, parsed as it arrives (python-multipart's streaming parser) with the file written straight
-to `ORCHARD_DATA_DIR/imports/<token>/upload.csv|xlsx` — never held in memory, never copied from a
-temporary file. File bytes are hashed (SHA-256) and written in a worker thread, so the event loop
-only parses.
+`source` and `earn` (orders only: true/false), parsed as it arrives (python-multipart's streaming
+parser) with the file written straight to `ORCHARD_DATA_DIR/imports/<token>/upload.csv|xlsx` —
+never held in memory, never copied from a temporary file. File bytes are hashed (SHA-256) and
+written in a worker thread, so the event loop only parses.
 
 Every refusal is a problem response naming the field: 415 (not multipart), 400 (malformed or
-truncated multipart), 413 (file over ORCHARD_UPLOAD_MAX_BYTES), 422 (kind, source or file missing
-or invalid, an unknown or repeated field). `kind` and `source` are checked as soon as their part
-ends, so a bad kind sent before the file stops the upload there. Anything refused leaves no file.
+truncated multipart), 413 (file over ORCHARD_UPLOAD_MAX_BYTES), 422 (kind, source, earn or file
+missing or invalid, earn with a kind other than orders, an unknown or repeated field). `kind`,
+`source` and `earn` are checked as soon as their part ends, so a bad kind sent before the file
+stops the upload there. Anything refused leaves no file.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ FIELD_MAX = 1024
 #: File bytes are handed to the writer thread in pieces of about this size.
 FLUSH_BYTES = 1024 * 1024
 MAX_PARTS = 8
-FIELDS = ("kind", "file", "source")
+FIELDS = ("kind", "file", "source", "earn")
 SOURCE = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
 SUFFIXES = (".csv", ".txt", ".xlsx")
 
@@ -67,6 +68,7 @@ class Upload:
     size: int
     sha256: str
     path: Path  # the stored file; its directory belongs to this upload alone
+    earn: bool = False
 
     def discard(self) -> None:
         shutil.rmtree(self.path.parent, ignore_errors=True)
@@ -102,6 +104,13 @@ def check_kind(value: str) -> str:
     return value
 
 
+def check_earn(value: str) -> bool:
+    value = value.strip().lower()
+    if value not in ("true", "false", "1", "0"):
+        raise InvalidInput.field("earn", "true or false")
+    return value in ("true", "1")
+
+
 def check_source(value: str) -> str:
     value = value.strip()
     if not SOURCE.match(value):
@@ -115,7 +124,7 @@ class _Form:
     `pending` for the writer thread."""
 
     limit: int
-    values: dict[str, str] = field(default_factory=dict)
+    values: dict[str, Any] = field(default_factory=dict)
     seen: set[str] = field(default_factory=set)
     file_name: str | None = None
     size: int = 0
@@ -157,7 +166,8 @@ class _Form:
             raise _malformed("a part has no Content-Disposition name")
         name = _header_text(options[b"name"])
         if name not in FIELDS:
-            raise InvalidInput.field(name[:64] or "body", "unknown field; send kind, file and optionally source")
+            raise InvalidInput.field(name[:64] or "body", "unknown field; send kind, file and optionally source "
+                                                          "and earn")
         if name in self.seen:
             raise InvalidInput.field(name, "sent more than once")
         self.seen.add(name)
@@ -183,17 +193,20 @@ class _Form:
             self._text += chunk
 
     def on_part_end(self) -> None:
-        if self._part in ("kind", "source"):
+        if self._part in ("kind", "source", "earn"):
             try:
                 value = self._text.decode("utf-8")
             except UnicodeDecodeError:
                 raise InvalidInput.field(self._part, "not UTF-8 text") from None
-            self.values[self._part] = (check_kind if self._part == "kind" else check_source)(value)
+            self.values[self._part] = _CHECKS[self._part](value)
 
     def take(self) -> bytes:
         data = b"".join(self.pending)
         self.pending, self.pending_size = [], 0
         return data
+
+
+_CHECKS = {"kind": check_kind, "source": check_source, "earn": check_earn}
 
 
 def _write(fh: BinaryIO, digest: Any, data: bytes) -> None:
@@ -246,6 +259,8 @@ async def receive(request: Request) -> Upload:
         await to_thread.run_sync(fh.close)
 
         errors = [{"field": name, "reason": "required"} for name in ("kind", "file") if name not in form.seen]
+        if form.values.get("earn") and form.values.get("kind", "orders") != "orders":
+            errors.append({"field": "earn", "reason": "only an orders import earns points"})
         if form.file_name is not None and form.size == 0:
             errors.append({"field": "file", "reason": "the file is empty"})
         if errors:
@@ -253,7 +268,8 @@ async def receive(request: Request) -> Upload:
         stored = directory / ("upload.xlsx" if Path(form.file_name or "").suffix.lower() == ".xlsx" else "upload.csv")
         await to_thread.run_sync(part.rename, stored)
         return Upload(kind=form.values["kind"], source=form.values.get("source", "import"),
-                      file_name=form.file_name or "upload", size=form.size, sha256=digest.hexdigest(), path=stored)
+                      file_name=form.file_name or "upload", size=form.size, sha256=digest.hexdigest(), path=stored,
+                      earn=form.values.get("earn", False))
     except BaseException:
         fh.close()
         shutil.rmtree(directory, ignore_errors=True)

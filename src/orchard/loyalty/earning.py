@@ -13,8 +13,10 @@ to the order. A refund that arrives before its order is applied when the order a
 order has earned, so it reverses too.
 
 Orders whose points would already have expired (history loaded late) earn nothing. Bulk imports
-load history and do not earn (`ingest(earn=False)`); refunds reverse whatever the order earned,
-however they arrive.
+load history and do not earn (`ingest(earn=False)`) unless asked to (`orchard import orders --earn`,
+the `earn` field of an HTTP import: the per-row path passes earn=True, PostgreSQL's bulk path
+reproduces this module in `imports.pg_earn`); refunds reverse whatever the order earned, however
+they arrive.
 """
 
 from __future__ import annotations
