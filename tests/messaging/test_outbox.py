@@ -149,7 +149,7 @@ def test_transient_errors_retry_with_backoff_then_dead_and_resend(world):
         now = m.next_attempt_at
     assert (m.status, m.reason, m.attempts) == ("dead", "provider.retries_exhausted", outbox.MAX_ATTEMPTS)
     with db.transaction() as s:
-        outbox.resend(s, message_id=m.id, actor="ops")
+        outbox.resend(s, message_id=m.id, actor="ops", now=now)
     outbox.dispatch({"sms": rec}, now=now)
     with db.transaction(readonly=True) as s:
         assert s.get(Message, m.id).status == "sent"

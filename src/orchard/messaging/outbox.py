@@ -488,6 +488,7 @@ def dispatch(providers: Mapping[str, Provider], *, limit: int = 200, now: dt.dat
     """
     me = me or _me()
     now = now or utcnow()
+    started = time.monotonic()
     stats = DispatchStats()
     with db.transaction() as session:
         ids = claim(session, limit=limit, now=now, me=me)
@@ -512,8 +513,11 @@ def dispatch(providers: Mapping[str, Provider], *, limit: int = 200, now: dt.dat
     sent = dict(zip((job[0].id for job in to_send), _send_all(to_send, rate, concurrency), strict=True))
     if jobs:
         with db.transaction() as session:
+            # Sent and retry times on the dispatch's own clock (`now` plus what the sends took), so a
+            # dispatch run at a given instant (a test, a replay) records times consistent with it.
             _record(session, [(message, early.get(message.id) or sent[message.id], provider.name if provider else None)
-                              for message, provider, _ in jobs], me, stats)
+                              for message, provider, _ in jobs], me, stats,
+                    now=now + dt.timedelta(seconds=time.monotonic() - started))
     return stats
 
 
@@ -595,14 +599,13 @@ def _outcome(result: Any) -> Outcome:
 
 
 def _record(session: Session, results: list[tuple[Message, Outcome, str | None]], me: str,
-            stats: DispatchStats) -> None:
+            stats: DispatchStats, *, now: dt.datetime) -> None:
     """Record a batch's outcomes: one UPDATE statement per kind of outcome, only for the messages we
     still hold (locked first, in id order) — the rest had their claim expire during the sends and
     belong to another worker now, which sends them again with the same keys."""
     ours = dict(session.execute(select(Message.id, Message.status).where(
         db.one_of(session, Message.id, [message.id for message, _, _ in results]), Message.locked_by == me)
         .order_by(Message.id).with_for_update()).tuples().all())
-    now = utcnow()
     sent, failed, retried = [], [], []
     for message, outcome, provider in results:
         if message.id not in ours:
@@ -665,8 +668,8 @@ def _update_each(session: Session, me: str, rows: list[dict[str, Any]]) -> None:
     session.execute(stmt, [{f"m_{k}": v for k, v in row.items()} for row in rows])
 
 
-def resend(session: Session, *, message_id: int, actor: str) -> Message:
-    """Put a failed or dead message back in the queue (the dead-letter list's manual resend)."""
+def resend(session: Session, *, message_id: int, actor: str, now: dt.datetime | None = None) -> Message:
+    """Put a failed or dead message back in the queue (the dead-letter list's manual resend), due `now`."""
     message = session.get(Message, message_id, with_for_update=True)
     if message is None:
         raise NotFound("message not found", code="message.not_found")
@@ -674,7 +677,7 @@ def resend(session: Session, *, message_id: int, actor: str) -> Message:
         raise InvalidInput.field("status", f"only failed or dead messages are resent (this one is {message.status})")
     if message.reason == "template.variable":
         raise InvalidInput.field("reason", "the template could not be rendered for this member; fix and re-decide")
-    message.status, message.attempts, message.next_attempt_at = "queued", 0, utcnow()
+    message.status, message.attempts, message.next_attempt_at = "queued", 0, now or utcnow()
     message.reason = message.detail = None
     record(session, actor=actor, action="message.resend", entity="message", entity_id=message.id, data={})
     session.flush()
