@@ -147,6 +147,30 @@ def table_stats(url: str) -> str:
                      f"(of {max(r, 0):,.0f})" for n, u, h, m, r in rows)
 
 
+def spendable_probe(url: str, members: int, n: int = 2000) -> str:
+    """The spendable-lots query a spend runs (ledger.spendable), for `n` members drawn at random after
+    the pass: mean ms and the plan's shape (it must stay an index range scan on (member_id, expires_at))."""
+    import random
+
+    from sqlalchemy.dialects import postgresql
+
+    from orchard.kit.clock import utcnow
+    from orchard.loyalty.ledger import spendable
+
+    engine = create_engine(url)
+    now = utcnow()
+    with engine.connect() as c:
+        sql = str(spendable(1, now).compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True}))
+        plan = " / ".join(r[0].strip() for r in c.execute(text("EXPLAIN " + sql)) if "Scan" in r[0])
+        rng = random.Random(7)
+        t = time.perf_counter()
+        for _ in range(n):
+            c.execute(spendable(rng.randint(1, members), now)).all()
+        ms = (time.perf_counter() - t) * 1000 / n
+    engine.dispose()
+    return f"{ms:.2f} ms per member ({n:,} members, one connection); plan: {plan}"
+
+
 class BackendCpu:
     """Samples the CPU of the PostgreSQL backends whose application_name is `app` (a child `orchard`
     process sets it through PGAPPNAME) until stopped: the database's side of a CLI run. The last
@@ -203,7 +227,7 @@ def main() -> None:
     ap.add_argument("--no-checks", action="store_true", help="do not time each verify check alone")
     ap.add_argument("--check-timeout", type=float, default=600, help="seconds before a verify check is cancelled")
     ap.add_argument("--lots-fillfactor", type=int, default=None,
-                    help="override points_lots' fillfactor before seeding (default: the migration's, 70)")
+                    help="override points_lots' fillfactor before seeding (default: the migration's, 50)")
     ap.add_argument("--keep", action="store_true", help="keep the database (its name is printed)")
     args = ap.parse_args()
     print(f"{os.cpu_count()} CPUs; load average {loadavg()} (1/5/15 min)")
@@ -222,6 +246,7 @@ def main() -> None:
             print(f"pass (orchard points expire): {s:.1f} s wall, peak RSS {mb:.0f} MB; CPU: PostgreSQL backend "
                   f"{db_cpu:.1f} s, CLI process {own:.1f} s; load {before} → {loadavg()}: {out.strip()}")
         print(f"table counters after the pass: {table_stats(url)}")
+        print(f"spendable lots after the pass: {spendable_probe(url, args.members)}; load {loadavg()}")
         s, mb, own, db_cpu, out = cli_with_cpu(url, env, "points", "expire")
         print(f"second pass: {s:.1f} s, peak RSS {mb:.0f} MB, backend CPU {db_cpu:.1f} s; load {loadavg()}: "
               f"{out.strip()}")

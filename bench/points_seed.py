@@ -70,7 +70,7 @@ def seeder(engine, params: dict, log=print, steps: dict[str, float] | None = Non
 def seed(url: str, members: int, lots: int, expired_share: float, fillfactor: int | None = None,
          log=print) -> dict[str, float]:
     """Seed the ledger; returns seconds per step. The lots get the table's fillfactor as the migrations
-    set it (70 since 0013: room for HOT updates) unless `fillfactor` overrides it for a comparison."""
+    set it (50 since 0013: room for HOT updates) unless `fillfactor` overrides it for a comparison."""
     assert 0 <= expired_share < 1 and members > 0 and lots >= 0
     span_days = YEAR_DAYS / (1 - expired_share)  # earned over this span, each lot expiring a year after
     params = {"m": members, "l": lots, "span": f"{span_days * 86400:.0f} seconds"}

@@ -1,4 +1,4 @@
-"""points_lots.expired / expire_entry_id: an expiry is recorded on the lot it empties; fillfactor 70
+"""points_lots.expired / expire_entry_id: an expiry is recorded on the lot it empties; fillfactor 50
 
 The expiry pass used to write one points_allocations row per expired lot (an insert, two foreign-key
 checks, three index entries) and a non-HOT update of the lot: ~24 minutes for 8M due lots. Now the one
@@ -10,10 +10,13 @@ names an expire entry of its own member and that the entry is covered exactly (d
 Earlier expiries stay as they were written (allocation rows): the ledger is append-only, and verify,
 the reports and the pass read both forms.
 
-fillfactor 70 (PostgreSQL): `remaining`, `expired` and `expire_entry_id` are in no index, so with free
-space in the page an update of a lot — by a spend or by the pass — is HOT (no new index entries). Same
-for the account's balance. It applies to pages written from now on; an existing table gets it on its
-next rewrite (VACUUM FULL or pg_repack, in a maintenance window). SQLite has no such setting.
+fillfactor 50 (PostgreSQL): `remaining`, `expired` and `expire_entry_id` are in no index, so with free
+space in the page an update of a lot — by a spend or by the pass — is HOT (no new index entries). A
+year-end pass (年底清零) empties nearly every row of the older pages at once: each page needs room for a
+new version of every row, i.e. half of it free (at 70, 42 % of the updates were HOT; at 50, 95 %:
+docs/benchmarks.md). Same for the account's balance and debt. It applies to pages written from now
+on; an existing table gets it on its next rewrite (VACUUM FULL or pg_repack, in a maintenance
+window). SQLite has no such setting.
 
 Revision ID: 0013
 Revises: 0012
@@ -34,8 +37,8 @@ CHECK = 'expired >= 0 AND remaining + expired <= amount'
 def upgrade() -> None:
     pg = op.get_bind().dialect.name == 'postgresql'
     if pg:
-        op.execute('ALTER TABLE points_lots SET (fillfactor = 70)')
-        op.execute('ALTER TABLE points_accounts SET (fillfactor = 70)')
+        op.execute('ALTER TABLE points_lots SET (fillfactor = 50)')
+        op.execute('ALTER TABLE points_accounts SET (fillfactor = 50)')
         # A new NOT NULL column with a constant default is a catalog change only (no table rewrite).
         op.add_column('points_lots', sa.Column('expired', sa.BigInteger(), nullable=False, server_default='0'))
         op.add_column('points_lots', sa.Column('expire_entry_id', ID, nullable=True))
