@@ -162,13 +162,14 @@ def spendable_probe(url: str, members: int, n: int = 2000) -> str:
     with engine.connect() as c:
         sql = str(spendable(1, now).compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True}))
         plan = " / ".join(r[0].strip() for r in c.execute(text("EXPLAIN " + sql)) if "Scan" in r[0])
+        pid = c.execute(text("SELECT pg_backend_pid()")).scalar_one()
         rng = random.Random(7)
-        t = time.perf_counter()
+        t, cpu = time.perf_counter(), backend_cpu(pid)
         for _ in range(n):
             c.execute(spendable(rng.randint(1, members), now)).all()
-        ms = (time.perf_counter() - t) * 1000 / n
+        ms, cpu_ms = (time.perf_counter() - t) * 1000 / n, (backend_cpu(pid) - cpu) * 1000 / n
     engine.dispose()
-    return f"{ms:.2f} ms per member ({n:,} members, one connection); plan: {plan}"
+    return f"{ms:.2f} ms wall, {cpu_ms:.2f} ms backend CPU per member ({n:,} members, one connection); plan: {plan}"
 
 
 class BackendCpu:

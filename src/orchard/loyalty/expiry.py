@@ -28,6 +28,8 @@ from orchard.kit.clock import utcnow
 SOURCE = "expiry"
 #: A lot the pass takes: past its expiry (at the instant itself, too) and not empty.
 DUE = "expires_at <= :now AND remaining > 0"
+#: PostgreSQL work_mem for the pass (SET LOCAL: this transaction only).
+WORK_MEM = "256MB"
 
 
 def _sql(statement: str):
@@ -62,6 +64,9 @@ def expire_due(session: Session, *, now: dt.datetime | None = None, actor: str =
     pg = session.get_bind().dialect.name == "postgresql"
     params = {"now": now, "actor": actor, "src": SOURCE, "stamp": now.strftime("%Y%m%dT%H%M%S.%fZ")}
     if pg:
+        # The per-member hash aggregate and the sorted lock of 1M members spill to disk at the default
+        # 4 MB; one batch job per day may use more, for this transaction only.
+        session.execute(_sql(f"SET LOCAL work_mem = '{WORK_MEM}'"))
         session.execute(_sql(
             f"SELECT 1 FROM points_accounts WHERE member_id IN (SELECT member_id FROM points_lots WHERE {DUE}) "
             "ORDER BY member_id FOR UPDATE"), params)
