@@ -4,20 +4,25 @@ docs/benchmarks.md ("Points ledger").
 
     .venv/bin/python bench/points_expiry.py --members 1000000 --lots 10000000 [--expired-share 0.8]
     .venv/bin/python bench/points_expiry.py --members 20000 --lots 200000 --explain   # plans of each statement
+    .venv/bin/python bench/points_expiry.py --members 100000 --lots 1000000 --profile --no-checks
 
-A fresh database (migrated, an HQ and four stores) is seeded set-based (bench/points_seed.py: members,
-earn entries, lots spread over the members, accounts), `--expired-share` of the lots past their expiry.
-Then, each as a child process whose wall time and peak RSS are measured (wait4):
+A fresh database (migrated — lots and accounts with the migrations' fillfactor, 50 — an HQ and four
+stores) is seeded set-based (bench/points_seed.py: members, earn entries, lots spread over the members,
+accounts), `--expired-share` of the lots past their expiry. Then:
 
-1. `orchard points expire` — the pass; its output names the lots, points and members expired;
-2. `orchard points expire` again — must find nothing;
-3. each verify check alone, right after the pass (statistics as the seed left them), then after an
-   ANALYZE, with verify's debt check rewritten as a linear query beside it (`--no-checks` skips this);
-4. `orchard points verify` — must find nothing.
+1. the pass: `orchard points expire` as a child process (wall time, peak RSS from wait4, and the CPU of
+   its PostgreSQL backend sampled from /proc), or with `--profile` / `--explain` in this process (each
+   statement's wall time and backend CPU; `--explain` adds auto_explain's EXPLAIN ANALYZE, BUFFERS and
+   trigger times — which cost time themselves);
+2. how many of the lot and account updates were HOT, and the spendable-lots query after the pass;
+3. `orchard points expire` again — must find nothing;
+4. each verify check alone, right after the pass (statistics as the seed left them; `--no-checks`
+   skips this);
+5. `orchard points verify` (which ANALYZEs stale ledger tables first) — must find nothing; then the
+   slowest checks again.
 
-`--explain` runs the pass in this process instead, with PostgreSQL's auto_explain (EXPLAIN ANALYZE,
-BUFFERS of every statement, as notices to this client) and the wall time of each statement. The load
-average is printed beside every figure: the machine is shared.
+The server settings and the load average are printed beside every figure: the machine is shared,
+compare backend CPU seconds, not wall times, across runs.
 """
 
 from __future__ import annotations
