@@ -4,20 +4,25 @@ docs/benchmarks.md ("Points ledger").
 
     .venv/bin/python bench/points_expiry.py --members 1000000 --lots 10000000 [--expired-share 0.8]
     .venv/bin/python bench/points_expiry.py --members 20000 --lots 200000 --explain   # plans of each statement
+    .venv/bin/python bench/points_expiry.py --members 100000 --lots 1000000 --profile --no-checks
 
-A fresh database (migrated, an HQ and four stores) is seeded set-based (bench/points_seed.py: members,
-earn entries, lots spread over the members, accounts), `--expired-share` of the lots past their expiry.
-Then, each as a child process whose wall time and peak RSS are measured (wait4):
+A fresh database (migrated — lots and accounts with the migrations' fillfactor, 50 — an HQ and four
+stores) is seeded set-based (bench/points_seed.py: members, earn entries, lots spread over the members,
+accounts), `--expired-share` of the lots past their expiry. Then:
 
-1. `orchard points expire` — the pass; its output names the lots, points and members expired;
-2. `orchard points expire` again — must find nothing;
-3. each verify check alone, right after the pass (statistics as the seed left them), then after an
-   ANALYZE, with verify's debt check rewritten as a linear query beside it (`--no-checks` skips this);
-4. `orchard points verify` — must find nothing.
+1. the pass: `orchard points expire` as a child process (wall time, peak RSS from wait4, and the CPU of
+   its PostgreSQL backend sampled from /proc), or with `--profile` / `--explain` in this process (each
+   statement's wall time and backend CPU; `--explain` adds auto_explain's EXPLAIN ANALYZE, BUFFERS and
+   trigger times — which cost time themselves);
+2. how many of the lot and account updates were HOT, and the spendable-lots query after the pass;
+3. `orchard points expire` again — must find nothing;
+4. each verify check alone, right after the pass (statistics as the seed left them; `--no-checks`
+   skips this);
+5. `orchard points verify` (which ANALYZEs stale ledger tables first) — must find nothing; then the
+   slowest checks again.
 
-`--explain` runs the pass in this process instead, with PostgreSQL's auto_explain (EXPLAIN ANALYZE,
-BUFFERS of every statement, as notices to this client) and the wall time of each statement. The load
-average is printed beside every figure: the machine is shared.
+The server settings and the load average are printed beside every figure: the machine is shared,
+compare backend CPU seconds, not wall times, across runs.
 """
 
 from __future__ import annotations
@@ -34,54 +39,77 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 
-def explain_pass(url: str) -> None:
-    """expire_due in this process, every statement EXPLAIN ANALYZEd by auto_explain and timed."""
+def backend_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a PostgreSQL backend of this machine has used so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def explain_pass(url: str, explain: bool) -> None:
+    """expire_due in this process, every statement timed (wall and the backend's CPU) and, with
+    `explain`, EXPLAIN ANALYZEd by auto_explain (which itself costs time: compare like with like)."""
     from orchard.db import make_engine
     from orchard.loyalty.expiry import expire_due
 
     engine = make_engine(url)
-    timings: list[tuple[float, str]] = []
+    timings: list[tuple[float, float, str]] = []
     notes: list[str] = []
+    backend: dict[str, int] = {}
 
     @event.listens_for(engine, "before_cursor_execute")
     def _before(conn, cursor, statement, parameters, context, executemany):
-        conn.info["t"] = time.perf_counter()
+        conn.info["t"] = (time.perf_counter(), backend_cpu(backend["pid"]) if backend else 0.0)
 
     @event.listens_for(engine, "after_cursor_execute")
     def _after(conn, cursor, statement, parameters, context, executemany):
-        timings.append((time.perf_counter() - conn.info.pop("t"), statement))
+        t, cpu = conn.info.pop("t")
+        timings.append((time.perf_counter() - t, backend_cpu(backend["pid"]) - cpu if backend else 0.0, statement))
 
     with Session(engine) as session:
         raw = session.connection().connection.driver_connection
         raw.add_notice_handler(lambda d: notes.append(d.message_primary or ""))
-        for s in ("LOAD 'auto_explain'", "SET auto_explain.log_min_duration = 0", "SET auto_explain.log_analyze = on",
-                  "SET auto_explain.log_buffers = on", "SET auto_explain.log_triggers = on",
-                  "SET client_min_messages = log"):
-            session.execute(text(s))
+        backend["pid"] = session.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        if explain:
+            for s in ("LOAD 'auto_explain'", "SET auto_explain.log_min_duration = 0",
+                      "SET auto_explain.log_analyze = on", "SET auto_explain.log_buffers = on",
+                      "SET auto_explain.log_triggers = on", "SET client_min_messages = log"):
+                session.execute(text(s))
         timings.clear()
-        t = time.perf_counter()
+        before = loadavg()
+        t, cpu0, own0 = time.perf_counter(), backend_cpu(backend["pid"]), time.process_time()
         r = expire_due(session)
         session.commit()
-        total = time.perf_counter() - t
+        total, cpu, own = time.perf_counter() - t, backend_cpu(backend["pid"]) - cpu0, time.process_time() - own0
     engine.dispose()
-    print(f"pass (in process, under auto_explain): {r.lots:,} lots, {r.points:,} points, {r.members:,} members in "
-          f"{total:.1f} s; load {loadavg()}")
-    print("\nper statement (wall s, statement):")
-    for s, stmt in timings:
-        print(f"  {s:8.2f}  {' '.join(stmt.split())[:150]}")
-    print("\nplans (auto_explain):")
-    for n in notes:
-        if n.startswith("duration"):
-            print(re.sub(r"^", "    ", n, flags=re.M))
+    how = "under auto_explain" if explain else "no auto_explain"
+    print(f"pass (in process, {how}): {r.lots:,} lots, {r.points:,} points, {r.members:,} members in "
+          f"{total:.1f} s wall; PostgreSQL backend CPU {cpu:.1f} s, this process {own:.1f} s; "
+          f"load {before} → {loadavg()}")
+    print("\nper statement (wall s, backend CPU s, statement):")
+    for s, c, stmt in timings:
+        print(f"  {s:8.2f} {c:8.2f}  {' '.join(stmt.split())[:150]}")
+    if explain:
+        print("\nplans (auto_explain):")
+        for n in notes:
+            if n.startswith("duration"):
+                print(re.sub(r"^", "    ", n, flags=re.M))
 
 
-#: verify's debt_is_unpaid_reversals written so that no plan can be quadratic: Σ debits − Σ what lots paid
-#: of them, per member (the same sum), instead of a LEFT JOIN of debits to an aggregate of allocations.
-DEBT_CHECK_LINEAR = (
-    "SELECT count(*) FROM points_accounts a LEFT JOIN (SELECT member_id, sum(owed) AS owed FROM ("
-    "SELECT member_id, -amount AS owed FROM points_entries WHERE amount < 0 UNION ALL "
-    "SELECT e.member_id, -x.amount FROM points_allocations x JOIN points_entries e ON e.id = x.entry_id "
-    "WHERE e.amount < 0) t GROUP BY member_id) o ON o.member_id = a.member_id WHERE a.debt <> coalesce(o.owed, 0)")
+def settings(url: str) -> str:
+    """The server settings that decide a multi-GB pass (the lead sizes them for a full-size run)."""
+    engine = create_engine(url)
+    with engine.connect() as c:
+        rows = c.execute(text(
+            "SELECT name, setting, unit FROM pg_settings WHERE name IN ('shared_buffers', 'max_wal_size', "
+            "'work_mem', 'maintenance_work_mem', 'checkpoint_timeout', 'synchronous_commit', 'full_page_writes') "
+            "ORDER BY name")).all()
+        ff = c.execute(text("SELECT relname, reloptions FROM pg_class WHERE relname IN ('points_lots', "
+                            "'points_accounts') ORDER BY relname")).all()
+        version = c.execute(text("SHOW server_version")).scalar()
+    engine.dispose()
+    return (f"PostgreSQL {version}; " + ", ".join(f"{n}={v}{u or ''}" for n, v, u in rows) + "; " +
+            ", ".join(f"{n} {o or 'default'}" for n, o in ff))
 
 
 def time_checks(url: str, timeout_s: float, only: set[str] | None = None) -> dict[str, float | None]:
@@ -91,8 +119,6 @@ def time_checks(url: str, timeout_s: float, only: set[str] | None = None) -> dic
     engine = create_engine(url)
     out: dict[str, float | None] = {}
     checks = [c for c in CHECKS if only is None or c[0] in only]
-    if only and "debt_is_unpaid_reversals (linear rewrite)" in only:
-        checks.append(("debt_is_unpaid_reversals (linear rewrite)", "", DEBT_CHECK_LINEAR))
     with engine.connect() as c:
         c.execute(text(f"SET statement_timeout = '{timeout_s:.0f}s'"))
         for name, _rule, sql in checks:
@@ -112,13 +138,88 @@ def time_checks(url: str, timeout_s: float, only: set[str] | None = None) -> dic
     return out
 
 
-def analyze(url: str) -> float:
-    engine = create_engine(url, isolation_level="AUTOCOMMIT")
-    t = time.perf_counter()
+def table_stats(url: str) -> str:
+    """Updates (and how many of them were HOT) and rows changed since the last ANALYZE, per ledger table."""
+    time.sleep(1.5)  # a backend reports its table counters within a second of going idle
+    engine = create_engine(url)
     with engine.connect() as c:
-        c.execute(text("ANALYZE points_entries, points_allocations, points_lots, points_accounts"))
+        rows = c.execute(text(
+            "SELECT s.relname, s.n_tup_upd, s.n_tup_hot_upd, s.n_mod_since_analyze, c.reltuples FROM "
+            "pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid WHERE s.relname IN ('points_lots', "
+            "'points_accounts', 'points_entries', 'points_allocations') ORDER BY s.relname")).all()
     engine.dispose()
-    return time.perf_counter() - t
+    return "; ".join(f"{n}: {u:,} updates ({h / u if u else 0:.0%} HOT), {m:,} changed since ANALYZE "
+                     f"(of {max(r, 0):,.0f})" for n, u, h, m, r in rows)
+
+
+def spendable_probe(url: str, members: int, n: int = 2000) -> str:
+    """The spendable-lots query a spend runs (ledger.spendable), for `n` members drawn at random after
+    the pass: mean ms and the plan's shape (it must stay an index range scan on (member_id, expires_at))."""
+    import random
+
+    from sqlalchemy.dialects import postgresql
+
+    from orchard.kit.clock import utcnow
+    from orchard.loyalty.ledger import spendable
+
+    engine = create_engine(url)
+    now = utcnow()
+    with engine.connect() as c:
+        sql = str(spendable(1, now).compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True}))
+        plan = " / ".join(r[0].strip() for r in c.execute(text("EXPLAIN " + sql)) if "Scan" in r[0])
+        pid = c.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        rng = random.Random(7)
+        t, cpu = time.perf_counter(), backend_cpu(pid)
+        for _ in range(n):
+            c.execute(spendable(rng.randint(1, members), now)).all()
+        ms, cpu_ms = (time.perf_counter() - t) * 1000 / n, (backend_cpu(pid) - cpu) * 1000 / n
+    engine.dispose()
+    return f"{ms:.2f} ms wall, {cpu_ms:.2f} ms backend CPU per member ({n:,} members, one connection); plan: {plan}"
+
+
+class BackendCpu:
+    """Samples the CPU of the PostgreSQL backends whose application_name is `app` (a child `orchard`
+    process sets it through PGAPPNAME) until stopped: the database's side of a CLI run. The last
+    sample before a backend exits is what is counted (at most `every` seconds short)."""
+
+    def __init__(self, url: str, app: str, every: float = 0.2) -> None:
+        import threading
+
+        self.seen: dict[int, float] = {}
+        self._stop = threading.Event()
+        self._engine = create_engine(url)
+        self._app, self._every = app, every
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        with self._engine.connect() as c:
+            while not self._stop.wait(self._every):
+                pids = c.execute(text("SELECT pid FROM pg_stat_activity WHERE application_name = :a"),
+                                 {"a": self._app}).scalars().all()
+                c.rollback()
+                for pid in pids:
+                    try:
+                        self.seen[pid] = backend_cpu(pid)
+                    except OSError:
+                        pass
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        self._engine.dispose()
+        return sum(self.seen.values())
+
+
+def cli_with_cpu(url: str, env: dict, *args: str) -> tuple[float, float, float, float, str]:
+    """(wall s, peak RSS MB, the child's own CPU s, its PostgreSQL backends' CPU s, stdout) of `orchard …`."""
+    app = f"bench-{os.getpid()}-{time.monotonic_ns()}"
+    sampler = BackendCpu(url, app)
+    own0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    s, mb, out = timed_cli({**env, "PGAPPNAME": app}, *args)
+    own1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    own = (own1.ru_utime + own1.ru_stime) - (own0.ru_utime + own0.ru_stime)
+    return s, mb, own, sampler.stop(), out
 
 
 def main() -> None:
@@ -127,45 +228,53 @@ def main() -> None:
     ap.add_argument("--lots", type=int, default=20_000)
     ap.add_argument("--expired-share", type=float, default=0.8, help="share of the lots past their expiry")
     ap.add_argument("--explain", action="store_true", help="run the pass in process under auto_explain")
+    ap.add_argument("--profile", action="store_true",
+                    help="run the pass in process, each statement's wall and backend CPU time, no auto_explain")
     ap.add_argument("--no-checks", action="store_true", help="do not time each verify check alone")
     ap.add_argument("--check-timeout", type=float, default=600, help="seconds before a verify check is cancelled")
-    ap.add_argument("--lots-fillfactor", type=int, default=100, help="points_lots fillfactor for the seed")
+    ap.add_argument("--lots-fillfactor", type=int, default=None,
+                    help="override points_lots' fillfactor before seeding (default: the migration's, 50)")
     ap.add_argument("--keep", action="store_true", help="keep the database (its name is printed)")
     args = ap.parse_args()
     print(f"{os.cpu_count()} CPUs; load average {loadavg()} (1/5/15 min)")
     name, url, env = create_database()
-    print(f"database {name}")
+    print(f"database {name}; {settings(url)}")
     try:
         t = time.perf_counter()
         seed(url, args.members, args.lots, args.expired_share, fillfactor=args.lots_fillfactor)
         print(f"seeded {args.members:,} members, {args.lots:,} lots in {time.perf_counter() - t:.0f} s: {sizes(url)}; "
               f"load {loadavg()}")
-        if args.explain:
-            explain_pass(url)
+        if args.explain or args.profile:
+            explain_pass(url, args.explain)
         else:
             before = loadavg()
-            s, mb, out = timed_cli(env, "points", "expire")
-            print(f"pass: {s:.1f} s, peak RSS {mb:.0f} MB; load {before} → {loadavg()}: {out.strip()}")
-        s, mb, out = timed_cli(env, "points", "expire")
-        print(f"second pass: {s:.1f} s, peak RSS {mb:.0f} MB; load {loadavg()}: {out.strip()}")
+            s, mb, own, db_cpu, out = cli_with_cpu(url, env, "points", "expire")
+            print(f"pass (orchard points expire): {s:.1f} s wall, peak RSS {mb:.0f} MB; CPU: PostgreSQL backend "
+                  f"{db_cpu:.1f} s, CLI process {own:.1f} s; load {before} → {loadavg()}: {out.strip()}")
+        print(f"table counters after the pass: {table_stats(url)}")
+        print(f"spendable lots after the pass: {spendable_probe(url, args.members)}; load {loadavg()}")
+        s, mb, own, db_cpu, out = cli_with_cpu(url, env, "points", "expire")
+        print(f"second pass: {s:.1f} s, peak RSS {mb:.0f} MB, backend CPU {db_cpu:.1f} s; load {loadavg()}: "
+              f"{out.strip()}")
+        first: dict[str, float | None] = {}
         if not args.no_checks:
-            # Right after the pass the planner still has the seed's statistics (autovacuum analyzes
-            # points_entries only after 10 % of it changed; a pass adds one entry per member).
-            print("verify checks one by one, right after the pass:")
+            # Right after the pass the planner still has the seed's statistics (autovacuum analyzes a
+            # table only after 10 % of it changed; a pass adds one entry per member).
+            print("verify checks one by one, right after the pass (no ANALYZE):")
             first = time_checks(url, args.check_timeout)
-            print(f"ANALYZE of the ledger tables: {analyze(url):.1f} s")
-            print("after ANALYZE:")
-            again = {k for k, v in first.items() if v is None or v > 10} | {"debt_is_unpaid_reversals",
-                                                                           "debt_is_unpaid_reversals (linear rewrite)"}
-            time_checks(url, args.check_timeout, only=again)
+        # verify ANALYZEs the ledger tables whose statistics are stale before it checks.
         before = loadavg()
-        s, mb, out = timed_cli({**env, "PGOPTIONS": f"-c statement_timeout={args.check_timeout * 1000:.0f}"},
-                               "points", "verify")
+        s, mb, own, db_cpu, out = cli_with_cpu(
+            url, {**env, "PGOPTIONS": f"-c statement_timeout={args.check_timeout * 1000:.0f}"}, "points", "verify")
         verdict = out.strip().splitlines()[-1] if out.strip() else "(no output)"
-        print(f"verify (orchard points verify): {s:.1f} s, peak RSS {mb:.0f} MB; load {before} → {loadavg()}: "
-              f"{verdict}")
-        if "(exit" in verdict:
+        print(f"verify (orchard points verify, refreshing stale statistics first): {s:.1f} s wall, peak RSS "
+              f"{mb:.0f} MB, backend CPU {db_cpu:.1f} s; load {before} → {loadavg()}: {verdict}")
+        if "(exit" in verdict or "inconsistent" in verdict:
             print(out)
+        if first:
+            print("the slowest checks again, with the statistics verify left:")
+            time_checks(url, args.check_timeout, only={k for k, v in first.items() if v is None or v > 1}
+                        | {"debt_is_unpaid_reversals", "debits_fully_allocated"})
         print(f"after the pass: {sizes(url)}")
         print(f"bench process peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MB")
     finally:

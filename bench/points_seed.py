@@ -8,6 +8,10 @@ finds nothing:
   100 + 10·k + (m mod 10) points for the member's k-th lot, balance_after the running sum;
 * one points_accounts row per member with a lot, balance = Σ of its lots.
 
+Lots are written in their current shape (nothing expired: `expired` 0, no `expire_entry_id`) into a
+table that keeps the fillfactor the migrations gave it, so the pages have the free space production
+pages would.
+
 Lot n is earned at `now − span + n·span/L` and expires 365 days later, with the span chosen so that
 `expired_share` of the lots lie past their expiry (not yet expired by a pass: remaining = amount).
 
@@ -63,9 +67,10 @@ def seeder(engine, params: dict, log=print, steps: dict[str, float] | None = Non
     return step
 
 
-def seed(url: str, members: int, lots: int, expired_share: float, fillfactor: int = 100,
+def seed(url: str, members: int, lots: int, expired_share: float, fillfactor: int | None = None,
          log=print) -> dict[str, float]:
-    """Seed the ledger; returns seconds per step."""
+    """Seed the ledger; returns seconds per step. The lots get the table's fillfactor as the migrations
+    set it (50 since 0013: room for HOT updates) unless `fillfactor` overrides it for a comparison."""
     assert 0 <= expired_share < 1 and members > 0 and lots >= 0
     span_days = YEAR_DAYS / (1 - expired_share)  # earned over this span, each lot expiring a year after
     params = {"m": members, "l": lots, "span": f"{span_days * 86400:.0f} seconds"}
@@ -88,7 +93,7 @@ def seed(url: str, members: int, lots: int, expired_share: float, fillfactor: in
          "SELECT g, 0, 0, 0 FROM generate_series(1, :m) g",
          "SELECT setval('members_id_seq', :m)")
     step("drop entry/lot indexes", *(d for t in rebuild.values() for d, _ in t),
-         f"ALTER TABLE points_lots SET (fillfactor = {int(fillfactor)})")
+         *([f"ALTER TABLE points_lots SET (fillfactor = {int(fillfactor)})"] if fillfactor else []))
     # Lot n: member m = (n-1) % M + 1, its k-th lot with k = (n-1) / M; amount 100 + 10k + m%10.
     lot = ("FROM (SELECT n, (n - 1) % :m + 1 AS m, (n - 1) / :m AS k, "
            "now() - CAST(:span AS interval) + CAST(:span AS interval) * (CAST(n AS float8) / :l) AS earned "

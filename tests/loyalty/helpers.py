@@ -5,8 +5,11 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 
+from sqlalchemy import select
+
 from orchard import db
 from orchard.loyalty import ledger
+from orchard.loyalty.models import PointsAccount, PointsAllocation, PointsEntry, PointsLot
 from orchard.members.models import Member, MemberAggregate
 from orchard.org.models import OrgUnit
 
@@ -45,3 +48,27 @@ def violations() -> dict[str, int]:
 
     with db.transaction(readonly=True) as s:
         return {c.name: c.violations for c in verify(s) if c.violations}
+
+
+def expire_as_before_0017(now: dt.datetime) -> None:
+    """What the pass wrote before migration 0017: an expire entry per member and one allocation row
+    per due lot, the lots emptied and nothing recorded on them."""
+    with db.transaction() as s:
+        due = s.scalars(select(PointsLot).where(PointsLot.expires_at <= now, PointsLot.remaining > 0)
+                        .order_by(PointsLot.member_id, PointsLot.id)).all()
+        members = sorted({lot.member_id for lot in due})
+        for m in members:
+            lots = [lot for lot in due if lot.member_id == m]
+            total = sum(lot.remaining for lot in lots)
+            account = s.get(PointsAccount, m, with_for_update=True)
+            account.balance -= total
+            entry = PointsEntry(member_id=m, kind="expire", amount=-total, balance_after=account.balance,
+                                reason="积分过期 points expired", source="expiry",
+                                external_id=f"expire-{m}-old-{now.isoformat()}", body_hash="", actor="system:expiry",
+                                explanation={}, created_at=now)
+            s.add(entry)
+            s.flush()
+            for lot in lots:
+                s.add(PointsAllocation(entry_id=entry.id, lot_id=lot.id, amount=lot.remaining))
+                lot.remaining = 0
+        s.flush()

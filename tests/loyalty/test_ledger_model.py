@@ -1,6 +1,7 @@
 """A hypothesis state machine drives the real ledger with earns, spends, cancelled spends, reversals
-that may run into debt, the passage of time and expiry passes, against a plain Python model of lots
-and debt; after every step the balances match the model and `verify` finds nothing."""
+that may run into debt, the passage of time and expiry passes (as they are and as they were before
+migration 0017), against a plain Python model of lots and debt; after every step the balances match
+the model and `verify` finds nothing."""
 
 import datetime as dt
 import itertools
@@ -15,7 +16,7 @@ from orchard.loyalty import ledger
 from orchard.loyalty.expiry import expire_due
 from orchard.loyalty.ledger import Insufficient
 from orchard.loyalty.models import PointsEntry
-from tests.loyalty.helpers import T0, member, post, summary, violations
+from tests.loyalty.helpers import T0, expire_as_before_0017, member, post, summary, violations
 
 DAY = dt.timedelta(days=1)
 _reversals = itertools.count(1)
@@ -106,10 +107,15 @@ class Ledger(RuleBasedStateMachine):
     def wait(self, days):
         self.now += days * DAY
 
-    @rule()
-    def expire(self):
-        with db.transaction() as s:
-            expire_due(s, now=self.now)
+    @rule(before_0017=st.booleans())
+    def expire(self, before_0017):
+        """The pass as it is (the expiry on the lots) or as it was before migration 0017 (allocation
+        rows): a ledger holds both forms, and a lot may be expired once each way."""
+        if before_0017:
+            expire_as_before_0017(self.now)
+        else:
+            with db.transaction() as s:
+                expire_due(s, now=self.now)
         for lot in self.lots:
             if lot["expires"] is not None and lot["expires"] <= self.now:
                 lot["left"] = 0

@@ -159,14 +159,15 @@ def _credit(session: Session, account: PointsAccount, cmd: Command, body_hash: s
 
 def _repay(session: Session, account: PointsAccount, lot: PointsLot) -> None:
     """A credit repays debt first: the new lot pays the oldest debits that no lot paid yet, as late
-    allocations of those debits, so every debit ends fully allocated."""
+    allocations of those debits, so every debit ends fully allocated. An expiry never owes (it takes
+    only what lots hold) and is paid by the lots that name it, not by allocations: left out."""
     left = min(lot.remaining, account.debt)
     alloc = select(PointsAllocation.entry_id, func.sum(PointsAllocation.amount).label("paid")) \
         .group_by(PointsAllocation.entry_id).subquery()
     owed = session.execute(
         select(PointsEntry.id, -PointsEntry.amount - func.coalesce(alloc.c.paid, 0))
         .outerjoin(alloc, alloc.c.entry_id == PointsEntry.id)
-        .where(PointsEntry.member_id == account.member_id, PointsEntry.amount < 0,
+        .where(PointsEntry.member_id == account.member_id, PointsEntry.amount < 0, PointsEntry.kind != "expire",
                -PointsEntry.amount > func.coalesce(alloc.c.paid, 0))
         .order_by(PointsEntry.id)).all()
     rows = []

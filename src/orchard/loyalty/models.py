@@ -2,7 +2,8 @@
 allocations that say which lot paid which debit.
 
 Entries are never updated or deleted. A lot's `remaining` is the only mutable amount, and it is
-derived: amount − Σ allocations drawn from it (`orchard points verify` checks this). The account row
+derived: amount − Σ allocations drawn from it − what an expiry took (`expired`; `orchard points verify`
+checks this). The account row
 caches the balance (Σ entries) and is what a writer locks, so two spends of one member serialise.
 """
 
@@ -68,12 +69,18 @@ class PointsEntry(Base):
 
 
 class PointsLot(Base):
-    """What one credit left to spend. Spent soonest-expiring first."""
+    """What one credit left to spend. Spent soonest-expiring first.
+
+    On PostgreSQL the table has fillfactor 50 (migration 0017): the columns that change — remaining,
+    expired, expire_entry_id — are in no index, so with free space in the page their updates are HOT
+    (a year-end pass rewrites nearly every row of a page at once).
+    Keep them out of every index (a partial index `WHERE remaining > 0` included)."""
 
     __tablename__ = "points_lots"
     __table_args__ = (
         CheckConstraint("amount > 0", name="amount_pos"),
         CheckConstraint("remaining >= 0 AND remaining <= amount", name="remaining_in_range"),
+        CheckConstraint("expired >= 0 AND remaining + expired <= amount", name="expired_in_range"),
         Index("ix_points_lots_member_id_expires_at", "member_id", "expires_at"),
         Index("ix_points_lots_expires_at", "expires_at"),
     )
@@ -94,12 +101,19 @@ class PointsLot(Base):
     pending_event: Mapped[str | None] = mapped_column(String(64))
     #: Earned while the member had an open anomaly flag: held (pending) until the flag is reviewed.
     held_flag_id: Mapped[int | None] = mapped_column(ForeignKey("loyalty_flags.id"), index=True)
+    #: Points the expire entry `expire_entry_id` took from this lot, written by the same UPDATE that
+    #: empties it (loyalty.expiry) instead of an allocation row: 0 and None until then. A lot expired
+    #: again later (points a cancelled spend restored into it) records that expiry as an allocation.
+    #: Not a foreign key and not indexed, so the update stays HOT; verify checks what it names.
+    expired: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    expire_entry_id: Mapped[int | None] = mapped_column(BigId)
 
 
 class PointsAllocation(Base):
-    """`amount` points of lot `lot_id` paid debit entry `entry_id` (a spend, an expiry, a reversal, a
-    negative adjustment): so the issuing and the redeeming store of every point are known. A restore
-    (a cancelled spend) puts points back into the lots they came from as negative allocations."""
+    """`amount` points of lot `lot_id` paid debit entry `entry_id` (a spend, a reversal, a negative
+    adjustment; an expiry before migration 0017, or a second expiry of one lot): so the issuing and the
+    redeeming store of every point are known. A restore (a cancelled spend) puts points back into the
+    lots they came from as negative allocations. A lot's first expiry is on the lot (`expired`)."""
 
     __tablename__ = "points_allocations"
     __table_args__ = (CheckConstraint("amount <> 0", name="amount_nonzero"),)

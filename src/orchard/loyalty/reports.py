@@ -6,6 +6,8 @@ computed here and joined as a small VALUES table, so the bucketing is the same o
 PostgreSQL (and right across DST in zones that have it). A debit is attributed to the store that
 issued the points it drew (the lot's store, through its allocations); a restore (a cancelled spend)
 is a negative spend. Transfers (merges) move points between members, not stores, and are left out.
+An expiry is attributed the same way, whether it was written as allocations (before migration 0017,
+or a lot's second expiry) or on the lots it emptied (`expired`, `expire_entry_id`): `PAID` reads both.
 """
 
 from __future__ import annotations
@@ -20,6 +22,10 @@ from orchard.db import UTCDateTime
 from orchard.kit.clock import tenant_zone, utcnow
 
 MAX_MONTHS = 120
+#: Every (entry, lot, points) payment of a debit: the allocation rows, and the lots' own record of the
+#: expire entry that emptied them.
+PAID = ("(SELECT entry_id, lot_id, amount FROM points_allocations UNION ALL "
+        "SELECT expire_entry_id, id, expired FROM points_lots WHERE expire_entry_id IS NOT NULL)")
 
 
 def months(first: str, last: str) -> list[tuple[str, dt.datetime, dt.datetime]]:
@@ -82,14 +88,14 @@ def liability(session: Session, first: str, last: str, *, store_ids: set[int] | 
         "JOIN mo ON e.created_at >= mo.starts AND e.created_at < mo.ends "
         "WHERE e.kind IN ('earn', 'adjust') AND e.amount > 0 GROUP BY mo.month, e.store_id"), params)
     debits = _run(session, (
-        f"WITH mo AS ({cte}) SELECT mo.month, l.store_id, e.kind, sum(x.amount) FROM points_allocations x "
+        f"WITH mo AS ({cte}) SELECT mo.month, l.store_id, e.kind, sum(x.amount) FROM {PAID} x "
         "JOIN points_entries e ON e.id = x.entry_id JOIN points_lots l ON l.id = x.lot_id "
         "JOIN mo ON e.created_at >= mo.starts AND e.created_at < mo.ends "
         "WHERE e.kind IN ('spend', 'restore', 'expire', 'reverse', 'adjust') GROUP BY mo.month, l.store_id, e.kind"),
         params)
     opening_rows = _run(session, (
         "SELECT l.store_id, sum(l.amount) - coalesce(sum(d.s), 0) FROM points_lots l JOIN points_entries c "
-        "ON c.id = l.entry_id LEFT JOIN (SELECT x.lot_id, sum(x.amount) AS s FROM points_allocations x "
+        f"ON c.id = l.entry_id LEFT JOIN (SELECT x.lot_id, sum(x.amount) AS s FROM {PAID} x "
         "JOIN points_entries e ON e.id = x.entry_id WHERE e.created_at < :before AND e.kind <> 'transfer' "
         "GROUP BY x.lot_id) d ON d.lot_id = l.id WHERE c.created_at < :before AND c.kind <> 'transfer' "
         "GROUP BY l.store_id"), {"before": params["before"]})
