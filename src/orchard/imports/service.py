@@ -8,8 +8,10 @@ run killed half-way and started again ends in exactly the state of an uninterrup
 batches replay as duplicates). A refund whose order is not imported yet is kept pending by the
 ingestion service and applied when the order arrives; the report warns about it.
 
-Orders on PostgreSQL take the COPY + set-based path (imports.pg_bulk), proven to end in the same
-state as the per-row path; other kinds, and SQLite, run row by row in batched transactions.
+Orders and members take the set-based path (imports.pg_bulk: work tables filled with COPY on
+PostgreSQL, executemany on SQLite), proven to end in the same state as the per-row path, which still
+takes the rows whose outcome depends on another row; refunds and events run row by row in batched
+transactions.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from orchard.db import get_engine, transaction
+from orchard.db import transaction
 from orchard.errors import InvalidInput, OrchardError, validation_errors
 from orchard.events import ingest
 from orchard.events.models import Refund
@@ -40,8 +42,8 @@ from orchard.org.models import OrgUnit
 from orchard.segments import dirty
 
 BATCH_SIZE = 1000
-#: Orders and members on PostgreSQL go through COPY and set-based SQL, whose cost per batch is mostly fixed.
-PG_BATCH_SIZE = 20_000
+#: Orders and members go through work tables and set-based SQL, whose cost per batch is mostly fixed.
+FAST_BATCH_SIZE = 20_000
 SYSTEM = pg_bulk.SYSTEM
 
 
@@ -89,8 +91,8 @@ def run_import(kind: str, path: Path, *, source: str = "import", report_path: Pa
     report = _Report(report_path or path.with_name(path.name + ".errors.csv"), table.headers)
     with transaction(readonly=True) as s:
         stores = dict(s.execute(select(OrgUnit.code, OrgUnit.id).where(OrgUnit.kind == "store")).tuples().all())
-    fast = kind in _FAST and get_engine().dialect.name == "postgresql"
-    size = batch_size or (PG_BATCH_SIZE if fast else BATCH_SIZE)
+    fast = kind in _FAST
+    size = batch_size or (FAST_BATCH_SIZE if fast else BATCH_SIZE)
     batches = _batches(_units(kind, table.rows, mapping), size)
     try:
         if fast:
@@ -260,10 +262,10 @@ class _Prepared:
 def _pipelined(kind: str, batches: Iterator[list[_Unit]], mapping: dict[str, int],
                stores: dict[str, int], source: str, result: ImportResult, report: _Report,
                progress: Callable[[int], None] | None) -> None:
-    """Orders and members on PostgreSQL: while one batch is written (COPY and set-based SQL,
-    imports.pg_orders / pg_members) by a writer thread, the next is read and validated here — the
-    database works on one core while Python validates on the other. Batches still commit one at a
-    time, in file order."""
+    """Orders and members: while one batch is written (work tables and set-based SQL, imports.pg_orders /
+    pg_members) by a writer thread, the next is read and validated here — the database works on one
+    core while Python validates on the other (SQLite too: its driver lets go of the GIL while a
+    statement runs). Batches still commit one at a time, in file order."""
 
     def finish(prepared: _Prepared, outcome: dict[int, pg_bulk.RowOutcome | OrchardError]) -> None:
         for key, _ in prepared.items:
@@ -401,7 +403,7 @@ def _ingest(session: Session, kind: str, schema: type[RefundIn | EventIn], field
         raise rows.RowError(column_of.get(field_, field_), reason) from None
 
 
-#: Kinds with a PostgreSQL fast path: kind → its batch writer.
+#: Kinds with a set-based fast path (both databases): kind → its batch writer.
 _FAST: dict[str, pg_bulk.FastWriter] = {"orders": pg_orders.write_orders, "members": pg_members.write_members}
 
 #: kind → (row validator, writer, report column of the writer's warnings)
