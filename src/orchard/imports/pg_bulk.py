@@ -71,13 +71,15 @@ def sqlite_value(value: Any) -> Any:
     return value
 
 
-#: The import connection's SQLite settings, set before its first work table: work tables and sorts
-#: in memory, not in a temp file (`temp_store`; changing it drops existing temp tables, so only here),
-#: and a 64 MB page cache (default 2 MB) so the indexes of orders and identities a batch probes stay
-#: cached. `synchronous` stays NORMAL (db._sqlite_pragmas): in WAL mode a committed batch survives a
-#: killed process; a power cut may lose the last batches but never corrupts the file, and a re-run
+#: The import connection's SQLite settings: a 64 MB page cache for the database (default 2 MB) so the
+#: indexes of orders and identities a batch probes stay cached, and as much for the temp database,
+#: so a batch's work tables stay in memory. (`temp_store = MEMORY` would say the same, but SQLite
+#: refuses to change it inside a transaction once the connection has used a temp table — other
+#: set-based jobs share pooled connections.) The page cache only grows as it is used.
+#: `synchronous` stays NORMAL (db._sqlite_pragmas): in WAL mode a committed batch survives a killed
+#: process; a power cut may lose the last committed batches but never corrupts the file, and a re-run
 #: imports them again. OFF could corrupt the database on a power cut, so it is not used.
-SQLITE_PRAGMAS = ("PRAGMA temp_store = MEMORY", "PRAGMA cache_size = -65536")
+SQLITE_PRAGMAS = ("PRAGMA main.cache_size = -65536", "PRAGMA temp.cache_size = -65536")
 
 
 class WorkTables:
