@@ -1,10 +1,12 @@
 """Benchmark: bulk import end to end — `orchard import members` then `orchard import orders` (identities
 resolved, members created, aggregates updated) — against raw COPY of the same files into bare tables,
-in the same run on the same PostgreSQL (or on SQLite, for reference). Not part of the test suite;
+in the same run on the same PostgreSQL — or, with --sqlite, against csv + executemany of the same files
+into bare SQLite tables. Not part of the test suite;
 results go to docs/benchmarks.md.
 
     .venv/bin/python bench/import_bulk.py --members 1000000 --orders 10000000
     .venv/bin/python bench/import_bulk.py --members 20000 --orders 100000 --sqlite
+    .venv/bin/python bench/import_bulk.py --members 1000000 --orders 10000000 --sqlite
 
 Each import runs as a child process (`python -m orchard.cli import …`) so its peak RSS is its own;
 the machine's load average is printed beside the figures because this 2-core machine is shared.
@@ -68,15 +70,16 @@ def cli(py: str, env: dict, *args: str) -> None:
     subprocess.run([py, "-m", "orchard.cli", *args], env=env, check=True, stdout=subprocess.DEVNULL)
 
 
-def timed_import(py: str, env: dict, kind: str, path: Path) -> tuple[float, float]:
-    """(seconds, peak RSS in MB) of one `orchard import` child process."""
+def timed_import(py: str, env: dict, kind: str, path: Path) -> tuple[float, float, float]:
+    """(seconds, CPU seconds, peak RSS in MB) of one `orchard import` child process. The CPU time is the
+    child's own (user + system): on SQLite that is all of the work, on PostgreSQL the Python side only."""
     t = time.perf_counter()
     proc = subprocess.Popen([py, "-m", "orchard.cli", "import", kind, str(path)], env=env, stdout=subprocess.DEVNULL)
     _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - t
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"import {kind} failed")
-    return seconds, usage.ru_maxrss / 1024
+    return seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
 
 
 def raw_copy(url: str, members_csv: Path, orders_csv: Path) -> float:
@@ -98,6 +101,30 @@ def raw_copy(url: str, members_csv: Path, orders_csv: Path) -> float:
     seconds = time.perf_counter() - t
     raw.close()
     engine.dispose()
+    return seconds
+
+
+def raw_sqlite(path: Path, members_csv: Path, orders_csv: Path) -> float:
+    """SQLite's counterpart of raw COPY: seconds to read both files with the csv module and insert them,
+    as they are, with `executemany` into bare tables without indexes (one transaction, same pragmas as
+    the import connection)."""
+    import sqlite3
+
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("CREATE TABLE bare_members (phone, name, gender, birthday, store_code, joined_at)")
+    conn.execute("CREATE TABLE bare_orders (order_id, member_phone, paid_at, amount, store_code, sku, category)")
+    t = time.perf_counter()
+    conn.execute("BEGIN")
+    for table, path_, n in (("bare_members", members_csv, 6), ("bare_orders", orders_csv, 7)):
+        with path_.open(encoding="utf-8", newline="") as fh:
+            reader = csv.reader(fh)
+            next(reader)
+            conn.executemany(f"INSERT INTO {table} VALUES ({', '.join('?' * n)})", reader)
+    conn.execute("COMMIT")
+    seconds = time.perf_counter() - t
+    conn.close()
     return seconds
 
 
@@ -133,12 +160,12 @@ def main() -> None:
         for code in STORES:
             cli(py, env, "org", "add", "store", code, code, "--parent", "HQ")
         print(f"load average before: {os.getloadavg()[0]:.1f}")
-        m_s, m_mb = timed_import(py, env, "members", members_csv)
+        m_s, m_cpu, m_mb = timed_import(py, env, "members", members_csv)
         print(f"import members: {args.members:,} in {m_s:.1f} s = {args.members / m_s:,.0f} rows/s; "
-              f"peak RSS {m_mb:,.0f} MB; load {os.getloadavg()[0]:.1f}")
-        o_s, o_mb = timed_import(py, env, "orders", orders_csv)
+              f"CPU {m_cpu:.1f} s; peak RSS {m_mb:,.0f} MB; load {os.getloadavg()[0]:.1f}")
+        o_s, o_cpu, o_mb = timed_import(py, env, "orders", orders_csv)
         print(f"import orders: {args.orders:,} in {o_s:.1f} s = {args.orders / o_s:,.0f} rows/s; "
-              f"peak RSS {o_mb:,.0f} MB; load {os.getloadavg()[0]:.1f}")
+              f"CPU {o_cpu:.1f} s; peak RSS {o_mb:,.0f} MB; load {os.getloadavg()[0]:.1f}")
         total = args.members + args.orders
         rate = total / (m_s + o_s)
         print(f"import total: {total:,} rows in {m_s + o_s:.1f} s = {rate:,.0f} rows/s")
@@ -148,10 +175,11 @@ def main() -> None:
                                     "(SELECT sum(order_count) FROM member_aggregates)")).one()
         engine.dispose()
         print(f"stored: {counts[0]:,} members, {counts[1]:,} orders, aggregates count {counts[2]:,} orders")
-        if not args.sqlite:
-            copy_s = raw_copy(url, members_csv, orders_csv)
-            print(f"raw COPY: {total:,} rows in {copy_s:.1f} s = {total / copy_s:,.0f} rows/s; "
-                  f"import/COPY ratio {rate / (total / copy_s):.2%}; load {os.getloadavg()[0]:.1f}")
+        copy_s = raw_sqlite(tmp / "bare.db", members_csv, orders_csv) if args.sqlite else raw_copy(
+            url, members_csv, orders_csv)
+        what = "raw executemany (SQLite)" if args.sqlite else "raw COPY"
+        print(f"{what}: {total:,} rows in {copy_s:.1f} s = {total / copy_s:,.0f} rows/s; "
+              f"import/raw ratio {rate / (total / copy_s):.2%}; load {os.getloadavg()[0]:.1f}")
         print(f"bench process peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MB")
     finally:
         if admin is not None:

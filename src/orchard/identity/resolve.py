@@ -14,6 +14,7 @@ the loser retries and finds the winner's member.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 from sqlalchemy import select, text, tuple_, update
@@ -96,11 +97,18 @@ def attach_anonymous_events(session: Session, *, member_id: int, anonymous_id: s
 
 
 def owners_of(session: Session, keys: set[tuple[str, str]]) -> dict[tuple[str, str], int]:
-    """The member each already-known (kind, value) key belongs to, in one query (PostgreSQL: the keys go
-    as two arrays, for the set-based import and ingestion paths)."""
+    """The member each already-known (kind, value) key belongs to, in one query, for the set-based import
+    and ingestion paths. PostgreSQL: the keys go as two arrays; SQLite: as one JSON array of pairs, read
+    with `json_each` in the outer loop (CROSS JOIN fixes the order) so each key probes the unique index."""
     if not keys:
         return {}
     ordered = sorted(keys)
+    if session.get_bind().dialect.name == "sqlite":
+        rows = session.execute(text(
+            "SELECT i.kind, i.value, i.member_id FROM json_each(:keys) AS k CROSS JOIN identities i "
+            "ON i.kind = json_extract(k.value, '$[0]') AND i.value = json_extract(k.value, '$[1]')"),
+            {"keys": json.dumps(ordered)})
+        return {(r.kind, r.value): r.member_id for r in rows}
     rows = session.execute(text(
         "SELECT i.kind, i.value, i.member_id FROM identities i "
         "JOIN unnest(CAST(:kinds AS text[]), CAST(:vals AS text[])) AS k(kind, value) "

@@ -1,13 +1,19 @@
-"""What the PostgreSQL fast paths of imports share (imports.pg_orders, imports.pg_members): COPY into
-a table, an in-memory union-find for identity clusters, and running a batch — the fast path for the
-rows whose outcome is unambiguous, the per-row path for the rows it hands back — in one transaction.
+"""What the set-based fast paths of imports share (imports.pg_orders, imports.pg_members): the work
+tables of a batch (`WorkTables`: the one place where PostgreSQL and SQLite differ), an in-memory
+union-find for identity clusters, and running a batch — the fast path for the rows whose outcome is
+unambiguous, the per-row path for the rows it hands back — in one transaction.
+
+The modules keep their `pg_` names for now (they run on SQLite too); see docs/architecture.md.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import datetime as dt
+import json
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -57,6 +63,119 @@ def copy_rows(session: Session, table: str, columns: list[str], rows: list[tuple
     with cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as cp:
         for row in rows:
             cp.write_row(row)
+
+
+def sqlite_value(value: Any) -> Any:
+    """A value as SQLAlchemy stores it on SQLite, for statements that bypass its types (work tables
+    filled with `executemany`, parameters of `text()`): times as naive UTC text with microseconds
+    (`db.UTCDateTime` over SQLite's DATETIME), dates as ISO text. Comparisons of stored times in SQL
+    are text comparisons there, so every time must have exactly this shape."""
+    if isinstance(value, dt.datetime):
+        return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    return value
+
+
+#: The import connection's SQLite settings: a 64 MB page cache for the database (default 2 MB) so the
+#: indexes of orders and identities a batch probes stay cached, and as much for the temp database,
+#: so a batch's work tables stay in memory. (`temp_store = MEMORY` would say the same, but SQLite
+#: refuses to change it inside a transaction once the connection has used a temp table — other
+#: set-based jobs share pooled connections.) The page cache only grows as it is used.
+#: `synchronous` stays NORMAL (db._sqlite_pragmas): in WAL mode a committed batch survives a killed
+#: process; a power cut may lose the last committed batches but never corrupts the file, and a re-run
+#: imports them again. OFF could corrupt the database on a power cut, so it is not used.
+SQLITE_PRAGMAS = ("PRAGMA main.cache_size = -65536", "PRAGMA temp.cache_size = -65536")
+
+
+class WorkTables:
+    """A batch's work tables, and the few statements whose SQL differs between the databases.
+
+    PostgreSQL: `CREATE TEMP TABLE … ON COMMIT DROP`, filled with COPY; JIT off (it costs more than it
+    saves on freshly filled tables) and `synchronous_commit = off` (a batch lost to a database crash is
+    re-imported by running the file again: imports are idempotent).
+    SQLite: plain TEMP tables (no ON COMMIT DROP: `close` drops them at the end of the batch, and a
+    rollback takes their creation back), filled with `executemany` through the driver; values in
+    SQLAlchemy's storage shape (`sqlite_value`); arrays as JSON read with `json_each`.
+    Everything else — the set-based statements themselves — is written once for both."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.sqlite = session.get_bind().dialect.name == "sqlite"
+        self.names: list[str] = []
+
+    def create(self, *tables: str) -> None:
+        """`tables`: each `name (column type, …)`; created empty, after dropping any leftover."""
+        for statement in SQLITE_PRAGMAS if self.sqlite else ("SET LOCAL jit = off",
+                                                              "SET LOCAL synchronous_commit = off"):
+            self.session.execute(text(statement))
+        for table in tables:
+            self._create(table.split("(", 1)[0].strip(), table)
+
+    def _create(self, name: str, definition: str, params: dict[str, Any] | None = None) -> None:
+        self.session.execute(text(f"DROP TABLE IF EXISTS {name}"))
+        suffix = "" if self.sqlite else " ON COMMIT DROP"
+        as_select = definition.startswith("AS ")
+        self.session.execute(text(f"CREATE TEMP TABLE {name}{suffix} {definition}" if as_select
+                                  else f"CREATE TEMP TABLE {definition}{suffix}"), self.params(params or {}))
+        self.names.append(name)
+
+    def fill(self, table: str, columns: Sequence[str], rows: Iterable[tuple]) -> None:
+        if not self.sqlite:
+            copy_rows(self.session, table, list(columns), list(rows))
+            return
+        cur = self.session.connection().connection.driver_connection.cursor()
+        cur.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+                        (tuple(map(sqlite_value, row)) for row in rows))
+        cur.close()
+
+    def create_as(self, name: str, select: str, params: dict[str, Any] | None = None) -> None:
+        """A work table from a query (dropped with the others)."""
+        self._create(name, f"AS {select}", params)
+
+    def analyze(self) -> None:
+        """Statistics for the planner: PostgreSQL assumes an unanalysed temp table is large. SQLite's
+        planner needs none for these statements (every join probes a primary key or unique index)."""
+        if not self.sqlite:
+            self.session.execute(text(f"ANALYZE {', '.join(self.names)}"))
+
+    def execute(self, sql: str, params: dict[str, Any] | None = None) -> Any:
+        return self.session.execute(text(sql), self.params(params or {}))
+
+    def params(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {k: sqlite_value(v) for k, v in params.items()} if self.sqlite else params
+
+    def any(self, expr: str, name: str) -> str:
+        """SQL for `expr` being one of the values of the array parameter `name` (see `array`)."""
+        return f"{expr} IN (SELECT value FROM json_each(:{name}))" if self.sqlite else f"{expr} = ANY(:{name})"
+
+    def array(self, values: list[Any]) -> Any:
+        return json.dumps(values) if self.sqlite else values
+
+    def number_new_members(self, table: str, key: str) -> None:
+        """Give the rows of `table` with `is_new` the ids of members yet to be inserted, in `key` order
+        (as the per-row path would create them): PostgreSQL draws them from members' sequence; SQLite
+        gives a rowid table max(id) + 1 onwards, which is what it would give each insert in turn (the
+        batch holds the write lock: `BEGIN IMMEDIATE`)."""
+        ids = ("(SELECT coalesce(max(id), 0) FROM members) + row_number() OVER (ORDER BY {key})" if self.sqlite
+               else "nextval('members_id_seq')").format(key=key)
+        self.execute(f"UPDATE {table} AS w SET member_id = n.id FROM (SELECT {key}, {ids} AS id "  # noqa: S608
+                     f"FROM (SELECT {key} FROM {table} WHERE is_new ORDER BY {key}) o) n WHERE w.{key} = n.{key}")
+
+    def earliest(self, a: str, b: str) -> str:
+        """The earlier of two times, NULL only if both are (PostgreSQL's LEAST; SQLite's min() of two
+        is NULL if either is)."""
+        return f"LEAST({a}, {b})" if not self.sqlite else f"min(coalesce({a}, {b}), coalesce({b}, {a}))"
+
+    def latest(self, a: str, b: str) -> str:
+        return f"GREATEST({a}, {b})" if not self.sqlite else f"max(coalesce({a}, {b}), coalesce({b}, {a}))"
+
+    def close(self) -> None:
+        """SQLite: drop the work tables now (PostgreSQL drops them at commit)."""
+        if self.sqlite:
+            for name in self.names:
+                self.session.execute(text(f"DROP TABLE {name}"))
+        self.names = []
 
 
 def run_batch(session: Session, items: list[tuple[int, dict[str, Any]]], source: str, fast: FastWriter,

@@ -1,4 +1,5 @@
-"""PostgreSQL fast path for member imports: COPY and set-based SQL instead of one round trip per row.
+"""Fast path for member imports: set-based SQL over work tables instead of one round trip per row, on
+PostgreSQL (work tables filled with COPY) and SQLite (filled with executemany; imports.pg_bulk.WorkTables).
 
 For one batch (one transaction) of validated rows it must end in exactly the state the per-row
 path (`imports.service._member`: identity resolution, then fill-blanks) would reach, so it takes
@@ -10,35 +11,31 @@ only the rows whose outcome does not depend on another row or on a conflict:
 2. a row whose keys belong to several existing members goes back (the per-row path records the
    merge candidate and warns);
 3. a row whose keys belong to no member creates one: members, aggregates and identities are
-   written with set-based inserts from COPY-filled work tables;
+   written with set-based inserts from the work tables;
 4. a row whose keys belong to one member fills that member's blanks — name, gender, birthday,
    region, home store, source channel — and moves its join date earlier, never overwriting what
    is there; its unknown keys are linked. Updated if anything changed, else unchanged;
 5. marketing consent per channel, where the file gives it, is set as `members.consent` sets it
-   (only where it differs, with history and audit rows), in one statement.
+   (only where it differs, with history and audit rows): one statement on PostgreSQL, whose
+   data-modifying CTEs SQLite lacks; four there, through a work table of the changes.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from orchard.errors import OrchardError
 from orchard.identity.resolve import owners_of
-from orchard.imports.pg_bulk import DIRTY, SYSTEM, RowOutcome, copy_rows
+from orchard.imports.pg_bulk import DIRTY, SYSTEM, RowOutcome, WorkTables
 from orchard.kit.clock import utcnow
 
-_STAGING = (
-    "SET LOCAL jit = off",
-    "SET LOCAL synchronous_commit = off",  # a batch lost to a database crash is re-imported by a re-run
-    "DROP TABLE IF EXISTS _imp_mrows, _imp_mkeys, _imp_mcons",
-    "CREATE TEMP TABLE _imp_mrows (idx int PRIMARY KEY, member_id bigint, is_new boolean NOT NULL, name text, "
-    "gender text NOT NULL, birthday date, region text, store_id bigint, joined_at timestamptz, "
-    "source_channel text) ON COMMIT DROP",
-    "CREATE TEMP TABLE _imp_mkeys (idx int NOT NULL, kind text NOT NULL, value text NOT NULL) ON COMMIT DROP",
-    "CREATE TEMP TABLE _imp_mcons (idx int NOT NULL, channel text NOT NULL, granted boolean NOT NULL) ON COMMIT DROP",
+_TABLES = (
+    "_imp_mrows (idx int PRIMARY KEY, member_id bigint, is_new boolean NOT NULL, name text, gender text NOT NULL, "
+    "birthday date, region text, store_id bigint, joined_at timestamptz, source_channel text)",
+    "_imp_mkeys (idx int NOT NULL, kind text NOT NULL, value text NOT NULL)",
+    "_imp_mcons (idx int NOT NULL, channel text NOT NULL, granted boolean NOT NULL)",
 )
 
 #: Marketing consent as `members.consent.set_consent` changes it: only where it differs (a first
@@ -66,6 +63,28 @@ SELECT :now, :actor, CASE WHEN granted THEN 'consent.granted' ELSE 'consent.with
 FROM history
 RETURNING CAST(entity_id AS bigint)
 """
+
+#: The same on SQLite, step by step: the answers that change something (a first answer always
+#: does), then the consents, their history and the audit rows from that work table.
+_SQLITE_CHANGES = (
+    "SELECT r.member_id, c.channel, c.granted FROM _imp_mcons c JOIN _imp_mrows r ON r.idx = c.idx "
+    "LEFT JOIN consents x ON x.member_id = r.member_id AND x.channel = c.channel AND x.purpose = 'marketing' "
+    "WHERE x.granted IS NULL OR x.granted <> c.granted")
+_SQLITE_CONSENTS = (
+    "INSERT INTO consents (member_id, channel, purpose, granted, granted_at, withdrawn_at, source, updated_at) "
+    "SELECT member_id, channel, 'marketing', granted, CASE WHEN granted THEN :now END, "
+    "CASE WHEN NOT granted THEN :now END, :src, :now FROM _imp_mchanged WHERE true "
+    "ON CONFLICT (member_id, channel, purpose) DO UPDATE SET granted = excluded.granted, "
+    "granted_at = coalesce(excluded.granted_at, consents.granted_at), "
+    "withdrawn_at = coalesce(excluded.withdrawn_at, consents.withdrawn_at), "
+    "source = excluded.source, updated_at = excluded.updated_at",
+    "INSERT INTO consent_changes (member_id, channel, purpose, granted, source, actor, at) "
+    "SELECT member_id, channel, 'marketing', granted, :src, :actor, :now FROM _imp_mchanged",
+    "INSERT INTO audit_log (at, actor, action, entity, entity_id, data) "
+    "SELECT :now, :actor, CASE WHEN granted THEN 'consent.granted' ELSE 'consent.withdrawn' END, 'member', "
+    "CAST(member_id AS text), json_object('channel', channel, 'purpose', 'marketing', 'source', :src) "
+    "FROM _imp_mchanged",
+)
 
 #: Fill-blanks, as `members.service.fill_blanks` does it for one member: (column, blank test, new value).
 _FILL = (
@@ -104,46 +123,52 @@ def write_members(session: Session, items: list[tuple[int, dict[str, Any]]], sou
     if not fast:
         return {}, [i for i, _ in items]
 
-    for statement in _STAGING:
-        session.execute(text(statement))
-    copy_rows(session, "_imp_mrows", ["idx", "member_id", "is_new", "name", "gender", "birthday", "region",
-                                      "store_id", "joined_at", "source_channel"],
+    work = WorkTables(session)
+    work.create(*_TABLES)
+    work.fill("_imp_mrows", ["idx", "member_id", "is_new", "name", "gender", "birthday", "region", "store_id",
+                             "joined_at", "source_channel"],
               [(i, mid, mid is None, c["name"], c["gender"], c["birthday"], c["region"], c["store_id"],
                 c["joined_at"], c["source_channel"]) for i, c, mid in fast])
-    copy_rows(session, "_imp_mkeys", ["idx", "kind", "value"],
+    work.fill("_imp_mkeys", ["idx", "kind", "value"],
               [(i, *key) for i, c, _ in fast for key in c["keys"] if key not in owners])
-    copy_rows(session, "_imp_mcons", ["idx", "channel", "granted"],
+    work.fill("_imp_mcons", ["idx", "channel", "granted"],
               [(i, channel, granted) for i, c, _ in fast for channel, granted in c["consents"].items()])
-    session.execute(text("ANALYZE _imp_mrows, _imp_mkeys, _imp_mcons"))
-    now = utcnow()
-    params = {"src": source, "now": now}
-    session.execute(text(
-        "UPDATE _imp_mrows r SET member_id = n.id FROM (SELECT idx, nextval('members_id_seq') AS id "
-        "FROM (SELECT idx FROM _imp_mrows WHERE is_new ORDER BY idx) o) n WHERE r.idx = n.idx"))
-    session.execute(text(
+    work.analyze()
+    params = {"src": source, "now": utcnow()}
+    work.number_new_members("_imp_mrows", "idx")
+    work.execute(
         "INSERT INTO members (id, name, gender, birthday, region, status, home_store_id, joined_at, attributes, "
         "reduce_disturbance, source_channel, created_at, updated_at) "
         "SELECT member_id, name, gender, birthday, region, 'active', store_id, coalesce(joined_at, :now), '{}', "
-        "false, coalesce(source_channel, :src), :now, :now FROM _imp_mrows WHERE is_new ORDER BY member_id"), params)
-    session.execute(text(
+        "false, coalesce(source_channel, :src), :now, :now FROM _imp_mrows WHERE is_new ORDER BY member_id", params)
+    work.execute(
         "INSERT INTO member_aggregates (member_id, order_count, total_spend_fen, refund_fen) "
-        "SELECT member_id, 0, 0, 0 FROM _imp_mrows WHERE is_new ORDER BY member_id"))
-    session.execute(text(
+        "SELECT member_id, 0, 0, 0 FROM _imp_mrows WHERE is_new ORDER BY member_id")
+    work.execute(
         "INSERT INTO identities (member_id, kind, value, source, created_at) "
-        "SELECT r.member_id, k.kind, k.value, :src, :now FROM _imp_mkeys k JOIN _imp_mrows r ON r.idx = k.idx"),
+        "SELECT r.member_id, k.kind, k.value, :src, :now FROM _imp_mkeys k JOIN _imp_mrows r ON r.idx = k.idx",
         params)
     sets = ", ".join(f"{col} = CASE WHEN {blank} THEN {new} ELSE m.{col} END" for col, blank, new in _FILL)
-    changed = set(session.execute(text(
-        f"UPDATE members m SET {sets}, updated_at = :now FROM _imp_mrows s "  # noqa: S608 - constant SQL
+    # Rows sharing a member went to the per-row path, so a changed member id names one row here.
+    changed = set(work.execute(
+        f"UPDATE members AS m SET {sets}, updated_at = :now FROM _imp_mrows s "  # noqa: S608 - constant SQL
         f"WHERE NOT s.is_new AND m.id = s.member_id AND ({' OR '.join(f'({b})' for _, b, _ in _FILL)}) "
-        "RETURNING s.idx"), params).scalars())
-    consented = set(session.execute(text(_CONSENTS), {**params, "actor": SYSTEM.actor}).scalars())
-    session.execute(text(DIRTY.format(table="_imp_mrows")), params)
+        "RETURNING id", params).scalars())
+    consent_params = {**params, "actor": SYSTEM.actor}
+    if work.sqlite:
+        work.create_as("_imp_mchanged", _SQLITE_CHANGES)
+        for statement in _SQLITE_CONSENTS:
+            work.execute(statement, consent_params)
+        consented = set(work.execute("SELECT member_id FROM _imp_mchanged").scalars())
+    else:
+        consented = set(work.execute(_CONSENTS, consent_params).scalars())
+    work.execute(DIRTY.format(table="_imp_mrows"), params)
+    work.close()
     outcome: dict[int, RowOutcome | OrchardError] = {}
     for i, clean, mid in fast:
         if mid is None:
             outcome[i] = ("created", None)
-        elif i in changed or mid in consented or any(k not in owners for k in clean["keys"]):
+        elif mid in changed or mid in consented or any(k not in owners for k in clean["keys"]):
             outcome[i] = ("updated", None)
         else:
             outcome[i] = ("unchanged", None)

@@ -1,4 +1,6 @@
-"""PostgreSQL fast path for order imports: COPY and set-based SQL instead of one round trip per row.
+"""Fast path for order imports: set-based SQL over work tables instead of one round trip per row, on
+PostgreSQL (work tables filled with COPY) and SQLite (filled with executemany); imports.pg_bulk.WorkTables
+holds the little that differs.
 
 For one batch (one transaction) of validated rows it must end in exactly the state the per-row
 path (`events.ingest.ingest`) would reach, so it only takes the rows whose outcome is unambiguous
@@ -10,7 +12,7 @@ and hands the rest back to the per-row path:
 3. rows are clustered by shared identity keys (union-find, in memory, seeded with the keys'
    existing owners) while replaying the per-row path in file order: a row whose keys fall in two
    groups is where the per-row path records a merge candidate, so its whole cluster goes back;
-4. the rest moves in set-based SQL over work tables filled with COPY: one new member for each
+4. the rest moves in set-based SQL over the work tables: one new member for each
    cluster without one, joined at and enrolled in the store of its first row in file order (as on
    the per-row path); unknown keys linked; orders in file order and their lines (an order of several
    file rows arrives here as one item with all its lines, imports.service groups them); aggregates
@@ -27,13 +29,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from orchard.errors import Conflict
 from orchard.events.schemas import OrderIn
 from orchard.identity.resolve import owners_of
-from orchard.imports.pg_bulk import DIRTY, Clusters, RowOutcome, copy_rows
+from orchard.imports.pg_bulk import DIRTY, Clusters, RowOutcome, WorkTables
 from orchard.imports.pg_earn import BatchEarning
 from orchard.kit.clock import utcnow
 from orchard.kit.hashing import fingerprint
@@ -61,23 +62,17 @@ def order_fingerprint(clean: dict[str, Any], source: str) -> str:
     return fingerprint(body)
 
 
-#: Per-batch work tables; ON COMMIT DROP, so nothing outlives the batch's transaction.
-_STAGING = (
-    # Set-based statements over freshly filled work tables: JIT compilation costs more than it saves.
-    "SET LOCAL jit = off",
-    # A batch lost to a database crash is re-imported by running the file again (imports are idempotent).
-    "SET LOCAL synchronous_commit = off",
-    "DROP TABLE IF EXISTS _imp_orders, _imp_lines, _imp_keys, _imp_member, _imp_sums",
-    "CREATE TEMP TABLE _imp_orders (idx int PRIMARY KEY, cluster int NOT NULL, external_id text NOT NULL, "
-    "body_hash text NOT NULL, store_id bigint, channel text, amount_fen bigint NOT NULL, "
-    "paid_at timestamptz NOT NULL) ON COMMIT DROP",
+#: Per-batch work tables (imports.pg_bulk.WorkTables: dropped at the batch's end).
+_TABLES = (
+    "_imp_orders (idx int PRIMARY KEY, cluster int NOT NULL, external_id text NOT NULL, body_hash text NOT NULL, "
+    "store_id bigint, channel text, amount_fen bigint NOT NULL, paid_at timestamptz NOT NULL)",
     # An order's lines in file order (pos); line_no as events.orders.insert_order numbers them.
-    "CREATE TEMP TABLE _imp_lines (idx int NOT NULL, pos int NOT NULL, line_no int NOT NULL, sku text, name text, "
-    "category text, quantity int NOT NULL, unit_price_fen bigint NOT NULL, amount_fen bigint NOT NULL, "
-    "PRIMARY KEY (idx, pos)) ON COMMIT DROP",
-    "CREATE TEMP TABLE _imp_keys (cluster int NOT NULL, kind text NOT NULL, value text NOT NULL) ON COMMIT DROP",
-    "CREATE TEMP TABLE _imp_member (cluster int PRIMARY KEY, member_id bigint, is_new boolean NOT NULL) "
-    "ON COMMIT DROP",
+    "_imp_lines (idx int NOT NULL, pos int NOT NULL, line_no int NOT NULL, sku text, name text, category text, "
+    "quantity int NOT NULL, unit_price_fen bigint NOT NULL, amount_fen bigint NOT NULL, PRIMARY KEY (idx, pos))",
+    "_imp_keys (cluster int NOT NULL, kind text NOT NULL, value text NOT NULL)",
+    # store_id, joined_at: of the cluster's first row in file order, which makes a new member.
+    "_imp_member (cluster int PRIMARY KEY, member_id bigint, is_new boolean NOT NULL, store_id bigint, "
+    "joined_at timestamptz)",
 )
 
 
@@ -94,14 +89,13 @@ def write_orders(session: Session, items: list[tuple[int, dict[str, Any]]], sour
             slow.add(i)
         seen.add(clean["order_id"])
         hashes[i] = clean.get("body_hash") or order_fingerprint(clean, source)
-    ids = sorted(seen)
-
-    stored = {r.external_id: r.body_hash for r in session.execute(
-        text("SELECT external_id, body_hash FROM orders WHERE source = :s AND external_id = ANY(:ids)"),
-        {"s": source, "ids": ids})}
-    waiting = set(session.execute(text(
+    work = WorkTables(session)
+    ids = {"s": source, "ids": work.array(sorted(seen))}
+    stored = {r.external_id: r.body_hash for r in work.execute(
+        f"SELECT external_id, body_hash FROM orders WHERE source = :s AND {work.any('external_id', 'ids')}", ids)}
+    waiting = set(work.execute(
         "SELECT DISTINCT order_external_id FROM refunds WHERE status = 'pending' AND order_source = :s "
-        "AND order_external_id = ANY(:ids)"), {"s": source, "ids": ids}).scalars())
+        f"AND {work.any('order_external_id', 'ids')}", ids).scalars())
     todo = []
     for i, clean in items:
         if i in slow:
@@ -148,7 +142,7 @@ def write_orders(session: Session, items: list[tuple[int, dict[str, Any]]], sour
                                      [c["paid_at"] for _, c in todo], utcnow())
         conflicted |= earning.held
     number: dict[Any, int] = {}
-    member_of: dict[int, int | None] = {}
+    member_rows: list[tuple[int, int | None, bool, int | None, Any]] = []  # _imp_member
     cluster_of: dict[int, int] = {}
     fast = []
     for i, clean in todo:
@@ -156,81 +150,76 @@ def write_orders(session: Session, items: list[tuple[int, dict[str, Any]]], sour
         if root in conflicted:
             slow.add(i)
             continue
-        if root not in number:
+        if root not in number:  # the cluster's first row in file order
             number[root] = len(number)
-            member_of[number[root]] = owner_of.get(root)
+            mid = owner_of.get(root)
+            member_rows.append((number[root], mid, mid is None, clean["store_id"], clean["paid_at"]))
         cluster_of[i] = number[root]
         fast.append((i, clean))
     if not fast:
         return outcome, [i for i, _ in items if i in slow]
     links = {(cluster_of[i], *key) for i, clean in fast for key in clean["keys"] if key not in owners}
 
-    for statement in _STAGING:
-        session.execute(text(statement))
-    copy_rows(session, "_imp_member", ["cluster", "member_id", "is_new"],
-          [(c, m, m is None) for c, m in member_of.items()])
-    copy_rows(session, "_imp_keys", ["cluster", "kind", "value"], sorted(links))
-    copy_rows(session, "_imp_orders", ["idx", "cluster", "external_id", "body_hash", "store_id", "channel",
-                                       "amount_fen", "paid_at"],
+    work.create(*_TABLES)
+    work.fill("_imp_member", ["cluster", "member_id", "is_new", "store_id", "joined_at"], member_rows)
+    work.fill("_imp_keys", ["cluster", "kind", "value"], sorted(links))
+    work.fill("_imp_orders", ["idx", "cluster", "external_id", "body_hash", "store_id", "channel", "amount_fen",
+                              "paid_at"],
               [(i, cluster_of[i], c["order_id"], hashes[i], c["store_id"], c["channel"], c["amount_fen"], c["paid_at"])
                for i, c in fast])
-    copy_rows(session, "_imp_lines", ["idx", "pos", "line_no", "sku", "name", "category", "quantity",
-                                      "unit_price_fen", "amount_fen"],
+    work.fill("_imp_lines", ["idx", "pos", "line_no", "sku", "name", "category", "quantity", "unit_price_fen",
+                             "amount_fen"],
               [(i, pos, ln["line_no"] or pos, ln["sku"], ln["name"], ln["category"], ln["quantity"],
                 ln["unit_price_fen"], ln["amount_fen"])
                for i, c in fast for pos, ln in enumerate(c["lines"], start=1)])
-    session.execute(text("ANALYZE _imp_member, _imp_keys, _imp_orders, _imp_lines"))
-    now = earning.now if earning is not None else utcnow()
-    params = {"src": source, "now": now}
-    # New members for clusters without one: the first row in file order decides join time and store,
+    work.analyze()
+    params = {"src": source, "now": earning.now if earning is not None else utcnow()}
+    # New members for clusters without one: the first row in file order decided join time and store,
     # as on the per-row path; unknown keys are linked to the cluster's member.
-    session.execute(text(
-        "UPDATE _imp_member m SET member_id = n.id FROM (SELECT cluster, nextval('members_id_seq') AS id "
-        "FROM (SELECT cluster FROM _imp_member WHERE is_new ORDER BY cluster) c) n WHERE m.cluster = n.cluster"))
-    session.execute(text(
+    work.number_new_members("_imp_member", "cluster")
+    work.execute(
         "INSERT INTO members (id, status, gender, home_store_id, joined_at, attributes, reduce_disturbance, "
         "source_channel, created_at, updated_at) "
-        "SELECT m.member_id, 'active', 'unknown', f.store_id, f.paid_at, '{}', false, :src, :now, :now "
-        "FROM _imp_member m JOIN (SELECT DISTINCT ON (cluster) cluster, store_id, paid_at FROM _imp_orders "
-        "ORDER BY cluster, idx) f ON f.cluster = m.cluster WHERE m.is_new ORDER BY m.member_id"), params)
-    session.execute(text(
+        "SELECT member_id, 'active', 'unknown', store_id, joined_at, '{}', false, :src, :now, :now "
+        "FROM _imp_member WHERE is_new ORDER BY member_id", params)
+    work.execute(
         "INSERT INTO identities (member_id, kind, value, source, created_at) "
-        "SELECT m.member_id, k.kind, k.value, :src, :now FROM _imp_keys k JOIN _imp_member m ON m.cluster = k.cluster"),
+        "SELECT m.member_id, k.kind, k.value, :src, :now FROM _imp_keys k JOIN _imp_member m ON m.cluster = k.cluster",
         params)
     # Orders in file order (their ids too, as on the per-row path), then their lines and the aggregates.
-    session.execute(text(
+    work.execute(
         "INSERT INTO orders (source, external_id, body_hash, member_id, store_id, channel, status, currency, "
         "amount_fen, refunded_fen, paid_at, properties, created_at) "
         "SELECT :src, o.external_id, o.body_hash, m.member_id, o.store_id, o.channel, 'paid', 'CNY', o.amount_fen, "
-        "0, o.paid_at, '{}', :now FROM _imp_orders o JOIN _imp_member m ON m.cluster = o.cluster ORDER BY o.idx"),
+        "0, o.paid_at, '{}', :now FROM _imp_orders o JOIN _imp_member m ON m.cluster = o.cluster ORDER BY o.idx",
         params)
-    session.execute(text(
+    work.execute(
         "INSERT INTO order_lines (order_id, line_no, sku, name, category, quantity, unit_price_fen, amount_fen, "
         "refunded_quantity, refunded_fen) "
         "SELECT d.id, l.line_no, l.sku, l.name, l.category, l.quantity, l.unit_price_fen, l.amount_fen, 0, 0 "
         "FROM _imp_lines l JOIN _imp_orders o ON o.idx = l.idx "
-        "JOIN orders d ON d.source = :src AND d.external_id = o.external_id ORDER BY l.idx, l.pos"), params)
+        "JOIN orders d ON d.source = :src AND d.external_id = o.external_id ORDER BY l.idx, l.pos", params)
     # Aggregates: new members get theirs in one insert, known members one update (no insert-then-update,
     # which would write every new member's row twice).
-    session.execute(text(
-        "CREATE TEMP TABLE _imp_sums ON COMMIT DROP AS SELECT m.member_id, bool_or(m.is_new) AS is_new, "
-        "count(*) AS n, sum(o.amount_fen) AS spend, min(o.paid_at) AS first_at, max(o.paid_at) AS last_at "
-        "FROM _imp_orders o JOIN _imp_member m ON m.cluster = o.cluster GROUP BY m.member_id"))
-    session.execute(text(
+    work.create_as("_imp_sums", "SELECT m.member_id, m.is_new, count(*) AS n, sum(o.amount_fen) AS spend, "
+                   "min(o.paid_at) AS first_at, max(o.paid_at) AS last_at "
+                   "FROM _imp_orders o JOIN _imp_member m ON m.cluster = o.cluster GROUP BY m.member_id, m.is_new")
+    work.execute(
         "INSERT INTO member_aggregates (member_id, order_count, total_spend_fen, refund_fen, first_order_at, "
         "last_order_at, last_event_at) SELECT member_id, n, spend, 0, first_at, last_at, last_at FROM _imp_sums "
-        "WHERE is_new ORDER BY member_id"))
-    session.execute(text(
-        "UPDATE member_aggregates a SET order_count = a.order_count + s.n, "
+        "WHERE is_new ORDER BY member_id")
+    work.execute(
+        "UPDATE member_aggregates AS a SET order_count = a.order_count + s.n, "
         "total_spend_fen = a.total_spend_fen + s.spend, "
-        "first_order_at = LEAST(a.first_order_at, s.first_at), "
-        "last_order_at = GREATEST(a.last_order_at, s.last_at), "
-        "last_event_at = GREATEST(a.last_event_at, s.last_at) "
-        "FROM _imp_sums s WHERE NOT s.is_new AND a.member_id = s.member_id"))
+        f"first_order_at = {work.earliest('a.first_order_at', 's.first_at')}, "
+        f"last_order_at = {work.latest('a.last_order_at', 's.last_at')}, "
+        f"last_event_at = {work.latest('a.last_event_at', 's.last_at')} "
+        "FROM _imp_sums s WHERE NOT s.is_new AND a.member_id = s.member_id")
     # Their segments re-check in real time (segments.dirty), in member-id order like every marker.
-    session.execute(text(DIRTY.format(table="_imp_sums")), params)
-    if earning is not None:
+    work.execute(DIRTY.format(table="_imp_sums"), params)
+    if earning is not None:  # reads the work tables: before they are dropped
         earning.write(session, source, fast)
+    work.close()
     for i, _ in fast:
         outcome[i] = ("created", None)
     return outcome, [i for i, _ in items if i in slow]

@@ -8,8 +8,10 @@ run killed half-way and started again ends in exactly the state of an uninterrup
 batches replay as duplicates). A refund whose order is not imported yet is kept pending by the
 ingestion service and applied when the order arrives; the report warns about it.
 
-Orders on PostgreSQL take the COPY + set-based path (imports.pg_bulk), proven to end in the same
-state as the per-row path; other kinds, and SQLite, run row by row in batched transactions.
+Orders and members take the set-based path (imports.pg_bulk: work tables filled with COPY on
+PostgreSQL, executemany on SQLite), proven to end in the same state as the per-row path, which still
+takes the rows whose outcome depends on another row; refunds and events run row by row in batched
+transactions.
 """
 
 from __future__ import annotations
@@ -41,8 +43,8 @@ from orchard.org.models import OrgUnit
 from orchard.segments import dirty
 
 BATCH_SIZE = 1000
-#: Orders and members on PostgreSQL go through COPY and set-based SQL, whose cost per batch is mostly fixed.
-PG_BATCH_SIZE = 20_000
+#: Orders and members go through work tables and set-based SQL, whose cost per batch is mostly fixed.
+FAST_BATCH_SIZE = 20_000
 SYSTEM = pg_bulk.SYSTEM
 
 
@@ -95,13 +97,12 @@ def run_import(kind: str, path: Path, *, source: str = "import", report_path: Pa
     report = _Report(report_path or path.with_name(path.name + ".errors.csv"), table.headers)
     with transaction(readonly=True) as s:
         stores = dict(s.execute(select(OrgUnit.code, OrgUnit.id).where(OrgUnit.kind == "store")).tuples().all())
-    postgres = get_engine().dialect.name == "postgresql"
-    fast = kind in _FAST and (postgres or kind in _ANY_DIALECT)
-    size = batch_size or (PG_BATCH_SIZE if fast else BATCH_SIZE)
+    fast = kind in _FAST
+    size = batch_size or (FAST_BATCH_SIZE if fast else BATCH_SIZE)
     batches = _batches(_units(kind, table.rows, mapping), size)
     try:
         if fast:
-            _pipelined(kind, batches, mapping, stores, source, result, report, progress, earn, threaded=postgres)
+            _pipelined(kind, batches, mapping, stores, source, result, report, progress, earn)
         else:
             for batch in batches:
                 _write_batch(kind, batch, mapping, stores, source, result, report, earn)
@@ -268,12 +269,11 @@ class _Prepared:
 
 def _pipelined(kind: str, batches: Iterator[list[_Unit]], mapping: dict[str, int],
                stores: dict[str, int], source: str, result: ImportResult, report: _Report,
-               progress: Callable[[int], None] | None, earn: bool = False, *, threaded: bool = True) -> None:
-    """Orders and members on PostgreSQL: while one batch is written (COPY and set-based SQL,
-    imports.pg_orders / pg_members) by a writer thread, the next is read and validated here — the
-    database works on one core while Python validates on the other. Batches still commit one at a
-    time, in file order. Unthreaded (SQLite, one writer and in process), each batch is written
-    before the next is read."""
+               progress: Callable[[int], None] | None, earn: bool = False) -> None:
+    """Orders, members and tags: while one batch is written (work tables and set-based SQL,
+    imports.pg_orders / pg_members / tags) by a writer thread, the next is read and validated here — the
+    database works on one core while Python validates on the other (SQLite too: its driver lets go of
+    the GIL while a statement runs). Batches still commit one at a time, in file order."""
 
     def finish(prepared: _Prepared, outcome: dict[int, pg_bulk.RowOutcome | OrchardError]) -> None:
         for key, _ in prepared.items:
@@ -281,11 +281,6 @@ def _pipelined(kind: str, batches: Iterator[list[_Unit]], mapping: dict[str, int
         if progress:
             progress(prepared.rows)
 
-    if not threaded:
-        for batch in batches:
-            prepared = _prepare(kind, batch, mapping, stores, source, result, report)
-            finish(prepared, _store(kind, prepared, source, earn))
-        return
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="orchard-import") as writer:
         pending: tuple[_Prepared, Future] | None = None
         for batch in batches:
@@ -322,9 +317,16 @@ def _store(kind: str, prepared: _Prepared, source: str,
 
 def _writers(kind: str, earn: bool) -> tuple[Any, Callable[..., tuple[str, str | None]]]:
     """(fast batch writer or None, per-row writer) of a kind; with `earn`, the orders' earning ones."""
-    if earn:
-        return partial(pg_orders.write_orders, earn=True), partial(_order, earn=True)
+    if earn:  # earning set-based (imports.pg_earn) is PostgreSQL's; on SQLite every order earns row by row
+        fast = partial(pg_orders.write_orders, earn=True) if get_engine().dialect.name == "postgresql" else _per_row
+        return fast, partial(_order, earn=True)
     return _FAST.get(kind), _KINDS[kind][1]
+
+
+def _per_row(session: Session, items: list[tuple[int, dict[str, Any]]], source: str
+             ) -> tuple[dict[int, pg_bulk.RowOutcome | OrchardError], list[int]]:
+    """A batch writer that hands every row to the per-row path."""
+    return {}, [i for i, _ in items]
 
 
 def _order(session: Session, clean: dict[str, Any], source: str, earn: bool = False) -> tuple[str, str | None]:
@@ -424,10 +426,9 @@ def _ingest(session: Session, kind: str, schema: type[RefundIn | EventIn], field
         raise rows.RowError(column_of.get(field_, field_), reason) from None
 
 
-#: Kinds with a set-based batch writer (PostgreSQL only, but for those in _ANY_DIALECT): kind → the writer.
+#: Kinds with a set-based fast path (both databases): kind → its batch writer.
 _FAST: dict[str, pg_bulk.FastWriter] = {"orders": pg_orders.write_orders, "members": pg_members.write_members,
                                         "tags": tags.write_tags}
-_ANY_DIALECT = {"tags"}
 
 #: kind → (row validator, writer, report column of the writer's warnings)
 _KINDS: dict[str, tuple[Callable[..., dict[str, Any]], Callable[..., tuple[str, str | None]], str]] = {

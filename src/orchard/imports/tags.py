@@ -20,11 +20,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import insert, select, tuple_, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
 from orchard.errors import OrchardError
-from orchard.identity.models import Identity
 from orchard.identity.resolve import owners_of
 from orchard.imports.pg_bulk import RowOutcome
 from orchard.imports.rows import RowError
@@ -33,21 +32,8 @@ from orchard.members.models import MemberTag, Tag, TagChange
 from orchard.segments import dirty
 
 SOURCE = "import"
-#: SQLite binds at most 32,766 parameters per statement; two per key.
+#: SQLite binds at most 32,766 parameters per statement: member ids are looked up in chunks.
 _CHUNK = 5000
-
-
-def _owners(session: Session, keys: set[tuple[str, str]]) -> dict[tuple[str, str], int]:
-    if session.get_bind().dialect.name == "postgresql":
-        return owners_of(session, keys)
-    found: dict[tuple[str, str], int] = {}
-    ordered = sorted(keys)
-    for i in range(0, len(ordered), _CHUNK):
-        chunk = ordered[i:i + _CHUNK]
-        found.update({(k, v): m for k, v, m in session.execute(
-            select(Identity.kind, Identity.value, Identity.member_id)
-            .where(tuple_(Identity.kind, Identity.value).in_(chunk)))})
-    return found
 
 
 def _member_of(keys: list[tuple[str, str]], owners: dict[tuple[str, str], int]) -> int:
@@ -77,7 +63,7 @@ def write_tags(session: Session, items: list[tuple[int, dict[str, Any]]], source
                ) -> tuple[dict[int, RowOutcome | OrchardError], list[int]]:
     """A batch of clean rows ({"keys", "tags"}) in a few set-based statements: (outcome by row, [])."""
     actor = f"import:{source}"
-    owners = _owners(session, {k for _, clean in items for k in clean["keys"]})
+    owners = owners_of(session, {k for _, clean in items for k in clean["keys"]})
     outcome: dict[int, RowOutcome | OrchardError] = {}
     rows: list[tuple[int, int, list[str]]] = []
     for i, clean in items:
