@@ -86,12 +86,14 @@ def test_two_hundred_concurrent_redemptions_never_overspend(live_server, clean_d
 
         def spend(_n, m=m):
             with httpx.Client(base_url=live_server, headers=headers(key), timeout=60) as c:
-                return c.post(f"/api/v1/members/{m}/points/spend",
-                              json={"amount": 10, "reason": "兑换", "external_id": f"X{next(ids)}"}).status_code
+                r = c.post(f"/api/v1/members/{m}/points/spend",
+                           json={"amount": 10, "reason": "兑换", "external_id": f"X{next(ids)}"})
+                return r.status_code, r.json().get("code")
 
         with concurrent.futures.ThreadPoolExecutor(max_workers=20) as pool:
             codes = list(pool.map(spend, range(200)))
-        assert codes.count(200) == 100 and codes.count(409) == 100, sorted(set(codes))
+        assert codes.count((200, None)) == 100 and codes.count((409, "points.insufficient")) == 100, \
+            sorted(set(codes))
         with httpx.Client(base_url=live_server, headers=headers(key), timeout=60) as c:
             assert c.get(f"/api/v1/members/{m}/points").json()["available"] == 0
     if clean_db.startswith("postgresql"):
