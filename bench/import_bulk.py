@@ -21,6 +21,7 @@ import csv
 import os
 import random
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -186,9 +187,7 @@ def main() -> None:
             with admin.connect() as c:
                 c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
             admin.dispose()
-        for f in tmp.iterdir():
-            f.unlink()
-        tmp.rmdir()
+        shutil.rmtree(tmp)
 
 
 if __name__ == "__main__":
