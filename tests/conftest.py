@@ -58,15 +58,18 @@ def database(request, tmp_path_factory) -> Iterator[str]:
 
 
 def wipe_tables() -> None:
-    """Empty every table of the current test database (ids restart on PostgreSQL)."""
+    """Empty every table of the current test database (ids restart on PostgreSQL).
+
+    DELETE, not TRUNCATE: a test leaves a handful of rows, and TRUNCATE of ~70 tables creates new files
+    for every table and index — 1.5 s per test on PostgreSQL against 20 ms for the DELETEs, which made
+    it most of the suite's time."""
     engine = db.get_engine()
     tables = [t.name for t in reversed(Base.metadata.sorted_tables)]
     with engine.begin() as conn:
+        for t in tables:
+            conn.execute(text(f'DELETE FROM "{t}"'))
         if engine.dialect.name == "postgresql":
-            conn.execute(text("TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " RESTART IDENTITY CASCADE"))
-        else:
-            for t in tables:
-                conn.execute(text(f'DELETE FROM "{t}"'))
+            conn.execute(text("SELECT setval(c.oid, 1, false) FROM pg_class c WHERE c.relkind = 'S'"))
 
 
 @pytest.fixture
