@@ -128,21 +128,23 @@ def evaluate(session: Session, *, member_ids: list[int] | None = None, now: dt.d
     step = below if prog.downgrade == "one_level" else "y.target_id"
     down = "1 = 0" if upgrade_only else (
         "tl.rank < y.cur_rank AND y.has_row AND (y.keep_until IS NULL OR y.keep_until <= :now)")
+    # MATERIALIZED: inlined, the target's subquery would be copied into the join and each CASE and run
+    # up to four times per member (the nightly pass got slower than the three UPDATEs it replaced).
     session.execute(_sql(
-        "CREATE TEMP TABLE _tier_eval AS "
-        "SELECT y.member_id, y.value, y.cur_id, y.cur_rank, y.keep_until, y.has_row, y.target_id, "
-        "tl.rank AS target_rank, "
-        f"CASE WHEN tl.rank > y.cur_rank THEN y.target_id WHEN {down} THEN {step} END AS new_id, "
-        f"CASE WHEN tl.rank > y.cur_rank THEN 'upgrade' WHEN {down} THEN 'downgrade' END AS why "
-        "FROM (SELECT x.member_id, x.value, t.level_id AS cur_id, coalesce(cl.rank, bl.rank) AS cur_rank, "
+        "CREATE TEMP TABLE _tier_eval AS WITH y AS MATERIALIZED ("
+        "SELECT x.member_id, x.value, t.level_id AS cur_id, coalesce(cl.rank, bl.rank) AS cur_rank, "
         "t.keep_until, t.member_id IS NOT NULL AS has_row, "
         "coalesce((SELECT l.id FROM tier_levels l WHERE l.active AND l.threshold <= x.value "
         " ORDER BY l.rank DESC LIMIT 1), :base) AS target_id "
         f"FROM ({_metric_sql(prog, since, members_filter)}) x "
         "LEFT JOIN member_tiers t ON t.member_id = x.member_id "
         "LEFT JOIN tier_levels cl ON cl.id = t.level_id "
-        "JOIN tier_levels bl ON bl.id = :base) y "
-        "JOIN tier_levels tl ON tl.id = y.target_id"), params)
+        "JOIN tier_levels bl ON bl.id = :base) "
+        "SELECT y.member_id, y.value, y.cur_id, y.cur_rank, y.keep_until, y.has_row, y.target_id, "
+        "tl.rank AS target_rank, "
+        f"CASE WHEN tl.rank > y.cur_rank THEN y.target_id WHEN {down} THEN {step} END AS new_id, "
+        f"CASE WHEN tl.rank > y.cur_rank THEN 'upgrade' WHEN {down} THEN 'downgrade' END AS why "
+        "FROM y JOIN tier_levels tl ON tl.id = y.target_id"), params)
     session.execute(_sql("CREATE INDEX _tier_eval_member ON _tier_eval (member_id)"))
     if session.get_bind().dialect.name == "postgresql":
         session.execute(_sql("ANALYZE _tier_eval"))
