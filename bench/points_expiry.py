@@ -29,71 +29,31 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import resource
 import time
 
-from points_seed import create_database, drop_database, loadavg, seed, sizes, timed_cli
-from sqlalchemy import create_engine, event, text
+from pg_profile import backend_cpu, cli_with_cpu, profiled
+from points_seed import (
+    clone_database,
+    create_database,
+    database_exists,
+    drop_database,
+    loadavg,
+    orchard,
+    seed,
+    sizes,
+)
+from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.orm import Session
-
-
-def backend_cpu(pid: int) -> float:
-    """CPU seconds (user + system) a PostgreSQL backend of this machine has used so far."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def explain_pass(url: str, explain: bool) -> None:
     """expire_due in this process, every statement timed (wall and the backend's CPU) and, with
     `explain`, EXPLAIN ANALYZEd by auto_explain (which itself costs time: compare like with like)."""
-    from orchard.db import make_engine
     from orchard.loyalty.expiry import expire_due
 
-    engine = make_engine(url)
-    timings: list[tuple[float, float, str]] = []
-    notes: list[str] = []
-    backend: dict[str, int] = {}
-
-    @event.listens_for(engine, "before_cursor_execute")
-    def _before(conn, cursor, statement, parameters, context, executemany):
-        conn.info["t"] = (time.perf_counter(), backend_cpu(backend["pid"]) if backend else 0.0)
-
-    @event.listens_for(engine, "after_cursor_execute")
-    def _after(conn, cursor, statement, parameters, context, executemany):
-        t, cpu = conn.info.pop("t")
-        timings.append((time.perf_counter() - t, backend_cpu(backend["pid"]) - cpu if backend else 0.0, statement))
-
-    with Session(engine) as session:
-        raw = session.connection().connection.driver_connection
-        raw.add_notice_handler(lambda d: notes.append(d.message_primary or ""))
-        backend["pid"] = session.execute(text("SELECT pg_backend_pid()")).scalar_one()
-        if explain:
-            for s in ("LOAD 'auto_explain'", "SET auto_explain.log_min_duration = 0",
-                      "SET auto_explain.log_analyze = on", "SET auto_explain.log_buffers = on",
-                      "SET auto_explain.log_triggers = on", "SET client_min_messages = log"):
-                session.execute(text(s))
-        timings.clear()
-        before = loadavg()
-        t, cpu0, own0 = time.perf_counter(), backend_cpu(backend["pid"]), time.process_time()
-        r = expire_due(session)
-        session.commit()
-        total, cpu, own = time.perf_counter() - t, backend_cpu(backend["pid"]) - cpu0, time.process_time() - own0
-    engine.dispose()
-    how = "under auto_explain" if explain else "no auto_explain"
-    print(f"pass (in process, {how}): {r.lots:,} lots, {r.points:,} points, {r.members:,} members in "
-          f"{total:.1f} s wall; PostgreSQL backend CPU {cpu:.1f} s, this process {own:.1f} s; "
-          f"load {before} → {loadavg()}")
-    print("\nper statement (wall s, backend CPU s, statement):")
-    for s, c, stmt in timings:
-        print(f"  {s:8.2f} {c:8.2f}  {' '.join(stmt.split())[:150]}")
-    if explain:
-        print("\nplans (auto_explain):")
-        for n in notes:
-            if n.startswith("duration"):
-                print(re.sub(r"^", "    ", n, flags=re.M))
+    r, before = profiled(url, expire_due, explain, "pass")
+    print(f"  → {r.lots:,} lots, {r.points:,} points, {r.members:,} members (load before {before})")
 
 
 def settings(url: str) -> str:
@@ -177,51 +137,6 @@ def spendable_probe(url: str, members: int, n: int = 2000) -> str:
     return f"{ms:.2f} ms wall, {cpu_ms:.2f} ms backend CPU per member ({n:,} members, one connection); plan: {plan}"
 
 
-class BackendCpu:
-    """Samples the CPU of the PostgreSQL backends whose application_name is `app` (a child `orchard`
-    process sets it through PGAPPNAME) until stopped: the database's side of a CLI run. The last
-    sample before a backend exits is what is counted (at most `every` seconds short)."""
-
-    def __init__(self, url: str, app: str, every: float = 0.2) -> None:
-        import threading
-
-        self.seen: dict[int, float] = {}
-        self._stop = threading.Event()
-        self._engine = create_engine(url)
-        self._app, self._every = app, every
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        with self._engine.connect() as c:
-            while not self._stop.wait(self._every):
-                pids = c.execute(text("SELECT pid FROM pg_stat_activity WHERE application_name = :a"),
-                                 {"a": self._app}).scalars().all()
-                c.rollback()
-                for pid in pids:
-                    try:
-                        self.seen[pid] = backend_cpu(pid)
-                    except OSError:
-                        pass
-
-    def stop(self) -> float:
-        self._stop.set()
-        self._thread.join()
-        self._engine.dispose()
-        return sum(self.seen.values())
-
-
-def cli_with_cpu(url: str, env: dict, *args: str) -> tuple[float, float, float, float, str]:
-    """(wall s, peak RSS MB, the child's own CPU s, its PostgreSQL backends' CPU s, stdout) of `orchard …`."""
-    app = f"bench-{os.getpid()}-{time.monotonic_ns()}"
-    sampler = BackendCpu(url, app)
-    own0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    s, mb, out = timed_cli({**env, "PGAPPNAME": app}, *args)
-    own1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    own = (own1.ru_utime + own1.ru_stime) - (own0.ru_utime + own0.ru_stime)
-    return s, mb, own, sampler.stop(), out
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--members", type=int, default=2_000)
@@ -235,15 +150,34 @@ def main() -> None:
     ap.add_argument("--lots-fillfactor", type=int, default=None,
                     help="override points_lots' fillfactor before seeding (default: the migration's, 50)")
     ap.add_argument("--keep", action="store_true", help="keep the database (its name is printed)")
+    ap.add_argument("--template", metavar="NAME",
+                    help="seed database NAME once (kept) and run on a fresh copy of it; later runs with the same "
+                         "NAME (and sizes) only copy it. Drop it by hand when done")
     args = ap.parse_args()
     print(f"{os.cpu_count()} CPUs; load average {loadavg()} (1/5/15 min)")
-    name, url, env = create_database()
-    print(f"database {name}; {settings(url)}")
-    try:
+    if args.template and not database_exists(args.template):
+        _, turl, _ = create_database(args.template)
         t = time.perf_counter()
-        seed(url, args.members, args.lots, args.expired_share, fillfactor=args.lots_fillfactor)
-        print(f"seeded {args.members:,} members, {args.lots:,} lots in {time.perf_counter() - t:.0f} s: {sizes(url)}; "
-              f"load {loadavg()}")
+        seed(turl, args.members, args.lots, args.expired_share, fillfactor=args.lots_fillfactor)
+        print(f"seeded template {args.template}: {args.members:,} members, {args.lots:,} lots in "
+              f"{time.perf_counter() - t:.0f} s; load {loadavg()}")
+    if args.template:
+        t = time.perf_counter()
+        name, url, env = clone_database(args.template)
+        orchard(env, "db", "upgrade")  # the template may predate a migration of this checkout
+        print(f"database {name}: a copy of {args.template} in {time.perf_counter() - t:.0f} s (upgraded); "
+              f"{settings(url)}")
+    else:
+        name, url, env = create_database()
+        print(f"database {name}; {settings(url)}")
+    try:
+        if not args.template:
+            t = time.perf_counter()
+            seed(url, args.members, args.lots, args.expired_share, fillfactor=args.lots_fillfactor)
+            print(f"seeded {args.members:,} members, {args.lots:,} lots in {time.perf_counter() - t:.0f} s: "
+                  f"{sizes(url)}; load {loadavg()}")
+        else:
+            print(f"sizes: {sizes(url)}; load {loadavg()}")
         if args.explain or args.profile:
             explain_pass(url, args.explain)
         else:

@@ -16,7 +16,8 @@ import argparse
 import json
 import time
 
-from points_seed import create_database, drop_database, loadavg, orchard, timed_cli
+from pg_profile import cli_with_cpu, profiled
+from points_seed import create_database, drop_database, loadavg, orchard
 from sqlalchemy import create_engine, text
 
 PROGRAM = {"metric": "growth", "period": "rolling_12m", "downgrade": "one_level", "hold_days": 0, "levels": [
@@ -57,6 +58,8 @@ def main() -> None:
     ap.add_argument("--members", type=int, default=20000)
     ap.add_argument("--share", type=float, default=0.6, help="share of members with growth")
     ap.add_argument("--keep", action="store_true", help="keep the database")
+    ap.add_argument("--profile", action="store_true",
+                    help="run each pass in this process: every statement's wall time and backend CPU")
     args = ap.parse_args()
     name, url, env = create_database()
     try:
@@ -68,17 +71,28 @@ def main() -> None:
             for lv in PROGRAM["levels"]:
                 c.execute(text("INSERT INTO tier_levels (code, name, rank, threshold, benefits, active) VALUES "
                                "(:code, :name, :rank, :threshold, '{}', true)"), lv)
-        for label in ("first pass (placing everyone)", "second pass (no change)"):
-            seconds, rss, out = timed_cli(env, "tiers", "evaluate")
-            print(f"{label}: {seconds:.1f} s, peak RSS {rss:.0f} MB  (load {loadavg()})\n  {out.strip()}")
+
+        def run(label: str) -> None:
+            if args.profile:
+                from orchard.loyalty.tiers import evaluate
+
+                r, _ = profiled(url, evaluate, label=label)
+                print(f"  → {r}")
+                return
+            before = loadavg()
+            seconds, rss, own, db_cpu, out = cli_with_cpu(url, env, "tiers", "evaluate")
+            print(f"{label}: {seconds:.1f} s, peak RSS {rss:.0f} MB; CPU: PostgreSQL backend {db_cpu:.1f} s, CLI "
+                  f"process {own:.1f} s; load {before} → {loadavg()}\n  {out.strip()}")
+
+        run("first pass (placing everyone)")
+        run("second pass (no change)")
         with engine.begin() as c:  # a quarter of the growth refunded: downgrades once the hold (0 days) is over
             c.execute(text("INSERT INTO growth_entries (member_id, kind, amount, source, reason, actor, explanation, "
                            "occurred_at, created_at) SELECT member_id, 'reverse', -amount, 'bench', '退款', 'bench', "
                            "'{}', occurred_at, now() FROM growth_entries WHERE member_id % 4 = 0"))
             c.execute(text("UPDATE growth_accounts SET balance = 0 WHERE member_id % 4 = 0"))
             c.execute(text("ANALYZE growth_entries"))
-        seconds, rss, out = timed_cli(env, "tiers", "evaluate")
-        print(f"third pass (downgrades): {seconds:.1f} s, peak RSS {rss:.0f} MB  (load {loadavg()})\n  {out.strip()}")
+        run("third pass (downgrades)")
         print(json.loads(json.dumps({"verify": orchard(env, "points", "verify").splitlines()[-1]})))
         engine.dispose()
     finally:

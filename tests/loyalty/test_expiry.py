@@ -222,3 +222,39 @@ def test_month_and_year_ends_in_the_tenant_zone(clean_db):
     assert (rows["2026-12"].expired, rows["2026-12"].outstanding) == (0, 127)
     assert (rows["2027-01"].expired, rows["2027-01"].issued, rows["2027-01"].outstanding) == (127, 9, 9)
     assert violations() == {}
+
+
+def test_the_pass_locks_the_accounts_it_expires_before_it_reads_their_lots(clean_db):
+    """PostgreSQL: by the time the pass sums the due lots, the account of every member it expires is
+    locked (a spend locks the account before it reads lots, so the two never take the same points) —
+    and only those. Checked from a second connection at the moment the pass reads the lots."""
+    if db.get_engine().dialect.name != "postgresql":
+        pytest.skip("SQLite serializes writers; there is no row lock to see")
+    from sqlalchemy import event
+    from sqlalchemy.exc import OperationalError
+
+    due, fresh = member(), member()
+    post(due, 100, expires_at=T0 + DAY)
+    post(fresh, 100, expires_at=T0 + 30 * DAY)
+    engine, seen = db.get_engine(), {}
+
+    def try_lock(m: int) -> bool:
+        with engine.connect() as other:
+            try:
+                other.execute(text("SELECT 1 FROM points_accounts WHERE member_id = :m FOR UPDATE NOWAIT"), {"m": m})
+                return True
+            except OperationalError as exc:
+                assert "could not obtain lock" in str(exc)
+                return False
+
+    def before(conn, cursor, statement, parameters, context, executemany):
+        if statement.startswith("INSERT INTO _due_members"):
+            seen.update(due=try_lock(due), fresh=try_lock(fresh))
+
+    event.listen(engine, "before_cursor_execute", before)
+    try:
+        assert expire(T0 + 2 * DAY).members == 1
+    finally:
+        event.remove(engine, "before_cursor_execute", before)
+    assert seen == {"due": False, "fresh": True}
+    assert violations() == {} and summary(due, now=T0 + 2 * DAY).balance == 0

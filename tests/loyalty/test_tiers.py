@@ -226,3 +226,52 @@ def test_verify_covers_growth(client, ops):
     with db.transaction() as s:
         s.execute(text("UPDATE growth_accounts SET balance = balance + 1"))
     assert set(violations()) == {"growth_balance_is_sum_of_entries"}
+
+
+def test_a_scheduled_pass_changes_only_who_moves_and_stores_everyone_s_metric_and_hold(client, ops):
+    """The first pass places everyone (rows written once), later passes renew the hold of those who
+    qualify again, keep the hold of those below their level until it runs out, and record a change only
+    for members whose level moves — checked row by row, since the pass decides all of it in one statement."""
+    from sqlalchemy import func, select
+
+    from orchard.loyalty.models import MemberTier, TierChange, TierLevel
+
+    admin, key = ops
+    members = {}
+    for name, phone, growth in (("a", "13900000001", 150), ("b", "13900000002", 1200), ("c", "13900000003", 50)):
+        members[name] = buy(client, key, f"O{name}", phone=phone)
+        r = client.post(f"/api/v1/members/{members[name]}/growth/adjust", headers=admin,
+                        json={"amount": growth, "reason": "迁移", "external_id": f"G{name}"})
+        assert r.status_code in (200, 201), r.text
+    program(client, admin, hold_days=30, downgrade="one_level")  # after the growth: nobody placed yet
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+
+    def state():
+        with db.transaction() as s:
+            rows = {m.member_id: (m.level_id, m.keep_until, m.metric_value, m.evaluated_at)
+                    for m in s.scalars(select(MemberTier))}
+            changes = s.scalar(select(func.count()).select_from(TierChange))
+        return rows, changes
+
+    with db.transaction() as s:
+        silver, gold = (s.scalar(select(TierLevel.id).where(TierLevel.code == code)) for code in ("SILVER", "GOLD"))
+    a, b, c = members["a"], members["b"], members["c"]
+    r = evaluate(now)
+    assert (r.upgraded, r.downgraded) == (2, 0)
+    rows, changes = state()
+    hold = now + dt.timedelta(days=30)
+    assert rows == {a: (silver, hold, 150, now), b: (gold, hold, 1200, now)} and changes == 2
+    client.post(f"/api/v1/members/{b}/growth/adjust", headers=admin,
+                json={"amount": -1050, "reason": "退款", "external_id": "Gb2"})
+    day10 = now + dt.timedelta(days=10)
+    assert (evaluate(day10).upgraded, evaluate(day10).downgraded) == (0, 0)
+    rows, changes = state()  # a qualifies again: hold renewed; b is inside its hold: kept, metric stored
+    assert rows == {a: (silver, day10 + dt.timedelta(days=30), 150, day10), b: (gold, hold, 150, day10)}
+    assert changes == 2
+    day31 = now + dt.timedelta(days=31)
+    assert evaluate(day31).downgraded == 1
+    rows, changes = state()
+    assert rows == {a: (silver, day31 + dt.timedelta(days=30), 150, day31),
+                    b: (silver, day31 + dt.timedelta(days=30), 150, day31)} and changes == 3
+    assert history(client, admin, b) == [("downgrade", "GOLD", "SILVER"), ("upgrade", "BASE", "GOLD")]
+    assert history(client, admin, c) == [] and tier(client, admin, c)["level"]["code"] == "BASE"

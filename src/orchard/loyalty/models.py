@@ -71,9 +71,9 @@ class PointsEntry(Base):
 class PointsLot(Base):
     """What one credit left to spend. Spent soonest-expiring first.
 
-    On PostgreSQL the table has fillfactor 50 (migration 0017): the columns that change — remaining,
-    expired, expire_entry_id — are in no index, so with free space in the page their updates are HOT
-    (a year-end pass rewrites nearly every row of a page at once).
+    On PostgreSQL the table has fillfactor 48 (migrations 0017, 0018): the columns that change —
+    remaining, expired, expire_entry_id — are in no index, so with free space in the page their updates
+    are HOT (a year-end pass rewrites every row of a page at once, each new version 8 bytes longer).
     Keep them out of every index (a partial index `WHERE remaining > 0` included)."""
 
     __tablename__ = "points_lots"

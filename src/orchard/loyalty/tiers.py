@@ -120,32 +120,34 @@ def evaluate(session: Session, *, member_ids: list[int] | None = None, now: dt.d
             return EvaluationResult(0, 0, 0, 0)
         members_filter = f"AND m.id IN ({', '.join(str(int(i)) for i in member_ids)})"
     session.execute(_sql("DROP TABLE IF EXISTS _tier_eval"))
-    # current: the member's stored level (base when none); target: the highest active level reached.
-    # (The member_tiers updates are UPDATE … FROM the keyed temp table: PostgreSQL and SQLite ≥ 3.33.)
+    # One statement decides every member: current (stored level, base when none), target (the highest
+    # active level reached) and the change, if any — a separate UPDATE of the temporary table per rule
+    # rewrote its 1M rows three times. The downgrade step's subquery runs only for members going down.
+    below = ("(SELECT l.id FROM tier_levels l WHERE l.active AND l.rank < y.cur_rank "
+             "ORDER BY l.rank DESC LIMIT 1)")
+    step = below if prog.downgrade == "one_level" else "y.target_id"
+    down = "1 = 0" if upgrade_only else (
+        "tl.rank < y.cur_rank AND y.has_row AND (y.keep_until IS NULL OR y.keep_until <= :now)")
+    # MATERIALIZED: inlined, the target's subquery would be copied into the join and each CASE and run
+    # up to four times per member (the nightly pass got slower than the three UPDATEs it replaced).
     session.execute(_sql(
-        "CREATE TEMP TABLE _tier_eval AS "
+        "CREATE TEMP TABLE _tier_eval AS WITH y AS MATERIALIZED ("
         "SELECT x.member_id, x.value, t.level_id AS cur_id, coalesce(cl.rank, bl.rank) AS cur_rank, "
         "t.keep_until, t.member_id IS NOT NULL AS has_row, "
-        "(SELECT l.id FROM tier_levels l WHERE l.active AND l.threshold <= x.value "
-        " ORDER BY l.rank DESC LIMIT 1) AS target_id, "
-        "CAST(NULL AS BIGINT) AS new_id, CAST(NULL AS VARCHAR(16)) AS why "
+        "coalesce((SELECT l.id FROM tier_levels l WHERE l.active AND l.threshold <= x.value "
+        " ORDER BY l.rank DESC LIMIT 1), :base) AS target_id "
         f"FROM ({_metric_sql(prog, since, members_filter)}) x "
         "LEFT JOIN member_tiers t ON t.member_id = x.member_id "
         "LEFT JOIN tier_levels cl ON cl.id = t.level_id "
-        "JOIN tier_levels bl ON bl.id = :base"), params)
+        "JOIN tier_levels bl ON bl.id = :base) "
+        "SELECT y.member_id, y.value, y.cur_id, y.cur_rank, y.keep_until, y.has_row, y.target_id, "
+        "tl.rank AS target_rank, "
+        f"CASE WHEN tl.rank > y.cur_rank THEN y.target_id WHEN {down} THEN {step} END AS new_id, "
+        f"CASE WHEN tl.rank > y.cur_rank THEN 'upgrade' WHEN {down} THEN 'downgrade' END AS why "
+        "FROM y JOIN tier_levels tl ON tl.id = y.target_id"), params)
     session.execute(_sql("CREATE INDEX _tier_eval_member ON _tier_eval (member_id)"))
     if session.get_bind().dialect.name == "postgresql":
         session.execute(_sql("ANALYZE _tier_eval"))
-    session.execute(_sql("UPDATE _tier_eval SET target_id = :base WHERE target_id IS NULL"), params)
-    rank = "(SELECT rank FROM tier_levels WHERE id = _tier_eval.target_id)"
-    session.execute(_sql(f"UPDATE _tier_eval SET new_id = target_id, why = 'upgrade' WHERE {rank} > cur_rank"))
-    if not upgrade_only:
-        below = ("(SELECT l.id FROM tier_levels l WHERE l.active AND l.rank < _tier_eval.cur_rank "
-                 "ORDER BY l.rank DESC LIMIT 1)")
-        step = below if prog.downgrade == "one_level" else "target_id"
-        session.execute(_sql(
-            f"UPDATE _tier_eval SET new_id = {step}, why = 'downgrade' WHERE {rank} < cur_rank AND has_row "
-            "AND (keep_until IS NULL OR keep_until <= :now)"), params)
     counts = dict(session.execute(_sql("SELECT why, count(*) FROM _tier_eval WHERE why IS NOT NULL GROUP BY why"))
                   .all())
     session.execute(_sql(
@@ -161,12 +163,13 @@ def evaluate(session: Session, *, member_ids: list[int] | None = None, now: dt.d
         "SELECT member_id, new_id, :now, :hold_until, value, :now FROM _tier_eval "
         "WHERE why = 'upgrade' AND NOT has_row"), params)
     if not upgrade_only:
-        # Qualified again: the hold starts over. Everyone evaluated gets the metric stored.
+        # Everyone evaluated gets the metric stored; qualified again, the hold starts over. Members changed
+        # above already have both (and those placed for the first time were just written): rewriting
+        # them doubled the first pass's writes for nothing.
         session.execute(_sql(
-            "UPDATE member_tiers SET metric_value = e.value, evaluated_at = :now, keep_until = CASE WHEN e.why IS NULL "
-            "AND l.rank >= e.cur_rank THEN :hold_until ELSE member_tiers.keep_until END "
-            "FROM _tier_eval e JOIN tier_levels l ON l.id = e.target_id WHERE e.member_id = member_tiers.member_id"),
-            params)
+            "UPDATE member_tiers SET metric_value = e.value, evaluated_at = :now, keep_until = CASE WHEN "
+            "e.target_rank >= e.cur_rank THEN :hold_until ELSE member_tiers.keep_until END "
+            "FROM _tier_eval e WHERE e.member_id = member_tiers.member_id AND e.why IS NULL"), params)
     ended = 0
     if not upgrade_only:
         where = "override_until <= :now" + (f" AND member_id IN ({', '.join(str(int(i)) for i in member_ids)})"
