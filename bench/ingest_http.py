@@ -3,7 +3,8 @@ the test suite. Results go to docs/benchmarks.md ("HTTP ingestion").
 
     .venv/bin/python bench/ingest_http.py [--workers 1,2] [--single 10000] [--concurrency 32]
                                           [--batches 20] [--batch-concurrency 2] [--members 3000]
-                                          [--new-share 0.1] [--order-share 0.2]
+                                          [--new-share 0.1] [--order-share 0.2] [--card-share 0.5]
+                                          [--db-prefix orchard_bench]
 
 For each worker count: a fresh PostgreSQL database, `orchard db upgrade`, an HQ and four stores, an
 integrator API key (`orchard apikeys create`), then `orchard serve --workers N` as a child process.
@@ -69,9 +70,12 @@ def phone(m: int, style: int) -> str:
     return digits
 
 
+CARD_SHARE = [0.5]  # --card-share
+
+
 def member_ref(rng: random.Random, m: int) -> dict:
     ids = {"phone": phone(m, rng.choice((0, 0, 0, 1, 2)))}
-    if m % 3 == 0 and rng.random() < 0.5:
+    if m % 3 == 0 and rng.random() < CARD_SHARE[0]:
         ids["card_no"] = f"C{m:08d}"
     return {"identities": ids}
 
@@ -259,7 +263,7 @@ def loadavg() -> str:
 # --- one worker count ----------------------------------------------------------------------------
 
 def run_one(args, workers: int, rng: random.Random) -> list[dict]:
-    name = f"orchard_bench_{uuid.uuid4().hex[:8]}"
+    name = f"{args.db_prefix}_{uuid.uuid4().hex[:8]}"
     admin = create_engine(PG, isolation_level="AUTOCOMMIT")
     with admin.connect() as c:
         c.execute(text(f'CREATE DATABASE "{name}"'))
@@ -428,11 +432,16 @@ def main() -> None:
     ap.add_argument("--members", type=int, default=3000, help="known members, seeded before the clock starts")
     ap.add_argument("--new-share", type=float, default=0.1, help="share of items from people never seen before")
     ap.add_argument("--order-share", type=float, default=0.2, help="share of orders among the timed items")
+    ap.add_argument("--card-share", type=float, default=0.5,
+                    help="share of items of every third member that also give a card number (its first sighting "
+                         "links the card: a write the thin ingest path leaves to the route)")
     ap.add_argument("--max-seconds", type=float, default=60, help="stop a phase after this long")
     ap.add_argument("--seed", type=int, default=3)
+    ap.add_argument("--db-prefix", default="orchard_bench", help="name prefix of the database each run creates")
     ap.add_argument("--py-spy", metavar="DIR", help="record py-spy profiles of the server workers into DIR")
     args = ap.parse_args()
     ORDER_SHARE[0] = args.order_share
+    CARD_SHARE[0] = args.card_share
     print(f"{os.cpu_count()} CPUs; load average {loadavg()} (1/5/15 min)")
     rows = []
     for w in (int(x) for x in args.workers.split(",")):

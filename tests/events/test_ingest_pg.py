@@ -276,6 +276,7 @@ def scenario() -> list[tuple]:
         ("key", B, {"items": [event("B19")], "x": 1}, {}),
         ("key", B, b'{"items": [', {}),
         ("key", B, json.dumps(batch(event("B20"), event("B21", props={"n": float("nan")}))).encode(), {}),
+        ("key", B, json.dumps(batch(event("B24"), event("B25", props={"n": float("inf")}))).encode(), {}),
         ("key", B, batch(event("B22")), {"Idempotency-Key": "k-2"}),
         ("key", B, batch(event("B22")), {"Idempotency-Key": "k-2"}),
         ("admin", B, batch(event("B23", member={"id": 1, "identities": {"phone": P1}}, name="login")), {}),

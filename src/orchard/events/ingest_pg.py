@@ -52,7 +52,7 @@ from orchard.errors import (
     busy_problem,
     orchard_problem,
 )
-from orchard.events import ingest, pg_batch
+from orchard.events import ingest
 from orchard.events.schemas import BatchIn, EventIn
 from orchard.identity.normalize import InvalidIdentity, normalize
 from orchard.kit.clock import as_utc, utcnow
@@ -216,7 +216,7 @@ def _item(index: int, data: EventIn) -> dict[str, Any]:
     if (occurred - utcnow()).total_seconds() > ingest._MAX_FUTURE_SKEW_S:
         raise Fallback
     texts = [data.external_id, ref.anonymous_id, data.store_code]
-    if not all(ingest._storable(t) for t in texts if t is not None) or pg_batch._json(data.properties) is None:
+    if not all(ingest._storable(t) for t in texts if t is not None):
         raise Fallback
     keys = [_normalized(kind, value) for kind, value in ref.identities.items()]
     if ref.anonymous_id is not None:
@@ -242,13 +242,27 @@ def _normalized(kind: str, value: str) -> tuple[str, str]:
         raise Fallback from None
 
 
+def _items_json(items: list[dict[str, Any]]) -> str:
+    """The items as one JSON text for the call, or Fallback when PostgreSQL could not store a value of the
+    properties (what `pg_batch._json` refuses item by item: ±Infinity, a NUL, a lone surrogate; the whole
+    request goes to the route, which reports the item as it always has)."""
+    try:
+        dumped = json.dumps(items, ensure_ascii=False, allow_nan=False)
+        dumped.encode()
+    except (ValueError, UnicodeEncodeError):
+        raise Fallback from None
+    if "\\u0000" in dumped:
+        raise Fallback
+    return dumped
+
+
 async def _execute(pool: psycopg_pool.AsyncConnectionPool, credential: tuple[str, str],
                    items: list[dict[str, Any]]) -> list[tuple]:
     """The function's rows. Fallback when PostgreSQL refused a value, or the call failed twice; a busy
     pool is a row of its own (`busy`)."""
     settings = get_settings()
     params = (credential[0], credential[1], _INGEST_ROLES, _SCOPED_ROLES,
-              settings.points_order_pending_event or None, True, json.dumps(items, ensure_ascii=False))
+              settings.points_order_pending_event or None, True, _items_json(items))
     for attempt in (1, 2):
         try:
             async with pool.connection() as conn:

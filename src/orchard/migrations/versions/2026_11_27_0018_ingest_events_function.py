@@ -128,7 +128,8 @@ BEGIN
         SELECT it.i, count(*) AS nkeys, count(idn.member_id) AS nknown, min(idn.member_id) AS lo,
                max(idn.member_id) AS hi, bool_and(kv.value ->> 0 = 'anonymous_id') AS all_anon
           FROM it CROSS JOIN LATERAL jsonb_array_elements(it.k) AS kv(value)
-          LEFT JOIN identities idn ON idn.kind = kv.value ->> 0 AND idn.value = kv.value ->> 1
+          LEFT JOIN LATERAL (SELECT x.member_id FROM identities x
+                              WHERE x.kind = kv.value ->> 0 AND x.value = kv.value ->> 1 LIMIT 1) idn ON true
          GROUP BY it.i
     ), judged AS (
         SELECT it.i, ev.id AS prior_id, ev.member_id AS prior_member, o.id AS store_id, o.kind AS unit_kind,
@@ -150,15 +151,22 @@ BEGIN
                     ELSE 'undecided' END AS status,
                CASE WHEN it.m IS NOT NULL THEN g.id ELSE kd.lo END AS member_id
           FROM it
-          LEFT JOIN events ev ON ev.source = it.s AND ev.external_id = it.e
-          LEFT JOIN org_units o ON o.code = it.c
-          LEFT JOIN members m0 ON m0.id = it.m
-          LEFT JOIN members m1 ON m1.id = m0.merged_into_id
+          -- LATERAL … LIMIT 1 (every look-up is by a unique key): the subqueries are not flattened into joins, so
+          -- each item probes the indexes; as joins, the planner's guess of 100 items (jsonb_to_recordset) and
+          -- young statistics chose hash joins over sequential scans of events and members (ms per call).
+          LEFT JOIN LATERAL (SELECT x.id, x.member_id, x.body_hash FROM events x
+                              WHERE x.source = it.s AND x.external_id = it.e LIMIT 1) ev ON true
+          LEFT JOIN LATERAL (SELECT x.id, x.kind FROM org_units x WHERE x.code = it.c LIMIT 1) o ON true
+          LEFT JOIN LATERAL (SELECT x.id, x.merged_into_id, x.home_store_id FROM members x WHERE x.id = it.m LIMIT 1)
+                    m0 ON true
+          LEFT JOIN LATERAL (SELECT x.id, x.home_store_id FROM members x WHERE x.id = m0.merged_into_id LIMIT 1)
+                    m1 ON true
           LEFT JOIN LATERAL (SELECT CASE WHEN m0.merged_into_id IS NULL THEN m0.id ELSE m1.id END AS id,
                                     CASE WHEN m0.merged_into_id IS NULL THEN m0.home_store_id
                                          ELSE m1.home_store_id END AS home_store_id) g ON true
           LEFT JOIN keyed kd ON kd.i = it.i
-          LEFT JOIN members om ON om.id = kd.lo AND it.m IS NULL
+          LEFT JOIN LATERAL (SELECT x.home_store_id FROM members x WHERE x.id = kd.lo AND it.m IS NULL
+                            LIMIT 1) om ON true
     )
     SELECT array_agg(j.i ORDER BY j.i), array_agg(j.status ORDER BY j.i),
            array_agg(j.prior_id ORDER BY j.i),
@@ -197,7 +205,8 @@ BEGIN
           INTO l_i, l_status, l_id, l_member
           FROM unnest(d_i, d_status) AS d(i, status)
           JOIN jsonb_to_recordset(p_items) AS it(i integer, s text, e text, h text) ON it.i = d.i
-          LEFT JOIN events ev ON ev.source = it.s AND ev.external_id = it.e
+          LEFT JOIN LATERAL (SELECT x.id, x.member_id, x.body_hash FROM events x
+                              WHERE x.source = it.s AND x.external_id = it.e LIMIT 1) ev ON true
          WHERE d.status = 'created' AND NOT (d.i = ANY(w_i));
         IF 'retry' = ANY(l_status) THEN
             RAISE EXCEPTION 'ingest.retry' USING DETAIL = 'a concurrent write of the same event rolled back';
