@@ -75,6 +75,7 @@ DECLARE
     l_status text[];
     l_id bigint[];
     l_member bigint[];
+    v_members bigint[];
 BEGIN
     -- Who is calling (auth.service.principal_for), in the same call as the writes.
     IF p_credential_kind = 'apikey' THEN
@@ -213,10 +214,13 @@ BEGIN
         END IF;
     END IF;
 
-    -- events.aggregates.on_event, once per member: rows locked in member-id order, then one relative UPDATE.
-    PERFORM 1 FROM member_aggregates a
-     WHERE a.member_id IN (SELECT d.member_id FROM unnest(d_i, d_member) AS d(i, member_id) WHERE d.i = ANY(w_i))
-     ORDER BY a.member_id FOR UPDATE;
+    -- events.aggregates.on_event, once per member: rows locked in member-id order (one member: the UPDATE's
+    -- own lock), then one relative UPDATE.
+    SELECT coalesce(array_agg(DISTINCT d.member_id ORDER BY d.member_id), '{}') INTO v_members
+      FROM unnest(d_i, d_member) AS d(i, member_id) WHERE d.i = ANY(w_i) AND d.member_id IS NOT NULL;
+    IF cardinality(v_members) > 1 THEN
+        PERFORM 1 FROM member_aggregates a WHERE a.member_id = ANY(v_members) ORDER BY a.member_id FOR UPDATE;
+    END IF;
     UPDATE member_aggregates a
        SET last_event_at = greatest(a.last_event_at, x.last_event_at),
            last_visit_at = greatest(a.last_visit_at, x.last_visit_at),
@@ -228,13 +232,11 @@ BEGIN
               JOIN jsonb_to_recordset(p_items) AS it(i integer, n text, t timestamptz) ON it.i = d.i
              WHERE d.i = ANY(w_i) AND d.member_id IS NOT NULL
              GROUP BY d.member_id) x
-     WHERE a.member_id = x.member_id;
+     WHERE a.member_id = x.member_id AND a.member_id = ANY(v_members);
 
     -- segments.dirty.mark: the members of the events written now, in id order.
     INSERT INTO segment_dirty_members (member_id, since)
-    SELECT DISTINCT d.member_id, v_now FROM unnest(d_i, d_member) AS d(i, member_id)
-     WHERE d.i = ANY(w_i) AND d.member_id IS NOT NULL
-     ORDER BY 1
+    SELECT m.member_id, v_now FROM unnest(v_members) WITH ORDINALITY AS m(member_id, ord) ORDER BY m.ord
     ON CONFLICT ON CONSTRAINT pk_segment_dirty_members DO UPDATE SET since = excluded.since;
 
     RETURN QUERY
