@@ -375,3 +375,21 @@ def test_concurrent_thin_requests_sharing_members_and_ids_store_each_event_once(
         assert set(s.execute(text("SELECT member_id, last_login_at, last_visit_at, last_event_at "
                                   "FROM member_aggregates")).tuples()) == aggs
         s.rollback()
+
+
+def test_a_database_without_the_function_is_served_by_the_route(clean_db, client):
+    """Before `orchard db upgrade` reaches migration 0018 the route answers (no 500)."""
+    if not clean_db.startswith("postgresql"):
+        pytest.skip("the thin ingest path is PostgreSQL's")
+    signature = "orchard_ingest_events(text, text, text[], text[], text, boolean, jsonb)"
+    key = api_key("integrator")
+    with db.transaction() as s:
+        s.execute(text(f"ALTER FUNCTION {signature} RENAME TO orchard_ingest_events_away"))
+    try:
+        r = client.post(E, headers=headers(key), json=event("M1", member={"anonymous_id": "A7"}))
+    finally:
+        with db.transaction() as s:
+            s.execute(text(f"ALTER FUNCTION {signature.replace('orchard_ingest_events', 'orchard_ingest_events_away')} "
+                           "RENAME TO orchard_ingest_events"))
+    assert r.status_code == 201, r.text
+    assert (client.app.state.ingest_stats.served, client.app.state.ingest_stats.handed_on) == (0, 1)

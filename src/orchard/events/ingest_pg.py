@@ -274,9 +274,14 @@ async def _execute(pool: psycopg_pool.AsyncConnectionPool, credential: tuple[str
             raise Fallback from None
         except psycopg_pool.PoolTimeout as exc:
             return [(-1, "busy", None, None, exc)]
-        except (psycopg.errors.RaiseException, psycopg.OperationalError) as exc:
-            # A concurrent writer of the same id rolled back, a deadlock victim, a broken connection: the
-            # call wrote nothing, or (broken after commit) its items replay. Once more, then the route.
+        except psycopg.errors.UndefinedFunction:
+            # A database not yet upgraded to migration 0018: the route serves, as without this path.
+            log.error("ingest: orchard_ingest_events() is missing; run `orchard db upgrade`")
+            raise Fallback from None
+        except (psycopg.errors.RaiseException, psycopg.OperationalError, psycopg.IntegrityError) as exc:
+            # A concurrent writer of the same id rolled back, a deadlock victim, a broken connection, a
+            # member deleted under the insert: the call wrote nothing, or (broken after commit) its items
+            # replay. Once more, then the route, which reports whatever it still is.
             if attempt == 2 or isinstance(exc, psycopg.errors.QueryCanceled | psycopg.errors.LockNotAvailable):
                 raise Fallback from None
             log.warning("ingest: %s; sending the call again", exc)
