@@ -3,7 +3,8 @@ the test suite. Results go to docs/benchmarks.md ("HTTP ingestion").
 
     .venv/bin/python bench/ingest_http.py [--workers 1,2] [--single 10000] [--concurrency 32]
                                           [--batches 20] [--batch-concurrency 2] [--members 3000]
-                                          [--new-share 0.1] [--order-share 0.2]
+                                          [--new-share 0.1] [--order-share 0.2] [--card-share 0.5]
+                                          [--db-prefix orchard_bench]
 
 For each worker count: a fresh PostgreSQL database, `orchard db upgrade`, an HQ and four stores, an
 integrator API key (`orchard apikeys create`), then `orchard serve --workers N` as a child process.
@@ -69,9 +70,12 @@ def phone(m: int, style: int) -> str:
     return digits
 
 
+CARD_SHARE = [0.5]  # --card-share
+
+
 def member_ref(rng: random.Random, m: int) -> dict:
     ids = {"phone": phone(m, rng.choice((0, 0, 0, 1, 2)))}
-    if m % 3 == 0 and rng.random() < 0.5:
+    if m % 3 == 0 and rng.random() < CARD_SHARE[0]:
         ids["card_no"] = f"C{m:08d}"
     return {"identities": ids}
 
@@ -258,13 +262,13 @@ def loadavg() -> str:
 
 # --- one worker count ----------------------------------------------------------------------------
 
-def run_one(args, workers: int, rng: random.Random) -> list[dict]:
-    name = f"orchard_bench_{uuid.uuid4().hex[:8]}"
+def run_one(args, workers: int, rng: random.Random, thin: bool = True) -> list[dict]:
+    name = f"{args.db_prefix}_{uuid.uuid4().hex[:8]}"
     admin = create_engine(PG, isolation_level="AUTOCOMMIT")
     with admin.connect() as c:
         c.execute(text(f'CREATE DATABASE "{name}"'))
     url = PG.rsplit("/", 1)[0] + "/" + name
-    env = {**os.environ, "ORCHARD_DATABASE_URL": url}
+    env = {**os.environ, "ORCHARD_DATABASE_URL": url, "ORCHARD_INGEST_FAST_PATH": "true" if thin else "false"}
     server = None
     profilers: list[subprocess.Popen] = []
     rows: list[dict] = []
@@ -343,7 +347,8 @@ def run_one(args, workers: int, rng: random.Random) -> list[dict]:
         created_total += sum(o["status"] == "created" for o in outcomes)
         if errors:
             print("single errors, e.g.:", next((s, b[:300]) for _, s, b, _i in res if not 200 <= s < 300))
-        rows.append({"workers": workers, "phase": f"single ×{args.concurrency} conn", "requests": len(res),
+        rows.append({"workers": workers, "path": "thin" if thin else "route",
+                     "phase": f"single ×{args.concurrency} conn", "requests": len(res),
                      "events": len(res), "seconds": wall, "p50": pct(lat, .5), "p95": pct(lat, .95),
                      "p99": pct(lat, .99), "errors": errors,
                      "new": sum(o["member_created"] for o in outcomes), "cpu": cpu, "load": (load_before, loadavg())})
@@ -383,7 +388,8 @@ def run_one(args, workers: int, rng: random.Random) -> list[dict]:
                     created_total += r["outcome"]["status"] == "created"
                     new += r["outcome"]["member_created"]
         lat = sorted(r[0] for r in res)
-        rows.append({"workers": workers, "phase": f"batch 1,000 ×{args.batch_concurrency} conn",
+        rows.append({"workers": workers, "path": "thin" if thin else "route",
+                     "phase": f"batch 1,000 ×{args.batch_concurrency} conn",
                      "requests": len(res), "events": accepted, "seconds": wall, "p50": pct(lat, .5),
                      "p95": pct(lat, .95), "p99": pct(lat, .99), "errors": errors, "new": new, "cpu": cpu,
                      "load": (load_before, loadavg())})
@@ -428,23 +434,34 @@ def main() -> None:
     ap.add_argument("--members", type=int, default=3000, help="known members, seeded before the clock starts")
     ap.add_argument("--new-share", type=float, default=0.1, help="share of items from people never seen before")
     ap.add_argument("--order-share", type=float, default=0.2, help="share of orders among the timed items")
+    ap.add_argument("--path", choices=("thin", "route", "both"), default="thin",
+                    help="ingestion path of the server: the thin PostgreSQL path (events.ingest_pg, the default), the "
+                         "FastAPI route alone (ORCHARD_INGEST_FAST_PATH=false), or both, route first, for ratios")
+    ap.add_argument("--card-share", type=float, default=0.5,
+                    help="share of items of every third member that also give a card number (its first sighting "
+                         "links the card: a write the thin ingest path leaves to the route)")
     ap.add_argument("--max-seconds", type=float, default=60, help="stop a phase after this long")
     ap.add_argument("--seed", type=int, default=3)
+    ap.add_argument("--db-prefix", default="orchard_bench", help="name prefix of the database each run creates")
     ap.add_argument("--py-spy", metavar="DIR", help="record py-spy profiles of the server workers into DIR")
     args = ap.parse_args()
     ORDER_SHARE[0] = args.order_share
+    CARD_SHARE[0] = args.card_share
     print(f"{os.cpu_count()} CPUs; load average {loadavg()} (1/5/15 min)")
     rows = []
+    paths = {"thin": [True], "route": [False], "both": [False, True]}[args.path]
     for w in (int(x) for x in args.workers.split(",")):
-        rows += run_one(args, w, random.Random(args.seed))
-    head = ("workers", "phase", "requests", "events/s", "p50 ms", "p95 ms", "p99 ms", "errors", "new members",
+        for thin in paths:
+            rows += run_one(args, w, random.Random(args.seed), thin)
+    head = ("workers", "path", "phase", "requests", "events/s", "p50 ms", "p95 ms", "p99 ms", "errors", "new members",
             "CPU gen/server/PG", "server CPU ms/event", "load before→after", "stored")
     print()
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for r in rows:
         c, s = r["cpu"], r["seconds"]
-        print(f"| {r['workers']} | {r['phase']} | {r['requests']:,} | {r['events'] / s:,.0f} | {r['p50']:.1f} | "
+        print(f"| {r['workers']} | {r['path']} | {r['phase']} | {r['requests']:,} | {r['events'] / s:,.0f} | "
+              f"{r['p50']:.1f} | "
               f"{r['p95']:.1f} | {r['p99']:.1f} | {r['errors']} | {r['new']:,} | "
               f"{c['gen'] / s:.0%} / {c['server'] / s:.0%} / {c['pg'] / s:.0%} ({c['backends']}) | "
               f"{c['server'] * 1000 / max(r['events'], 1):.2f} | {r['load'][0]} → {r['load'][1]} | {r['check']} |")

@@ -11,6 +11,7 @@ from orchard import __version__
 from orchard.api import api_router
 from orchard.docs_ui import install_docs
 from orchard.errors import install_handlers
+from orchard.events import ingest_pg
 from orchard.idempotency.middleware import IdempotencyMiddleware
 from orchard.imports.jobs import lifespan as jobs_lifespan
 from orchard.loyalty import spend_pg
@@ -26,8 +27,9 @@ DESCRIPTION = """Orchard 会员运营 CRM 的开放接口。
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """The thin spend path's connection pool (PostgreSQL), then the import worker and the scheduler."""
-    async with spend_pg.pool_for(app), jobs_lifespan(app):
+    """The thin spend and ingest paths' connection pools (PostgreSQL), then the import worker and the
+    scheduler."""
+    async with spend_pg.pool_for(app), ingest_pg.pool_for(app), jobs_lifespan(app):
         yield
 
 
@@ -40,6 +42,7 @@ def create_app() -> FastAPI:
     app.include_router(links_router)
     install_docs(app)
     spend_pg.install(app)  # inside the Idempotency-Key middleware: keyed spends are recorded as before
+    ingest_pg.install(app)  # likewise for single events and batches of events
     app.add_middleware(IdempotencyMiddleware)
 
     @app.get("/healthz", include_in_schema=False)

@@ -67,6 +67,14 @@ class Settings(BaseSettings):
     #: Seconds a spend waits for a free connection before it is a 503 (server.busy, Retry-After), as the
     #: service path's pool does.
     points_spend_pool_timeout: float = Field(30.0, gt=0, le=600)
+    #: On PostgreSQL, `POST /api/v1/events` and `POST /api/v1/ingest` batches of behaviour events take the
+    #: one-round-trip path (events.ingest_pg: an ASGI middleware on its own pool calling a PL/pgSQL function);
+    #: off: every request goes through the FastAPI route, as on SQLite (the reference it is tested against).
+    ingest_fast_path: bool = True
+    #: Connections of that path's pool, per server process.
+    ingest_pool_size: int = Field(10, ge=1, le=200)
+    #: Seconds a request waits for a free connection before it is a 503 (server.busy, Retry-After).
+    ingest_pool_timeout: float = Field(30.0, gt=0, le=600)
 
     # ---- Channel providers (orchard.channels.providers builds those that are configured) -----------------------
     #: Channel name → provider, e.g. "sms=aliyun,email=smtp"; a channel not listed uses its only configured
