@@ -1,5 +1,5 @@
 """The thin ingestion path on PostgreSQL (events.ingest_pg + the orchard_ingest_events() function,
-migration 0018).
+migration 0019).
 
 The FastAPI route (`events.endpoints.post_event` / `post_batch` → `events.ingest`) is the reference: the
 same requests — single events and batches of known members by phone, card, member id (merged too) and
@@ -378,7 +378,7 @@ def test_concurrent_thin_requests_sharing_members_and_ids_store_each_event_once(
 
 
 def test_a_database_without_the_function_is_served_by_the_route(clean_db, client):
-    """Before `orchard db upgrade` reaches migration 0018 the route answers (no 500)."""
+    """Before `orchard db upgrade` reaches migration 0019 the route answers (no 500)."""
     if not clean_db.startswith("postgresql"):
         pytest.skip("the thin ingest path is PostgreSQL's")
     signature = "orchard_ingest_events(text, text, text[], text[], text, boolean, jsonb)"

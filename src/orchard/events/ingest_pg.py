@@ -5,7 +5,7 @@ Why: through FastAPI's dependency solving, SQLAlchemy, savepoints and thread han
 8–13 ms of server CPU and ~9 SQL statements (docs/benchmarks.md, "HTTP ingestion"); 2,000 events/s on two
 shared cores leaves ~0.7 ms. Here an ASGI middleware in front of the router parses and validates the
 request itself (the route's own `EventIn` model and `ingest._parse`, the same fingerprint), normalises
-the identity keys, and makes ONE call of `orchard_ingest_events()` (migration 0018) on an async psycopg
+the identity keys, and makes ONE call of `orchard_ingest_events()` (migration 0019) on an async psycopg
 pool opened in the app's lifespan. The function checks the credential, the permission and the caller's
 stores on every call (never cached: a revoked key is refused on its next request in every worker) and
 does for each item what `events.ingest.ingest` does for it: replay check, store code, member, insert,
@@ -275,7 +275,7 @@ async def _execute(pool: psycopg_pool.AsyncConnectionPool, credential: tuple[str
         except psycopg_pool.PoolTimeout as exc:
             return [(-1, "busy", None, None, exc)]
         except psycopg.errors.UndefinedFunction:
-            # A database not yet upgraded to migration 0018: the route serves, as without this path.
+            # A database not yet upgraded to migration 0019: the route serves, as without this path.
             log.error("ingest: orchard_ingest_events() is missing; run `orchard db upgrade`")
             raise Fallback from None
         except (psycopg.errors.RaiseException, psycopg.OperationalError, psycopg.IntegrityError) as exc:

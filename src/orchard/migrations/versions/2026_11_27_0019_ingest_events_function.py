@@ -1,7 +1,7 @@
 """orchard_ingest_events(): behaviour events in one round trip on PostgreSQL (events.ingest_pg)
 
-Revision ID: 0018
-Revises: 0017
+Revision ID: 0019
+Revises: 0018
 Create Date: 2026-11-27 10:00:00
 
 The thin HTTP path of `POST /api/v1/events` (one item) and `POST /api/v1/ingest` (a batch of events)
@@ -31,8 +31,8 @@ revision with CREATE OR REPLACE, or tests/events/test_ingest_pg.py fails.
 """
 from alembic import op
 
-revision = '0018'
-down_revision = '0017'
+revision = '0019'
+down_revision = '0018'
 branch_labels = None
 depends_on = None
 
