@@ -44,6 +44,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from orchard.config import get_settings
+from orchard.imports.earn_sql import BatchSql
 from orchard.imports.pg_bulk import Redo, copy_rows
 from orchard.kit.clock import as_utc, tenant_zone
 from orchard.kit.hashing import fingerprint
@@ -174,13 +175,19 @@ class BatchEarning:
                 {"ids": known, "t": list(tasks), "n": len(tasks)}).scalars())
             slow |= set(known) - done
         self.held = {root for root, m in owners.items() if m in slow or (m is None and tasks)}
-        keep = [m for m in known if m not in slow]
-        for m in keep:
-            balance, _ = accounts.get(m, (0, 0))
-            self.members[m] = _Member(balance=balance, had_account=m in accounts)
-        if keep:
-            self._read_members(session, keep, paid)
+        self.accounts = {m: balance for m, (balance, _) in accounts.items()}
+        self.known = {m for m in known if m not in slow}
+        self.paid = paid
         return self
+
+    def _prepare(self, session: Session, members: set[int]) -> None:
+        """The in-memory state of the members the set-based evaluation hands back (`earn_sql`), read
+        before anything of the batch's earning is written."""
+        for m in sorted(members):
+            self.members[m] = _Member(balance=self.accounts.get(m, 0), had_account=m in self.accounts)
+        known = sorted(members & self.known)
+        if known:
+            self._read_members(session, known, self.paid)
 
     def _load_program(self, session: Session) -> None:
         rows = session.execute(text("SELECT id, code, rank, threshold, active FROM tier_levels"))
@@ -217,9 +224,10 @@ class BatchEarning:
                     f"{since.format(col='occurred_at')} GROUP BY member_id"), q):
                 self.members[r.member_id].growth = int(r.v)
             for r in session.execute(text(
-                    "SELECT member_id, sum(amount_fen - refunded_fen) AS spend, count(*) AS n FROM orders "
+                    "SELECT member_id, sum(amount_fen - refunded_fen) AS spend, count(*) AS n FROM orders d "
                     f"WHERE member_id = ANY(:ids) AND status IN ('paid', 'partially_refunded') "
-                    f"{since.format(col='paid_at')} GROUP BY member_id"), q):
+                    f"{since.format(col='paid_at')} AND NOT EXISTS (SELECT 1 FROM _eo x WHERE x.order_id = d.id) "
+                    "GROUP BY member_id"), q):
                 self.members[r.member_id].spend, self.members[r.member_id].orders = int(r.spend), int(r.n)
         if paid and (self.capped["points"] or self.capped["growth"]):
             self._read_caps(session, ids, paid)
@@ -253,9 +261,16 @@ class BatchEarning:
         Returns the number of points entries written."""
         if not (self.points_rules or self.growth_rules or self.program):
             return 0
-        ids = {r.idx: (r.id, r.member_id) for r in session.execute(text(
-            "SELECT o.idx, d.id, m.member_id FROM _imp_orders o JOIN _imp_member m ON m.cluster = o.cluster "
-            "JOIN orders d ON d.source = :src AND d.external_id = o.external_id"), {"src": source})}
+        batch = BatchSql(self, session, source)
+        batch.evaluate()
+        exact = batch.fallback()
+        self._prepare(session, exact)
+        written = batch.write()
+        if not exact:
+            return written
+        ids = {r.idx: (r.order_id, r.member_id) for r in session.execute(text(
+            "SELECT idx, order_id, member_id FROM _eo WHERE member_id = ANY(:m)"), {"m": sorted(exact)})}
+        orders = [(idx, clean) for idx, clean in orders if idx in ids]
         out = _Rows(source=source)
         settings = get_settings()
         pending_days, pending_event = settings.points_order_pending_days, settings.points_order_pending_event or None
@@ -276,7 +291,7 @@ class BatchEarning:
             if self.program is not None and st.active:
                 self._upgrade(st, member_id, paid_at, clean["amount_fen"], out)
         out.flush(session, self)
-        return len(out.entries)
+        return written + len(out.entries)
 
     def _tier_code(self, st: _Member) -> str | None:
         """`tiers.effective_code`: an active override wins; no row is the base level."""

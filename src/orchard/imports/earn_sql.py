@@ -1,0 +1,621 @@
+"""Earning for an import batch evaluated set-based in PostgreSQL (`orchard import orders --earn`).
+
+`loyalty.rules.evaluate_order` is the reference; per order in Python it cost ~340 µs (exact
+fractions, explanation text, JSON), which bounded earning imports at ~2,000 orders/s. Here the same
+rules run for the whole batch as SQL over the batch's work tables (`_imp_orders`, `_imp_lines`,
+`_imp_member` of `imports.pg_orders`), with exact integer arithmetic (numeric) instead of fractions:
+
+* the multipliers of a target are compiled into SQL expressions (the rules are few): per order which
+  hold (live, stores/channels, member day in the tenant zone, birthday month, tier, campaign), in the
+  stacking order, cut after a holding `stop_further` one; per line a bit mask of those whose line
+  filters pass and the product of their factors scaled to an integer (factors have ≤ 3 decimals);
+* amount rules are a work table joined to orders and lines: filters, minimum, eligible lines, the
+  exact total as a numerator over a common denominator, rounding, priority and `stop_further` (a
+  window over the rules in evaluation order);
+* caps read what each capped rule gave per period bucket (tenant-zone day, ISO week, month,
+  lifetime) once per bucket, and run through the batch in file order as a window: for a rule capped
+  in one period, what the member got so far in a bucket is least(room before the batch, Σ of the
+  uncapped points before), which is exactly the sequential cut;
+* explanation texts and JSON are built by the same formulas as `rules.evaluate_order` (`_yuan`
+  rounds half to even; decimals are printed exactly, `trim_scale`).
+
+What the SQL cannot decide exactly is not guessed: a member is handed back (`fallback`) to the
+in-memory exact evaluation of `imports.pg_earn.BatchEarning`, whole and in file order, when one of
+their orders needs a decimal that does not terminate within 15 places (an order discount spread
+over lines by a factor like 1/3: `Decimal` prints 28 significant digits), when a rule capped in
+several periods gives them points on more than one order of the batch (the reference cuts by the
+first binding period only, a recurrence no window expresses), or when their tier goes up at an
+order that is not their last in the batch (the next orders' tier multiplier would change). Members
+are independent (state is per member), so the two paths split a batch by member and each keeps its
+members' orders in file order; entry ids are reserved in file order on each.
+`tests/imports/test_pg_earn.py` compares this path, the fallback and the per-row path.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from orchard.config import get_settings
+from orchard.imports.pg_bulk import Redo
+from orchard.loyalty import anomalies, ledger, policy
+from orchard.loyalty.rules import (
+    _PERIOD_ZH,
+    MULTIPLIER_ORDER,
+    BirthdayMonth,
+    MemberDay,
+    Rule,
+    TierWhen,
+    _factor_text,
+    _yuan,
+)
+
+if TYPE_CHECKING:
+    from orchard.imports.pg_earn import BatchEarning
+
+#: Decimals printed exactly up to this many places; beyond, the member takes the exact fallback.
+PLACES = 15
+E = f"1{'0' * PLACES}::numeric"
+TINY = f"0.{'0' * (PLACES - 1)}1"
+#: More multipliers than fit a bigint mask: the whole batch takes the fallback.
+MAX_MULTIPLIERS = 60
+
+
+def _ft(num: str, den: str) -> str:
+    """SQL for `rules._factor_text(num / den)`, exact when `mod(num * E, den) = 0` (checked apart)."""
+    return f"trim_scale(div(({num}) * {E}, ({den})) * {TINY})::text"
+
+
+def _yuan_sql(num: str, den: str) -> str:
+    """SQL for `rules._yuan(num / den)`: Python's round() of a Fraction rounds half to even."""
+    q, r = f"div({num}, {den})", f"mod({num}, {den})"
+    fen = (f"(({q}) + CASE WHEN 2 * ({r}) > ({den}) THEN 1 WHEN 2 * ({r}) = ({den}) THEN mod({q}, 2) "
+           "ELSE 0 END)::bigint")
+    return f"('¥' || ({fen} / 100)::text || '.' || lpad(({fen} % 100)::text, 2, '0'))"
+
+
+def _in(col: str, include: list[str], exclude: list[str], name: str, params: dict[str, Any]) -> list[str]:
+    """`rules._in` as SQL conditions over bound arrays."""
+    out = []
+    if include:
+        params[f"{name}_in"] = list(include)
+        out.append(f"coalesce({col} = ANY(CAST(:{name}_in AS text[])), false)")
+    if exclude:
+        params[f"{name}_ex"] = list(exclude)
+        out.append(f"({col} IS NULL OR NOT coalesce({col} = ANY(CAST(:{name}_ex AS text[])), false))")
+    return out
+
+
+def _line_in(cfg: Any, name: str, params: dict[str, Any]) -> str:
+    """`rules._line_in` as SQL over a line `l` (line_no NULL: the order without lines)."""
+    conds = _in("l.category", cfg.categories, cfg.exclude_categories, f"{name}_cat", params)
+    if cfg.exclude_skus:
+        params[f"{name}_sku"] = list(cfg.exclude_skus)
+        conds.append(f"(l.sku IS NULL OR NOT coalesce(l.sku = ANY(CAST(:{name}_sku AS text[])), false))")
+    lined = " AND ".join(conds) or "true"
+    return f"(CASE WHEN l.line_no IS NULL THEN {'false' if cfg.categories else 'true'} ELSE {lined} END)"
+
+
+def _live(rule: Rule, name: str, params: dict[str, Any]) -> list[str]:
+    out = []
+    if rule.starts_at is not None:
+        params[f"{name}_from"] = rule.starts_at
+        out.append(f"o.paid_at >= :{name}_from")
+    if rule.ends_at is not None:
+        params[f"{name}_to"] = rule.ends_at
+        out.append(f"o.paid_at < :{name}_to")
+    return out
+
+
+def _holds(rule: Rule, name: str, params: dict[str, Any]) -> str:
+    """The multiplier applies to the order `o` (`rules._multipliers` before the stop cut)."""
+    cfg, when = rule.config, rule.config.when
+    conds = _live(rule, name, params)
+    conds += _in("o.store_code", cfg.stores, cfg.exclude_stores, f"{name}_st", params)
+    conds += _in("o.channel", cfg.channels, cfg.exclude_channels, f"{name}_ch", params)
+    if isinstance(when, MemberDay):
+        params[f"{name}_wd"], params[f"{name}_md"] = list(when.weekdays), list(when.month_days)
+        conds.append(f"(extract(isodow FROM o.loc)::int = ANY(CAST(:{name}_wd AS int[])) "
+                     f"OR extract(day FROM o.loc)::int = ANY(CAST(:{name}_md AS int[])))")
+        if when.from_time is not None:
+            params[f"{name}_t0"], params[f"{name}_t1"] = when.from_time, when.to_time
+            conds.append(f"CAST(o.loc AS time) >= :{name}_t0 AND CAST(o.loc AS time) < :{name}_t1")
+    elif isinstance(when, BirthdayMonth):
+        conds.append("coalesce(extract(month FROM o.birthday) = extract(month FROM o.loc), false)")
+    elif isinstance(when, TierWhen):
+        params[f"{name}_lv"] = list(when.levels)
+        conds.append(f"coalesce(o.tier = ANY(CAST(:{name}_lv AS text[])), false)")
+    return "(" + (" AND ".join(conds) or "true") + ")"
+
+
+@dataclass
+class _Target:
+    """One target's rules compiled: amount rules as rows, multipliers as SQL."""
+
+    name: str  # points | growth
+    amount: list[Rule]
+    mults: list[Rule]
+
+    @property
+    def scale(self) -> int:
+        return 1000 ** len(self.mults)
+
+
+def _rule_rows(t: _Target) -> list[dict[str, Any]]:
+    rows = []
+    for rk, r in enumerate(t.amount):
+        c = r.config
+        rows.append({
+            "target": t.name, "rule_id": r.id, "rk": rk, "name": r.name, "points": c.points, "per_fen": c.per_fen,
+            "rounding": c.rounding, "min_fen": c.min_order_fen, "stop": r.stop_further, "starts_at": r.starts_at,
+            "ends_at": r.ends_at, "stores": c.stores, "xstores": c.exclude_stores, "channels": c.channels,
+            "xchannels": c.exclude_channels, "cats": c.categories, "xcats": c.exclude_categories,
+            "xskus": c.exclude_skus, "cap_day": c.caps.day, "cap_week": c.caps.week, "cap_month": c.caps.month,
+            "cap_life": c.caps.lifetime,
+            "ncaps": sum(v is not None for v in (c.caps.day, c.caps.week, c.caps.month, c.caps.lifetime)),
+            "head": f" × {c.points}/{_yuan(c.per_fen)}",
+            "min_text": f"订单金额低于 {_yuan(c.min_order_fen)} below the minimum order"})
+    return rows
+
+
+_RULES_TABLE = (
+    "CREATE TEMP TABLE _ear (target text, rule_id bigint, rk int, name text, points bigint, per_fen bigint, "
+    "rounding text, min_fen bigint, stop boolean, starts_at timestamptz, ends_at timestamptz, stores text[], "
+    "xstores text[], channels text[], xchannels text[], cats text[], xcats text[], xskus text[], cap_day bigint, "
+    "cap_week bigint, cap_month bigint, cap_life bigint, ncaps int, head text, min_text text, "
+    "PRIMARY KEY (target, rule_id)) ON COMMIT DROP")
+_MULTS_TABLE = ("CREATE TEMP TABLE _emu (target text, i int, bit bigint, rule_id bigint, name text, factor text, "
+                "wtype text, frag text) ON COMMIT DROP")
+
+
+class BatchSql:
+    """The set-based evaluation of one batch: `evaluate` (work tables only, nothing written), then
+    `fallback` (members to hand to the exact in-memory path), then `write` for everyone else."""
+
+    def __init__(self, batch: BatchEarning, session: Session, source: str) -> None:
+        self.batch, self.session, self.source = batch, session, source
+        self.tz = batch.zone.key
+        self.targets = [t for t in (_Target("points", *_split(batch.points_rules)),
+                                    _Target("growth", *_split(batch.growth_rules))) if t.amount]
+        self.whole_batch_fallback = any(len(t.mults) > MAX_MULTIPLIERS for t in self.targets)
+
+    def sql(self, statement: str, params: dict[str, Any] | list[dict[str, Any]] | None = None) -> Any:
+        if isinstance(params, list):  # executemany (the rules)
+            return self.session.execute(text(statement), params)
+        return self.session.execute(text(statement), {"tz": self.tz, "now": self.batch.now, **(params or {})})
+
+    # ---- evaluation -------------------------------------------------------------------------------
+
+    def orders(self) -> None:
+        """`_eo`: the batch's created orders with what the rules read of them and their members at the
+        batch's start (the accounts were locked by `BatchEarning.start`), and `_el` their lines."""
+        b = self.batch
+        expiry = _expires_sql(policy.describe())
+        settings = get_settings()
+        prog = b.program
+        self.sql("DROP TABLE IF EXISTS _eo, _el, _ems, _ear, _emu, _eot, _eup, _erun, _een, _eout_points, _eout_growth")
+        self.sql(
+            "CREATE TEMP TABLE _eo ON COMMIT DROP AS "
+            "SELECT o.idx, d.id AS order_id, m.member_id, o.external_id AS ext, o.paid_at, o.amount_fen AS amount, "
+            "o.store_id, u.code AS store_code, o.channel, (o.paid_at AT TIME ZONE :tz) AS loc, "
+            "CAST(NULL AS date) AS birthday, CAST(NULL AS text) AS tier, CAST(NULL AS timestamptz) AS expires_at, "
+            "0::bigint AS lt "
+            "FROM _imp_orders o JOIN _imp_member m ON m.cluster = o.cluster "
+            "JOIN orders d ON d.source = :src AND d.external_id = o.external_id "
+            "LEFT JOIN org_units u ON u.id = o.store_id", {"src": self.source})
+        self.sql("ALTER TABLE _eo ADD PRIMARY KEY (idx)")
+        self.sql(
+            "CREATE TEMP TABLE _el ON COMMIT DROP AS "
+            "SELECT l.idx, l.pos, l.line_no, l.category, l.sku, l.amount_fen AS a FROM _imp_lines l "
+            "JOIN _eo o ON o.idx = l.idx "
+            "UNION ALL SELECT o.idx, 1, NULL, NULL, NULL, o.amount FROM _eo o "
+            "WHERE NOT EXISTS (SELECT 1 FROM _imp_lines l WHERE l.idx = o.idx)")
+        self.sql("UPDATE _eo o SET lt = s.lt FROM (SELECT idx, sum(a) AS lt FROM _el GROUP BY idx) s "
+                 "WHERE s.idx = o.idx")
+        # Members: balance (locked), birthday, status, open flag, tier at the batch's start, the tier
+        # metric before the batch (its orders are already in `orders`: left out).
+        self.sql(
+            "CREATE TEMP TABLE _ems ON COMMIT DROP AS "
+            "SELECT x.member_id, coalesce(a.balance, 0) AS bal0, a.member_id IS NOT NULL AS had_account, "
+            "mb.birthday, mb.status = 'active' AS active, "
+            "(SELECT min(f.id) FROM loyalty_flags f WHERE f.member_id = x.member_id AND f.status = 'open') AS flag, "
+            "t.level_id, CASE WHEN t.override_level_id IS NOT NULL AND t.override_until > :now "
+            "THEN t.override_level_id ELSE t.level_id END AS eff_id, "
+            "0::bigint AS growth0, 0::bigint AS spend0, 0::bigint AS orders0, false AS fallback "
+            "FROM (SELECT DISTINCT member_id FROM _eo) x JOIN members mb ON mb.id = x.member_id "
+            "LEFT JOIN points_accounts a ON a.member_id = x.member_id "
+            "LEFT JOIN member_tiers t ON t.member_id = x.member_id")
+        self.sql("ALTER TABLE _ems ADD PRIMARY KEY (member_id)")
+        if prog is not None:
+            since = "AND {col} >= :since" if prog.since is not None else ""
+            p = {"since": prog.since}
+            self.sql("UPDATE _ems s SET growth0 = g.v FROM (SELECT g.member_id, sum(g.amount) AS v "
+                     "FROM growth_entries g JOIN _ems e ON e.member_id = g.member_id "
+                     f"WHERE true {since.format(col='g.occurred_at')} "
+                     "GROUP BY g.member_id) g WHERE g.member_id = s.member_id", p)
+            self.sql("UPDATE _ems s SET spend0 = v.spend, orders0 = v.n FROM (SELECT d.member_id, "
+                     "sum(d.amount_fen - d.refunded_fen) AS spend, count(*) AS n FROM orders d "
+                     "JOIN _ems e ON e.member_id = d.member_id WHERE d.status IN ('paid', 'partially_refunded') "
+                     f"{since.format(col='d.paid_at')} AND NOT EXISTS (SELECT 1 FROM _eo x WHERE x.order_id = d.id) "
+                     "GROUP BY d.member_id) v WHERE v.member_id = s.member_id", p)
+        self.sql(
+            "UPDATE _eo o SET birthday = s.birthday, "
+            "tier = coalesce((SELECT code FROM tier_levels WHERE id = s.eff_id), CAST(:base AS text)), "
+            f"expires_at = {expiry} "
+            "FROM _ems s WHERE s.member_id = o.member_id", {"base": b.base_code})
+        self.pending = (settings.points_order_pending_days, settings.points_order_pending_event or None)
+        self.sql("ANALYZE _eo, _el, _ems")
+
+    def evaluate(self) -> None:
+        self.orders()
+        self.sql(_RULES_TABLE)
+        self.sql(_MULTS_TABLE)
+        rows = [r for t in self.targets for r in _rule_rows(t)]
+        if rows:
+            self.sql("INSERT INTO _ear VALUES (:target, :rule_id, :rk, :name, :points, :per_fen, :rounding, :min_fen, "
+                     ":stop, :starts_at, :ends_at, :stores, :xstores, :channels, :xchannels, :cats, :xcats, :xskus, "
+                     ":cap_day, :cap_week, :cap_month, :cap_life, :ncaps, :head, :min_text)", rows)
+        mults = [{"target": t.name, "i": i, "bit": 1 << i, "rule_id": m.id, "name": m.name,
+                  "factor": str(m.config.factor), "wtype": m.config.when.type,
+                  "frag": f" × {_factor_text(Fraction(str(m.config.factor)))} {m.name}"}
+                 for t in self.targets for i, m in enumerate(t.mults)]
+        if mults:
+            self.sql("INSERT INTO _emu VALUES (:target, :i, :bit, :rule_id, :name, :factor, :wtype, :frag)", mults)
+        for t in self.targets:
+            self._target(t)
+        self._totals()
+        self._upgrades()
+
+    def _target(self, t: _Target) -> None:
+        """Outcomes of target `t`'s amount rules for every order: `_ex_<t>` (order × rule) and
+        `_exl_<t>` (order × rule × eligible line, with the points each line gets)."""
+        n, params = t.name, {"t": t.name, "scale": t.scale}
+        # Multipliers: which hold per order (stacking order, cut after a holding stop_further one),
+        # then per line the mask of those whose line filters pass and the product of their factors.
+        holds = [_holds(m, f"{n}{i}", params) for i, m in enumerate(t.mults)]
+        mask, fn = ["0::bigint"], ["1::numeric"]
+        for i, m in enumerate(t.mults):
+            stopped = [holds[j] for j in range(i) if t.mults[j].stop_further]
+            chosen = holds[i] + (f" AND NOT ({' OR '.join(stopped)})" if stopped else "")
+            applies = f"({chosen} AND {_line_in(m.config, f'{n}m{i}', params)})"
+            mask.append(f"CASE WHEN {applies} THEN {1 << i} ELSE 0 END")
+            fn.append(f"CASE WHEN {applies} THEN {int(m.config.factor * 1000)} ELSE 1000 END")
+        expired = "AND (o.expires_at IS NULL OR o.expires_at > :now)" if n == "points" else ""
+        self.sql(f"DROP TABLE IF EXISTS _elm_{n}, _ex_{n}, _exl_{n}, _ecap_{n}")
+        self.sql(f"CREATE TEMP TABLE _elm_{n} ON COMMIT DROP AS SELECT l.idx, l.pos, {' + '.join(mask)} AS mask, "
+                 f"{' * '.join(fn)} AS fn FROM _el l JOIN _eo o ON o.idx = l.idx", params)
+        # Order × live amount rule: the order-level tests.
+        order_in = ("(cardinality(r.{inc}) = 0 OR coalesce(o.{col} = ANY(r.{inc}), false)) AND "
+                    "(o.{col} IS NULL OR NOT coalesce(o.{col} = ANY(r.{exc}), false))")
+        self.sql(
+            f"CREATE TEMP TABLE _ex_{n} ON COMMIT DROP AS SELECT o.idx, o.member_id, o.paid_at, o.loc, o.amount, "
+            "o.lt, r.rule_id, r.rk, r.stop, "
+            f"{order_in.format(col='store_code', inc='stores', exc='xstores')} AND "
+            f"{order_in.format(col='channel', inc='channels', exc='xchannels')} AS omatch, "
+            "o.amount >= r.min_fen AS minok, 0::bigint AS n_elig, 0::numeric AS sa, 0::numeric AS sn, "
+            "false AS matched, true AS evaluated, 0::bigint AS raw, 0::bigint AS awarded, "
+            "CAST(NULL AS text) AS cap_period, CAST(NULL AS bigint) AS cap "
+            f"FROM _eo o JOIN _ear r ON r.target = :t AND (r.starts_at IS NULL OR r.starts_at <= o.paid_at) "
+            f"AND (r.ends_at IS NULL OR o.paid_at < r.ends_at) WHERE true {expired}", params)
+        self.sql(f"ALTER TABLE _ex_{n} ADD PRIMARY KEY (idx, rule_id)")
+        # Eligible lines (`rules._line_in` over the rule's filters) with their mask and factor product.
+        line_in = ("CASE WHEN l.line_no IS NULL THEN cardinality(r.cats) = 0 ELSE "
+                   "(cardinality(r.cats) = 0 OR coalesce(l.category = ANY(r.cats), false)) AND "
+                   "(l.category IS NULL OR NOT coalesce(l.category = ANY(r.xcats), false)) AND "
+                   "(l.sku IS NULL OR NOT coalesce(l.sku = ANY(r.xskus), false)) END")
+        self.sql(
+            f"CREATE TEMP TABLE _exl_{n} ON COMMIT DROP AS SELECT x.idx, x.rule_id, l.pos, l.line_no, l.a, "
+            "m.mask, m.fn, 0::bigint AS pts "
+            f"FROM _ex_{n} x JOIN _ear r ON r.target = :t AND r.rule_id = x.rule_id JOIN _el l ON l.idx = x.idx "
+            f"JOIN _elm_{n} m ON m.idx = l.idx AND m.pos = l.pos WHERE {line_in}", params)
+        self.sql(f"ANALYZE _ex_{n}, _exl_{n}")
+        # Sums over eligible lines: base = amount × Σa / lt; exact = amount × points × Σ(a × fn) / D,
+        # D = lt × per_fen × scale (the paid share of a line is a × amount / lt).
+        self.sql(
+            f"UPDATE _ex_{n} x SET n_elig = s.n, sa = s.sa, sn = s.sn FROM (SELECT idx, rule_id, count(*) AS n, "
+            f"sum(a) AS sa, sum(a * fn) AS sn FROM _exl_{n} GROUP BY idx, rule_id) s "
+            "WHERE s.idx = x.idx AND s.rule_id = x.rule_id")
+        self.sql(f"UPDATE _ex_{n} SET matched = omatch AND minok AND lt > 0 AND amount * sa > 0")
+        # Priority and stop_further: a rule is evaluated unless a matching stop rule ranks before it.
+        self.sql(
+            f"UPDATE _ex_{n} x SET evaluated = s.before = 0 FROM (SELECT idx, rule_id, coalesce(sum(CASE WHEN "
+            "matched AND stop THEN 1 ELSE 0 END) OVER (PARTITION BY idx ORDER BY rk ROWS BETWEEN UNBOUNDED "
+            f"PRECEDING AND 1 PRECEDING), 0) AS before FROM _ex_{n}) s "
+            "WHERE s.idx = x.idx AND s.rule_id = x.rule_id")
+        num, den = "x.amount * r.points * x.sn", "x.lt * r.per_fen * :scale"
+        self.sql(
+            f"UPDATE _ex_{n} x SET raw = CASE r.rounding WHEN 'floor' THEN div({num}, {den}) "
+            f"WHEN 'ceil' THEN div({num} + {den} - 1, {den}) ELSE div(2 * {num} + {den}, 2 * ({den})) END, "
+            f"awarded = 0 FROM _ear r WHERE r.target = :t AND r.rule_id = x.rule_id AND x.matched AND x.evaluated",
+            params)
+        self.sql(f"UPDATE _ex_{n} SET awarded = raw WHERE raw > 0")
+        self._caps(t)
+        self._distribute(t)
+
+    def _caps(self, t: _Target) -> None:
+        """`rules._capped` with `earning.caps_used`: per period bucket, the rule's awards before the
+        batch (net of reversals), and, for a rule capped in one period, the cut running through the
+        batch's orders in file order."""
+        n = t.name
+        table, amount, at = {"points": ("points_awards", "points", "awarded_at"),
+                             "growth": ("growth_entries", "amount", "occurred_at")}[n]
+        self.sql(
+            f"CREATE TEMP TABLE _ecap_{n} ON COMMIT DROP AS SELECT x.idx, x.member_id, x.rule_id, x.raw, r.ncaps, "
+            "p.period, p.ord, p.cap, "
+            "CASE p.period WHEN 'lifetime' THEN '-infinity'::timestamptz "
+            "ELSE date_trunc(p.unit, x.loc) AT TIME ZONE :tz END AS lo, "
+            "CASE p.period WHEN 'lifetime' THEN 'infinity'::timestamptz "
+            "ELSE (date_trunc(p.unit, x.loc) + p.span) AT TIME ZONE :tz END AS hi, 0::numeric AS used "
+            f"FROM _ex_{n} x JOIN _ear r ON r.target = :t AND r.rule_id = x.rule_id "
+            "CROSS JOIN LATERAL (VALUES ('day', 1, r.cap_day, 'day', interval '1 day'), "
+            "('week', 2, r.cap_week, 'week', interval '7 days'), ('month', 3, r.cap_month, 'month', "
+            "interval '1 month'), ('lifetime', 4, r.cap_life, 'day', interval '0')) p(period, ord, cap, unit, span) "
+            "WHERE x.raw > 0 AND p.cap IS NOT NULL", {"t": n})
+        if not self.sql(f"SELECT EXISTS (SELECT 1 FROM _ecap_{n})").scalar():
+            return
+        self.sql(
+            f"UPDATE _ecap_{n} c SET used = b.used FROM (SELECT k.member_id, k.rule_id, k.lo, k.hi, "
+            f"(SELECT coalesce(sum(w.{amount}), 0) FROM {table} w WHERE w.member_id = k.member_id "
+            f"AND w.rule_id = k.rule_id AND w.{at} >= k.lo AND w.{at} < k.hi) AS used "
+            f"FROM (SELECT DISTINCT member_id, rule_id, lo, hi FROM _ecap_{n}) k) b "
+            "WHERE b.member_id = c.member_id AND b.rule_id = c.rule_id AND b.lo = c.lo AND b.hi = c.hi")
+        # Rule capped in several periods with points on several orders of a member: the exact path.
+        self.sql(
+            f"UPDATE _ems s SET fallback = true FROM (SELECT DISTINCT member_id FROM (SELECT member_id, ncaps, "
+            f"count(*) OVER (PARTITION BY member_id, rule_id, period) AS k FROM _ecap_{n}) c "
+            "WHERE ncaps > 1 AND k > 1) c WHERE c.member_id = s.member_id")
+        # room before the bucket's earlier orders; what they got = least(room, Σ uncapped before);
+        # the order gets the left room of the first binding period (day → week → month → lifetime).
+        self.sql(
+            f"UPDATE _ex_{n} x SET awarded = c.left_, cap_period = c.period, cap = c.cap FROM ("
+            "SELECT DISTINCT ON (idx, rule_id) idx, rule_id, period, cap, left_ FROM (SELECT idx, rule_id, raw, "
+            "period, ord, cap, greatest(0, cap - used - CASE WHEN ncaps = 1 THEN least(greatest(0, cap - used), "
+            "coalesce(sum(raw) OVER (PARTITION BY member_id, rule_id, period, lo ORDER BY idx ROWS BETWEEN "
+            f"UNBOUNDED PRECEDING AND 1 PRECEDING), 0)) ELSE 0 END) AS left_ FROM _ecap_{n}) c "
+            "WHERE left_ < raw ORDER BY idx, rule_id, ord) c WHERE c.idx = x.idx AND c.rule_id = x.rule_id")
+
+    def _distribute(self, t: _Target) -> None:
+        """`rules.distribute`: each line's floor of awarded × its share, the rest one by one to the
+        largest remainders (ties by str(line_no))."""
+        n = t.name
+        self.sql(
+            f"UPDATE _exl_{n} l SET pts = d.pts FROM (SELECT idx, rule_id, pos, fl + CASE WHEN row_number() OVER "
+            "(PARTITION BY idx, rule_id ORDER BY rem DESC, coalesce(line_no::text, 'None') COLLATE \"C\") "
+            "<= awarded - sum(fl) OVER (PARTITION BY idx, rule_id) THEN 1 ELSE 0 END AS pts FROM (SELECT l.idx, "
+            "l.rule_id, l.pos, l.line_no, x.awarded, div(x.awarded * l.a * l.fn, x.sn) AS fl, "
+            f"mod(x.awarded * l.a * l.fn, x.sn) AS rem FROM _exl_{n} l JOIN _ex_{n} x ON x.idx = l.idx "
+            "AND x.rule_id = l.rule_id WHERE x.awarded > 0) s) d "
+            "WHERE d.idx = l.idx AND d.rule_id = l.rule_id AND d.pos = l.pos")
+
+    def _outcomes(self, t: _Target) -> str:
+        """SQL (a SELECT) of every evaluated (order, rule) with its outcome JSON and text, in the
+        shape of `rules.Outcome.as_json`."""
+        n = t.name
+        base_n, lt = "x.amount * x.sa", "x.lt"
+        num, den = "x.amount * r.points * x.sn", f"(x.lt * r.per_fen * {t.scale})"
+        exact = (f"CASE WHEN {num} <> x.raw * {den} THEN ' (' || {_ft(num, den)} || ', ' || r.rounding || ')' "
+                 "ELSE '' END")
+        capped = ("CASE WHEN x.cap_period IS NOT NULL THEN '; 每' || CASE x.cap_period "
+                  + " ".join(f"WHEN '{p}' THEN '{zh}'" for p, zh in _PERIOD_ZH.items())
+                  + " END || '上限 ' || x.cap || ' cap per ' || x.cap_period || ' → ' || x.awarded ELSE '' END")
+        body = (f"{_yuan_sql(base_n, lt)} || r.head || coalesce(mu.frag, '') || ' = ' || x.raw || {exact} "
+                f"|| {capped}")
+        txt = ("CASE WHEN NOT x.omatch THEN '门店或渠道不适用 store or channel excluded' "
+               "WHEN NOT x.minok THEN r.min_text WHEN NOT x.matched THEN '没有适用的商品 no eligible lines' "
+               f"ELSE {body} END")
+        inputs = (f"jsonb_build_object('eligible_fen', {_ft(base_n, lt)}, 'points', r.points, 'per_fen', r.per_fen, "
+                  f"'rounding', r.rounding, 'multipliers', coalesce(mu.js, '[]'::jsonb), 'exact', {_ft(num, den)}) "
+                  "|| CASE WHEN x.cap_period IS NOT NULL THEN jsonb_build_object('capped_to', x.awarded) "
+                  "ELSE '{}'::jsonb END")
+        return (
+            f"SELECT x.idx, x.rule_id, x.rk, x.awarded, {txt} AS text, "
+            "jsonb_build_object('rule_id', x.rule_id, 'name', r.name, 'kind', 'amount', 'points', x.awarded, "
+            f"'text', {txt}, 'inputs', CASE WHEN x.matched THEN {inputs} ELSE '{{}}'::jsonb END, "
+            "'lines', CASE WHEN x.matched THEN coalesce(li.js, '{}'::jsonb) ELSE '{}'::jsonb END) AS js "
+            f"FROM _ex_{n} x JOIN _ear r ON r.target = '{n}' AND r.rule_id = x.rule_id "
+            f"LEFT JOIN (SELECT idx, rule_id, jsonb_object_agg(coalesce(line_no::text, 'order'), pts) AS js "
+            f"FROM _exl_{n} GROUP BY idx, rule_id) li ON li.idx = x.idx AND li.rule_id = x.rule_id "
+            # The multipliers used on the rule's eligible lines, in the order `evaluate_order` meets them.
+            "LEFT JOIN (SELECT idx, rule_id, jsonb_agg(jsonb_build_object('rule_id', m_rule, 'name', name, "
+            "'factor', factor, 'when', wtype, 'lines', lines) ORDER BY first, i) AS js, "
+            "string_agg(frag || CASE WHEN k = n_elig THEN '' ELSE ' (部分商品 some lines)' END, '' "
+            "ORDER BY first, i) AS frag FROM (SELECT l.idx, l.rule_id, m.i, m.rule_id AS m_rule, m.name, m.factor, "
+            "m.wtype, m.frag, jsonb_agg(l.line_no ORDER BY l.pos) AS lines, min(l.pos) AS first, count(*) AS k, "
+            f"min(x2.n_elig) AS n_elig FROM _exl_{n} l JOIN _ex_{n} x2 ON x2.idx = l.idx "
+            f"AND x2.rule_id = l.rule_id JOIN _emu m ON m.target = '{n}' AND l.mask & m.bit <> 0 "
+            "GROUP BY l.idx, l.rule_id, m.i, m.rule_id, m.name, m.factor, m.wtype, m.frag) u "
+            "GROUP BY idx, rule_id) mu ON mu.idx = x.idx AND mu.rule_id = x.rule_id "
+            "WHERE x.evaluated")
+
+    def _totals(self) -> None:
+        """`_eot`: per order the points total with its rules' JSON, and the growth total."""
+        self.sql("DROP TABLE IF EXISTS _eot")
+        self.sql("CREATE TEMP TABLE _eot ON COMMIT DROP AS SELECT o.idx, o.member_id, 0::bigint AS points, "
+                 "'[]'::jsonb AS rules, 0::bigint AS growth, 0::bigint AS entry_no FROM _eo o")
+        self.sql("ALTER TABLE _eot ADD PRIMARY KEY (idx)")
+        for t in self.targets:
+            self.sql(f"CREATE TEMP TABLE _eout_{t.name} ON COMMIT DROP AS {self._outcomes(t)}")
+            if t.name == "points":
+                self.sql("UPDATE _eot e SET points = s.total, rules = s.js FROM (SELECT idx, sum(awarded) AS total, "
+                         "jsonb_agg(js ORDER BY rk) AS js FROM _eout_points GROUP BY idx) s WHERE s.idx = e.idx")
+                big = self.sql("SELECT EXISTS (SELECT 1 FROM _eot e JOIN _eo o ON o.idx = e.idx WHERE e.points > "
+                               f"{ledger.MAX_POINTS} AND (o.expires_at IS NULL OR o.expires_at > :now))").scalar()
+                if big:
+                    raise Redo("an order earns more than a points entry may hold: the per-row path refuses it")
+            else:
+                self.sql("UPDATE _eot e SET growth = s.total FROM (SELECT idx, sum(pts) AS total FROM _exl_growth "
+                         "GROUP BY idx) s WHERE s.idx = e.idx")
+            # Decimals that do not terminate within PLACES (or too many digits): the exact path.
+            num, den = "x.amount * r.points * x.sn", f"(x.lt * r.per_fen * {t.scale})"
+            self.sql(
+                "UPDATE _ems s SET fallback = true FROM (SELECT DISTINCT x.member_id FROM "
+                f"_ex_{t.name} x JOIN _ear r ON r.target = '{t.name}' AND r.rule_id = x.rule_id "
+                f"WHERE x.matched AND x.evaluated AND (mod(x.amount * x.sa * {E}, nullif(x.lt, 0)) <> 0 "
+                f"OR mod({num} * {E}, nullif({den}, 0)) <> 0 OR {num} >= {den} * 10000000000000::numeric)) f "
+                "WHERE f.member_id = s.member_id")
+
+    def _upgrades(self) -> None:
+        """`tiers.on_activity` after each order as a running metric: `_eup` holds a member's one
+        upgrade at their last order of the batch; an upgrade before a later order of theirs in the
+        batch (whose tier multiplier it would change) sends the member to the exact path."""
+        prog = self.batch.program
+        self.sql("DROP TABLE IF EXISTS _eup")
+        self.sql("CREATE TEMP TABLE _eup (member_id bigint PRIMARY KEY, from_id bigint, to_id bigint, "
+                 "value numeric) ON COMMIT DROP")
+        if prog is None:
+            return
+        inside = "true" if prog.since is None else "o.paid_at >= :since"
+        w = prog.weights
+        value = {"growth": "g", "spend": "sp", "orders": "k",
+                 "score": f"{int(w.get('growth', 1))} * g + {int(w.get('spend_yuan', 1))} * (sp / 100) + "
+                          f"{int(w.get('orders', 0))} * k"}[prog.metric]
+        base = prog.ladder[0]
+        self.sql(
+            "CREATE TEMP TABLE _erun ON COMMIT DROP AS SELECT member_id, idx, last, cur_rank, cur_id, value, "
+            "(SELECT l.id FROM tier_levels l WHERE l.active AND l.threshold <= value ORDER BY l.rank DESC LIMIT 1) "
+            f"AS to_id FROM (SELECT member_id, idx, last, cur_rank, cur_id, {value} AS value FROM (SELECT o.member_id, "
+            "o.idx, o.idx = max(o.idx) OVER (PARTITION BY o.member_id) AS last, coalesce(cl.rank, :base_rank) "
+            "AS cur_rank, coalesce(s.level_id, :base_id) AS cur_id, "
+            f"s.growth0 + sum(CASE WHEN {inside} THEN t.growth ELSE 0 END) OVER w AS g, "
+            f"(s.spend0 + sum(CASE WHEN {inside} THEN o.amount ELSE 0 END) OVER w)::numeric AS sp, "
+            f"s.orders0 + sum(CASE WHEN {inside} THEN 1 ELSE 0 END) OVER w AS k "
+            "FROM _eo o JOIN _eot t ON t.idx = o.idx JOIN _ems s ON s.member_id = o.member_id "
+            "LEFT JOIN tier_levels cl ON cl.id = s.level_id WHERE s.active "
+            "WINDOW w AS (PARTITION BY o.member_id ORDER BY o.idx)) v) q",
+            {"since": prog.since, "base_rank": base.rank, "base_id": base.id})
+        self.sql("DELETE FROM _erun r USING tier_levels l WHERE l.id = r.to_id AND l.rank <= r.cur_rank")
+        self.sql("DELETE FROM _erun WHERE to_id IS NULL")
+        self.sql("UPDATE _ems s SET fallback = true FROM _erun r WHERE r.member_id = s.member_id AND NOT r.last")
+        self.sql("INSERT INTO _eup SELECT member_id, cur_id, to_id, value FROM _erun WHERE last")
+
+    # ---- writing ------------------------------------------------------------------------------------
+
+    def fallback(self) -> set[int]:
+        if self.whole_batch_fallback:
+            return set(self.sql("SELECT member_id FROM _ems").scalars())
+        return set(self.sql("SELECT member_id FROM _ems WHERE fallback").scalars())
+
+    def write(self) -> int:
+        """Entries, lots, awards, growth rows, tier changes, audit rows and the accounts of every
+        member not handed to the exact path, with INSERT … SELECT. Returns the entries written."""
+        b = self.batch
+        pending_days, pending_event = self.pending
+        from orchard.imports.pg_earn import EARN_ACTOR, TIER_ACTOR
+
+        p = {"actor": EARN_ACTOR, "tactor": TIER_ACTOR, "src": self.source, "expiry": policy.describe(),
+             "held": anomalies.HELD_UNTIL, "event_until": ledger.PENDING_EVENT_UNTIL, "event": pending_event,
+             "days": pending_days}
+        has_points = any(t.name == "points" for t in self.targets)
+        written = 0
+        if has_points:
+            # Entries in file order; ids reserved from the sequence, handed out in the same order.
+            self.sql(
+                "CREATE TEMP TABLE _een ON COMMIT DROP AS SELECT row_number() OVER (ORDER BY e.idx) AS n, e.idx, "
+                "o.member_id, o.order_id, o.ext, o.paid_at, o.amount, o.store_id, o.expires_at, e.points, e.rules, "
+                "s.bal0 + sum(e.points) OVER (PARTITION BY o.member_id ORDER BY e.idx) AS after, s.flag, "
+                "0::bigint AS id FROM _eot e JOIN _eo o ON o.idx = e.idx JOIN _ems s ON s.member_id = o.member_id "
+                "WHERE e.points > 0 AND (o.expires_at IS NULL OR o.expires_at > :now) AND NOT s.fallback")
+            written = self.sql("SELECT count(*) FROM _een").scalar()
+        if written:
+            self.sql("UPDATE _een e SET id = r.id FROM (SELECT row_number() OVER (ORDER BY id) AS n, id FROM "
+                     "(SELECT nextval('points_entries_id_seq') AS id FROM generate_series(1, :n)) q) r "
+                     "WHERE r.n = e.n", {"n": written})
+            self.sql(
+                "INSERT INTO points_entries (id, member_id, kind, amount, balance_after, reason, source, external_id, "
+                "body_hash, actor, explanation, store_id, order_id, created_at) "
+                "SELECT id, member_id, 'earn', points, after, left('消费积分 订单 ' || ext, 200), 'order', "
+                "order_id::text, encode(sha256(convert_to('{\"kind\":\"earn\",\"member_id\":' || member_id || "
+                "',\"order_id\":' || order_id || '}', 'UTF8')), 'hex'), :actor, jsonb_build_object('order', "
+                "jsonb_build_object('id', order_id, 'source', CAST(:src AS text), 'external_id', ext, "
+                "'amount_fen', amount), "
+                "'rules', rules, 'expiry', CAST(:expiry AS text)), store_id, order_id, :now FROM _een ORDER BY id", p)
+            wait = "paid_at + make_interval(days => :days)"
+            pending = ("CASE WHEN flag IS NOT NULL THEN :held " +
+                       ("WHEN true THEN :event_until " if pending_event else "") +
+                       (f"WHEN {wait} > :now THEN {wait} " if pending_days else "") + "END")
+            self.sql(
+                "INSERT INTO points_lots (member_id, entry_id, amount, remaining, earned_at, expires_at, "
+                "pending_until, store_id, pending_event, held_flag_id) SELECT member_id, id, points, points, paid_at, "
+                f"expires_at, {pending}, store_id, CAST(:event AS text), flag FROM _een ORDER BY id", p)
+            self.sql(
+                "INSERT INTO points_awards (entry_id, member_id, rule_id, order_id, refund_id, line_no, points, "
+                "awarded_at) SELECT e.id, e.member_id, l.rule_id, e.order_id, NULL, l.line_no, l.pts, e.paid_at "
+                "FROM _exl_points l JOIN _een e ON e.idx = l.idx JOIN _ex_points x ON x.idx = l.idx "
+                "AND x.rule_id = l.rule_id WHERE l.pts <> 0 AND x.evaluated ORDER BY e.id, x.rk, l.pos")
+            self.sql(
+                "INSERT INTO audit_log (at, actor, action, entity, entity_id, data) SELECT :now, :actor, "
+                "'points.earn', 'member', member_id::text, jsonb_build_object('entry_id', id, 'amount', points, "
+                "'reason', left('消费积分 订单 ' || ext, 200), 'source', 'order', 'external_id', order_id::text) "
+                "FROM _een ORDER BY id", p)
+            self.sql(
+                "UPDATE points_accounts a SET balance = s.bal0 + e.total, updated_at = :now FROM _ems s JOIN "
+                "(SELECT member_id, sum(points) AS total FROM _een GROUP BY member_id) e ON e.member_id = s.member_id "
+                "WHERE s.had_account AND a.member_id = s.member_id")
+            self.sql(
+                "INSERT INTO points_accounts (member_id, balance, debt, updated_at) SELECT s.member_id, e.total, 0, "
+                ":now FROM _ems s JOIN (SELECT member_id, sum(points) AS total FROM _een GROUP BY member_id) e "
+                "ON e.member_id = s.member_id WHERE NOT s.had_account ORDER BY s.member_id")
+        if any(t.name == "growth" for t in self.targets):
+            self.sql(
+                "INSERT INTO growth_entries (member_id, kind, amount, rule_id, order_id, line_no, refund_id, source, "
+                "external_id, reason, actor, explanation, occurred_at, created_at) SELECT o.member_id, 'earn', l.pts, "
+                "l.rule_id, o.order_id, l.line_no, NULL, 'order', NULL, left('成长值 订单 ' || o.ext, 200), :actor, "
+                "jsonb_build_object('text', u.text), o.paid_at, :now FROM _exl_growth l JOIN _eo o ON o.idx = l.idx "
+                "JOIN _ems s ON s.member_id = o.member_id AND NOT s.fallback JOIN _eout_growth u ON u.idx = l.idx "
+                "AND u.rule_id = l.rule_id WHERE l.pts <> 0 ORDER BY l.idx, u.rk, l.pos", p)
+            self.sql(
+                "INSERT INTO audit_log (at, actor, action, entity, entity_id, data) SELECT :now, :actor, "
+                "'growth.post', 'member', o.member_id::text, jsonb_build_object('amount', t.growth, 'source', "
+                "'order', 'order_id', o.order_id) FROM _eot t JOIN _eo o ON o.idx = t.idx JOIN _ems s "
+                "ON s.member_id = o.member_id AND NOT s.fallback WHERE t.growth <> 0 ORDER BY t.idx", p)
+            self.sql(
+                "INSERT INTO growth_accounts (member_id, balance, updated_at) SELECT t.member_id, sum(t.growth), :now "
+                "FROM _eot t JOIN _ems s ON s.member_id = t.member_id AND NOT s.fallback WHERE t.growth <> 0 "
+                "GROUP BY t.member_id ORDER BY t.member_id ON CONFLICT (member_id) DO UPDATE "
+                "SET balance = growth_accounts.balance + excluded.balance, updated_at = excluded.updated_at")
+        if b.program is not None:
+            p["hold"] = b.program.hold_until
+            self.sql(
+                "INSERT INTO tier_changes (member_id, from_level_id, to_level_id, reason, metric_value, actor, "
+                "details, at) SELECT u.member_id, u.from_id, u.to_id, 'upgrade', round(u.value), :tactor, '{}', :now "
+                "FROM _eup u JOIN _ems s ON s.member_id = u.member_id AND NOT s.fallback ORDER BY u.member_id", p)
+            self.sql(
+                "INSERT INTO audit_log (at, actor, action, entity, entity_id, data) SELECT :now, :tactor, "
+                "'tier.upgrade', 'member', u.member_id::text, '{}' FROM _eup u JOIN _ems s "
+                "ON s.member_id = u.member_id AND NOT s.fallback ORDER BY u.member_id", p)
+            self.sql(
+                "INSERT INTO member_tiers (member_id, level_id, since, keep_until, metric_value, evaluated_at) "
+                "SELECT u.member_id, u.to_id, :now, :hold, round(u.value), :now FROM _eup u JOIN _ems s "
+                "ON s.member_id = u.member_id AND NOT s.fallback ORDER BY u.member_id "
+                "ON CONFLICT (member_id) DO UPDATE SET level_id = excluded.level_id, since = excluded.since, "
+                "keep_until = excluded.keep_until, metric_value = excluded.metric_value, "
+                "evaluated_at = excluded.evaluated_at", p)
+        return int(written)
+
+
+def _split(rules: list[Rule]) -> tuple[list[Rule], list[Rule]]:
+    """Amount rules in evaluation order (priority, then id); multipliers in stacking order."""
+    amount = sorted((r for r in rules if r.kind == "amount"), key=lambda r: (-r.priority, r.id))
+    mults = sorted((r for r in rules if r.kind == "multiplier"),
+                   key=lambda r: (MULTIPLIER_ORDER.index(r.config.when.type), -r.priority, r.id))
+    return amount, mults
+
+
+def _expires_sql(rule: str) -> str:
+    """`policy.expires_at` of `o.paid_at` as SQL over `o.loc` (the tenant-zone local time)."""
+    if rule == "never":
+        return "CAST(NULL AS timestamptz)"
+    if rule.startswith("days:"):
+        return f"((o.loc + interval '{int(rule[5:])} days') AT TIME ZONE :tz)"
+    if rule == "month_end":
+        return "((date_trunc('month', o.loc) + interval '1 month') AT TIME ZONE :tz)"
+    years = int(rule.split(":")[1]) + 1
+    return f"(make_timestamp(extract(year FROM o.loc)::int + {years}, 1, 1, 0, 0, 0) AT TIME ZONE :tz)"
+
+
+_ = dt  # dates come in as bound parameters
