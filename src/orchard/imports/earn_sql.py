@@ -17,13 +17,12 @@ rules run for the whole batch as SQL over the batch's work tables (`_imp_orders`
   in one period, what the member got so far in a bucket is least(room before the batch, Σ of the
   uncapped points before), which is exactly the sequential cut;
 * explanation texts and JSON are built by the same formulas as `rules.evaluate_order` (`_yuan`
-  rounds half to even; decimals are printed exactly, `trim_scale`).
+  rounds half to even; a fraction is printed as `Decimal` prints it: 28 significant digits, half
+  to even, no trailing zeros — `DECIMAL_TEXT`).
 
 What the SQL cannot decide exactly is not guessed: a member is handed back (`fallback`) to the
-in-memory exact evaluation of `imports.pg_earn.BatchEarning`, whole and in file order, when one of
-their orders needs a decimal that does not terminate within 15 places (an order discount spread
-over lines by a factor like 1/3: `Decimal` prints 28 significant digits), when a rule capped in
-several periods gives them points on more than one order of the batch (the reference cuts by the
+in-memory exact evaluation of `imports.pg_earn.BatchEarning`, whole and in file order, when a rule
+capped in several periods gives them points on more than one order of the batch (the reference cuts by the
 first binding period only, a recurrence no window expresses), or when their tier goes up at an
 order that is not their last in the batch (the next orders' tier multiplier would change). Members
 are independent (state is per member), so the two paths split a batch by member and each keeps its
@@ -58,17 +57,26 @@ from orchard.loyalty.rules import (
 if TYPE_CHECKING:
     from orchard.imports.pg_earn import BatchEarning
 
-#: Decimals printed exactly up to this many places; beyond, the member takes the exact fallback.
-PLACES = 15
-E = f"1{'0' * PLACES}::numeric"
-TINY = f"0.{'0' * (PLACES - 1)}1"
 #: More multipliers than fit a bigint mask: the whole batch takes the fallback.
 MAX_MULTIPLIERS = 60
 
+#: `rules._factor_text(n / d)` for integers n ≥ 0, d > 0: `Decimal(n) / Decimal(d)` rounds to 28
+#: significant digits, half to even, and prints without trailing zeros. s = 28 − (digits before the
+#: point; for n < d, minus the zeros after it); m = n·10^s; the text is round_half_even(m / d)·10^−s.
+#: Session-temporary (pg_temp), so it is no schema change; an SQL function the planner inlines.
+DECIMAL_TEXT = """
+CREATE OR REPLACE FUNCTION pg_temp.earn_decimal(n numeric, d numeric) RETURNS text LANGUAGE sql IMMUTABLE AS $$
+SELECT CASE WHEN n = 0 THEN '0' ELSE trim_scale((div(m, d) + CASE WHEN 2 * mod(m, d) > d
+    OR (2 * mod(m, d) = d AND mod(div(m, d), 2) = 1) THEN 1 ELSE 0 END) * ('1e' || -s)::numeric)::text END
+FROM (SELECT s, n * ('1e' || s)::numeric AS m FROM (SELECT 28 - CASE WHEN n >= d THEN length(div(n, d)::text)
+    ELSE 1 - (length(d::text) - length(n::text) + CASE WHEN n * ('1e' || (length(d::text) - length(n::text)))::numeric
+    >= d THEN 0 ELSE 1 END) END AS s) a) b
+$$"""
+
 
 def _ft(num: str, den: str) -> str:
-    """SQL for `rules._factor_text(num / den)`, exact when `mod(num * E, den) = 0` (checked apart)."""
-    return f"trim_scale(div(({num}) * {E}, ({den})) * {TINY})::text"
+    """SQL for `rules._factor_text(num / den)` (num, den: integer-valued numeric expressions)."""
+    return f"pg_temp.earn_decimal({num}, {den})"
 
 
 def _yuan_sql(num: str, den: str) -> str:
@@ -164,7 +172,7 @@ def _rule_rows(t: _Target) -> list[dict[str, Any]]:
 
 
 _RULES_TABLE = (
-    "CREATE TEMP TABLE _ear (target text, rule_id bigint, rk int, name text, points bigint, per_fen bigint, "
+    "CREATE TEMP TABLE _ear (target text, rule_id bigint, rk int, name text, points numeric, per_fen numeric, "
     "rounding text, min_fen bigint, stop boolean, starts_at timestamptz, ends_at timestamptz, stores text[], "
     "xstores text[], channels text[], xchannels text[], cats text[], xcats text[], xskus text[], cap_day bigint, "
     "cap_week bigint, cap_month bigint, cap_life bigint, ncaps int, head text, min_text text, "
@@ -252,6 +260,7 @@ class BatchSql:
         self.sql("ANALYZE _eo, _el, _ems")
 
     def evaluate(self) -> None:
+        self.sql(DECIMAL_TEXT)
         self.orders()
         self.sql(_RULES_TABLE)
         self.sql(_MULTS_TABLE)
@@ -293,8 +302,8 @@ class BatchSql:
         order_in = ("(cardinality(r.{inc}) = 0 OR coalesce(o.{col} = ANY(r.{inc}), false)) AND "
                     "(o.{col} IS NULL OR NOT coalesce(o.{col} = ANY(r.{exc}), false))")
         self.sql(
-            f"CREATE TEMP TABLE _ex_{n} ON COMMIT DROP AS SELECT o.idx, o.member_id, o.paid_at, o.loc, o.amount, "
-            "o.lt, r.rule_id, r.rk, r.stop, "
+            f"CREATE TEMP TABLE _ex_{n} ON COMMIT DROP AS SELECT o.idx, o.member_id, o.paid_at, o.loc, "
+            "o.amount::numeric AS amount, o.lt::numeric AS lt, r.rule_id, r.rk, r.stop, "
             f"{order_in.format(col='store_code', inc='stores', exc='xstores')} AND "
             f"{order_in.format(col='channel', inc='channels', exc='xchannels')} AS omatch, "
             "o.amount >= r.min_fen AS minok, 0::bigint AS n_elig, 0::numeric AS sa, 0::numeric AS sn, "
@@ -309,8 +318,8 @@ class BatchSql:
                    "(l.category IS NULL OR NOT coalesce(l.category = ANY(r.xcats), false)) AND "
                    "(l.sku IS NULL OR NOT coalesce(l.sku = ANY(r.xskus), false)) END")
         self.sql(
-            f"CREATE TEMP TABLE _exl_{n} ON COMMIT DROP AS SELECT x.idx, x.rule_id, l.pos, l.line_no, l.a, "
-            "m.mask, m.fn, 0::bigint AS pts "
+            f"CREATE TEMP TABLE _exl_{n} ON COMMIT DROP AS SELECT x.idx, x.rule_id, l.pos, l.line_no, "
+            "l.a::numeric AS a, m.mask, m.fn, 0::bigint AS pts "
             f"FROM _ex_{n} x JOIN _ear r ON r.target = :t AND r.rule_id = x.rule_id JOIN _el l ON l.idx = x.idx "
             f"JOIN _elm_{n} m ON m.idx = l.idx AND m.pos = l.pos WHERE {line_in}", params)
         self.sql(f"ANALYZE _ex_{n}, _exl_{n}")
@@ -450,14 +459,6 @@ class BatchSql:
             else:
                 self.sql("UPDATE _eot e SET growth = s.total FROM (SELECT idx, sum(pts) AS total FROM _exl_growth "
                          "GROUP BY idx) s WHERE s.idx = e.idx")
-            # Decimals that do not terminate within PLACES (or too many digits): the exact path.
-            num, den = "x.amount * r.points * x.sn", f"(x.lt * r.per_fen * {t.scale})"
-            self.sql(
-                "UPDATE _ems s SET fallback = true FROM (SELECT DISTINCT x.member_id FROM "
-                f"_ex_{t.name} x JOIN _ear r ON r.target = '{t.name}' AND r.rule_id = x.rule_id "
-                f"WHERE x.matched AND x.evaluated AND (mod(x.amount * x.sa * {E}, nullif(x.lt, 0)) <> 0 "
-                f"OR mod({num} * {E}, nullif({den}, 0)) <> 0 OR {num} >= {den} * 10000000000000::numeric)) f "
-                "WHERE f.member_id = s.member_id")
 
     def _upgrades(self) -> None:
         """`tiers.on_activity` after each order as a running metric: `_eup` holds a member's one
