@@ -75,8 +75,11 @@ $$"""
 
 
 def _ft(num: str, den: str) -> str:
-    """SQL for `rules._factor_text(num / den)` (num, den: integer-valued numeric expressions)."""
-    return f"pg_temp.earn_decimal({num}, {den})"
+    """SQL for `rules._factor_text(num / den)` (num, den: integer-valued numeric expressions): inline
+    when the fraction ends within 6 places (the usual case: fen over a per_fen of 100 or 1000), else
+    `earn_decimal`, which is not inlined (its subquery) and costs a function call."""
+    return (f"CASE WHEN mod(({num}) * 1000000, {den}) = 0 THEN trim_scale(div(({num}) * 1000000, {den}) "
+            f"* 0.000001)::text ELSE pg_temp.earn_decimal({num}, {den}) END")
 
 
 def _yuan_sql(num: str, den: str) -> str:
@@ -201,61 +204,54 @@ class BatchSql:
 
     def orders(self) -> None:
         """`_eo`: the batch's created orders with what the rules read of them and their members at the
-        batch's start (the accounts were locked by `BatchEarning.start`), and `_el` their lines."""
+        batch's start (the accounts were locked by `BatchEarning.start`), `_el` their lines (an order
+        without lines: one line of the whole amount, line_no NULL), `_ems` the members."""
         b = self.batch
-        expiry = _expires_sql(policy.describe())
-        settings = get_settings()
         prog = b.program
         self.sql("DROP TABLE IF EXISTS _eo, _el, _ems, _ear, _emu, _eot, _eup, _erun, _een, _eout_points, _eout_growth")
-        self.sql(
-            "CREATE TEMP TABLE _eo ON COMMIT DROP AS "
-            "SELECT o.idx, d.id AS order_id, m.member_id, o.external_id AS ext, o.paid_at, o.amount_fen AS amount, "
-            "o.store_id, u.code AS store_code, o.channel, (o.paid_at AT TIME ZONE :tz) AS loc, "
-            "CAST(NULL AS date) AS birthday, CAST(NULL AS text) AS tier, CAST(NULL AS timestamptz) AS expires_at, "
-            "0::bigint AS lt "
-            "FROM _imp_orders o JOIN _imp_member m ON m.cluster = o.cluster "
-            "JOIN orders d ON d.source = :src AND d.external_id = o.external_id "
-            "LEFT JOIN org_units u ON u.id = o.store_id", {"src": self.source})
-        self.sql("ALTER TABLE _eo ADD PRIMARY KEY (idx)")
-        self.sql(
-            "CREATE TEMP TABLE _el ON COMMIT DROP AS "
-            "SELECT l.idx, l.pos, l.line_no, l.category, l.sku, l.amount_fen AS a FROM _imp_lines l "
-            "JOIN _eo o ON o.idx = l.idx "
-            "UNION ALL SELECT o.idx, 1, NULL, NULL, NULL, o.amount FROM _eo o "
-            "WHERE NOT EXISTS (SELECT 1 FROM _imp_lines l WHERE l.idx = o.idx)")
-        self.sql("UPDATE _eo o SET lt = s.lt FROM (SELECT idx, sum(a) AS lt FROM _el GROUP BY idx) s "
-                 "WHERE s.idx = o.idx")
         # Members: balance (locked), birthday, status, open flag, tier at the batch's start, the tier
         # metric before the batch (its orders are already in `orders`: left out).
+        metric = ("0::bigint AS growth0, 0::bigint AS spend0, 0::bigint AS orders0" if prog is None else
+                  "coalesce(g.v, 0) AS growth0, coalesce(v.spend, 0) AS spend0, coalesce(v.n, 0) AS orders0")
+        since = "AND {col} >= :since" if prog is not None and prog.since is not None else ""
+        sums = "" if prog is None else (
+            "LEFT JOIN LATERAL (SELECT sum(g.amount) AS v FROM growth_entries g WHERE g.member_id = x.member_id "
+            f"{since.format(col='g.occurred_at')}) g ON true "
+            "LEFT JOIN LATERAL (SELECT sum(d.amount_fen - d.refunded_fen) AS spend, count(*) AS n FROM orders d "
+            "WHERE d.member_id = x.member_id AND d.status IN ('paid', 'partially_refunded') "
+            f"{since.format(col='d.paid_at')} AND NOT (d.source = :src AND EXISTS (SELECT 1 FROM _imp_orders i "
+            "WHERE i.external_id = d.external_id))) v ON true ")
         self.sql(
             "CREATE TEMP TABLE _ems ON COMMIT DROP AS "
             "SELECT x.member_id, coalesce(a.balance, 0) AS bal0, a.member_id IS NOT NULL AS had_account, "
             "mb.birthday, mb.status = 'active' AS active, "
             "(SELECT min(f.id) FROM loyalty_flags f WHERE f.member_id = x.member_id AND f.status = 'open') AS flag, "
-            "t.level_id, CASE WHEN t.override_level_id IS NOT NULL AND t.override_until > :now "
-            "THEN t.override_level_id ELSE t.level_id END AS eff_id, "
-            "0::bigint AS growth0, 0::bigint AS spend0, 0::bigint AS orders0, false AS fallback "
-            "FROM (SELECT DISTINCT member_id FROM _eo) x JOIN members mb ON mb.id = x.member_id "
+            "t.level_id, (SELECT code FROM tier_levels WHERE id = CASE WHEN t.override_level_id IS NOT NULL "
+            "AND t.override_until > :now THEN t.override_level_id ELSE t.level_id END) AS tier, "
+            f"{metric}, false AS fallback "
+            "FROM (SELECT DISTINCT member_id FROM _imp_member) x JOIN members mb ON mb.id = x.member_id "
             "LEFT JOIN points_accounts a ON a.member_id = x.member_id "
-            "LEFT JOIN member_tiers t ON t.member_id = x.member_id")
+            f"LEFT JOIN member_tiers t ON t.member_id = x.member_id {sums}",
+            {"src": self.source, "since": prog.since if prog else None})
         self.sql("ALTER TABLE _ems ADD PRIMARY KEY (member_id)")
-        if prog is not None:
-            since = "AND {col} >= :since" if prog.since is not None else ""
-            p = {"since": prog.since}
-            self.sql("UPDATE _ems s SET growth0 = g.v FROM (SELECT g.member_id, sum(g.amount) AS v "
-                     "FROM growth_entries g JOIN _ems e ON e.member_id = g.member_id "
-                     f"WHERE true {since.format(col='g.occurred_at')} "
-                     "GROUP BY g.member_id) g WHERE g.member_id = s.member_id", p)
-            self.sql("UPDATE _ems s SET spend0 = v.spend, orders0 = v.n FROM (SELECT d.member_id, "
-                     "sum(d.amount_fen - d.refunded_fen) AS spend, count(*) AS n FROM orders d "
-                     "JOIN _ems e ON e.member_id = d.member_id WHERE d.status IN ('paid', 'partially_refunded') "
-                     f"{since.format(col='d.paid_at')} AND NOT EXISTS (SELECT 1 FROM _eo x WHERE x.order_id = d.id) "
-                     "GROUP BY d.member_id) v WHERE v.member_id = s.member_id", p)
         self.sql(
-            "UPDATE _eo o SET birthday = s.birthday, "
-            "tier = coalesce((SELECT code FROM tier_levels WHERE id = s.eff_id), CAST(:base AS text)), "
-            f"expires_at = {expiry} "
-            "FROM _ems s WHERE s.member_id = o.member_id", {"base": b.base_code})
+            "CREATE TEMP TABLE _el ON COMMIT DROP AS "
+            "SELECT l.idx, l.pos, l.line_no, l.category, l.sku, l.amount_fen AS a FROM _imp_lines l "
+            "UNION ALL SELECT o.idx, 1, NULL, NULL, NULL, o.amount_fen FROM _imp_orders o "
+            "WHERE NOT EXISTS (SELECT 1 FROM _imp_lines l WHERE l.idx = o.idx)")
+        self.sql(
+            "CREATE TEMP TABLE _eo ON COMMIT DROP AS SELECT q.*, "
+            f"{_expires_sql(policy.describe(), 'q.loc')} AS expires_at FROM ("
+            "SELECT o.idx, d.id AS order_id, m.member_id, o.external_id AS ext, o.paid_at, o.amount_fen AS amount, "
+            "o.store_id, u.code AS store_code, o.channel, (o.paid_at AT TIME ZONE :tz) AS loc, s.birthday, "
+            "coalesce(s.tier, CAST(:base AS text)) AS tier, lt.lt "
+            "FROM _imp_orders o JOIN _imp_member m ON m.cluster = o.cluster "
+            "JOIN orders d ON d.source = :src AND d.external_id = o.external_id "
+            "JOIN _ems s ON s.member_id = m.member_id LEFT JOIN org_units u ON u.id = o.store_id "
+            "JOIN (SELECT idx, sum(a) AS lt FROM _el GROUP BY idx) lt ON lt.idx = o.idx) q",
+            {"src": self.source, "base": b.base_code})
+        self.sql("ALTER TABLE _eo ADD PRIMARY KEY (idx)")
+        settings = get_settings()
         self.pending = (settings.points_order_pending_days, settings.points_order_pending_event or None)
         self.sql("ANALYZE _eo, _el, _ems")
 
@@ -298,51 +294,45 @@ class BatchSql:
         self.sql(f"DROP TABLE IF EXISTS _elm_{n}, _ex_{n}, _exl_{n}, _ecap_{n}")
         self.sql(f"CREATE TEMP TABLE _elm_{n} ON COMMIT DROP AS SELECT l.idx, l.pos, {' + '.join(mask)} AS mask, "
                  f"{' * '.join(fn)} AS fn FROM _el l JOIN _eo o ON o.idx = l.idx", params)
-        # Order × live amount rule: the order-level tests.
-        order_in = ("(cardinality(r.{inc}) = 0 OR coalesce(o.{col} = ANY(r.{inc}), false)) AND "
-                    "(o.{col} IS NULL OR NOT coalesce(o.{col} = ANY(r.{exc}), false))")
-        self.sql(
-            f"CREATE TEMP TABLE _ex_{n} ON COMMIT DROP AS SELECT o.idx, o.member_id, o.paid_at, o.loc, "
-            "o.amount::numeric AS amount, o.lt::numeric AS lt, r.rule_id, r.rk, r.stop, "
-            f"{order_in.format(col='store_code', inc='stores', exc='xstores')} AND "
-            f"{order_in.format(col='channel', inc='channels', exc='xchannels')} AS omatch, "
-            "o.amount >= r.min_fen AS minok, 0::bigint AS n_elig, 0::numeric AS sa, 0::numeric AS sn, "
-            "false AS matched, true AS evaluated, 0::bigint AS raw, 0::bigint AS awarded, "
-            "CAST(NULL AS text) AS cap_period, CAST(NULL AS bigint) AS cap "
-            f"FROM _eo o JOIN _ear r ON r.target = :t AND (r.starts_at IS NULL OR r.starts_at <= o.paid_at) "
-            f"AND (r.ends_at IS NULL OR o.paid_at < r.ends_at) WHERE true {expired}", params)
-        self.sql(f"ALTER TABLE _ex_{n} ADD PRIMARY KEY (idx, rule_id)")
+        rules = ("JOIN _ear r ON r.target = :t AND (r.starts_at IS NULL OR r.starts_at <= o.paid_at) "
+                 "AND (r.ends_at IS NULL OR o.paid_at < r.ends_at)")
+        live = f"{rules} WHERE true {expired}"
         # Eligible lines (`rules._line_in` over the rule's filters) with their mask and factor product.
         line_in = ("CASE WHEN l.line_no IS NULL THEN cardinality(r.cats) = 0 ELSE "
                    "(cardinality(r.cats) = 0 OR coalesce(l.category = ANY(r.cats), false)) AND "
                    "(l.category IS NULL OR NOT coalesce(l.category = ANY(r.xcats), false)) AND "
                    "(l.sku IS NULL OR NOT coalesce(l.sku = ANY(r.xskus), false)) END")
         self.sql(
-            f"CREATE TEMP TABLE _exl_{n} ON COMMIT DROP AS SELECT x.idx, x.rule_id, l.pos, l.line_no, "
+            f"CREATE TEMP TABLE _exl_{n} ON COMMIT DROP AS SELECT o.idx, r.rule_id, l.pos, l.line_no, "
             "l.a::numeric AS a, m.mask, m.fn, 0::bigint AS pts "
-            f"FROM _ex_{n} x JOIN _ear r ON r.target = :t AND r.rule_id = x.rule_id JOIN _el l ON l.idx = x.idx "
-            f"JOIN _elm_{n} m ON m.idx = l.idx AND m.pos = l.pos WHERE {line_in}", params)
-        self.sql(f"ANALYZE _ex_{n}, _exl_{n}")
-        # Sums over eligible lines: base = amount × Σa / lt; exact = amount × points × Σ(a × fn) / D,
-        # D = lt × per_fen × scale (the paid share of a line is a × amount / lt).
+            f"FROM _eo o JOIN _el l ON l.idx = o.idx JOIN _elm_{n} m ON m.idx = l.idx AND m.pos = l.pos {live} "
+            f"AND {line_in}", params)
+        # Order × live amount rule: the order-level tests; sums over the eligible lines — base =
+        # amount × Σa / lt, exact = amount × points × Σ(a × fn) / D with D = lt × per_fen × scale (a
+        # line's paid share is a × amount / lt); priority and stop_further (evaluated unless a matching
+        # stop rule ranks before); the rounded points.
+        order_in = ("(cardinality(r.{inc}) = 0 OR coalesce(o.{col} = ANY(r.{inc}), false)) AND "
+                    "(o.{col} IS NULL OR NOT coalesce(o.{col} = ANY(r.{exc}), false))")
+        num, den = "amount * points * sn", "lt * per_fen * :scale"
+        raw = (f"CASE WHEN NOT (matched AND evaluated) THEN 0 WHEN rounding = 'floor' THEN div({num}, {den}) "
+               f"WHEN rounding = 'ceil' THEN div({num} + {den} - 1, {den}) ELSE div(2 * {num} + {den}, 2 * ({den})) "
+               "END")
         self.sql(
-            f"UPDATE _ex_{n} x SET n_elig = s.n, sa = s.sa, sn = s.sn FROM (SELECT idx, rule_id, count(*) AS n, "
-            f"sum(a) AS sa, sum(a * fn) AS sn FROM _exl_{n} GROUP BY idx, rule_id) s "
-            "WHERE s.idx = x.idx AND s.rule_id = x.rule_id")
-        self.sql(f"UPDATE _ex_{n} SET matched = omatch AND minok AND lt > 0 AND amount * sa > 0")
-        # Priority and stop_further: a rule is evaluated unless a matching stop rule ranks before it.
-        self.sql(
-            f"UPDATE _ex_{n} x SET evaluated = s.before = 0 FROM (SELECT idx, rule_id, coalesce(sum(CASE WHEN "
+            f"CREATE TEMP TABLE _ex_{n} ON COMMIT DROP AS SELECT idx, member_id, paid_at, loc, amount, lt, rule_id, "
+            f"rk, omatch, minok, n_elig, sa, sn, matched, evaluated, {raw}::bigint AS raw, {raw}::bigint AS awarded, "
+            "CAST(NULL AS text) AS cap_period, CAST(NULL AS bigint) AS cap FROM (SELECT p.*, coalesce(sum(CASE WHEN "
             "matched AND stop THEN 1 ELSE 0 END) OVER (PARTITION BY idx ORDER BY rk ROWS BETWEEN UNBOUNDED "
-            f"PRECEDING AND 1 PRECEDING), 0) AS before FROM _ex_{n}) s "
-            "WHERE s.idx = x.idx AND s.rule_id = x.rule_id")
-        num, den = "x.amount * r.points * x.sn", "x.lt * r.per_fen * :scale"
-        self.sql(
-            f"UPDATE _ex_{n} x SET raw = CASE r.rounding WHEN 'floor' THEN div({num}, {den}) "
-            f"WHEN 'ceil' THEN div({num} + {den} - 1, {den}) ELSE div(2 * {num} + {den}, 2 * ({den})) END, "
-            f"awarded = 0 FROM _ear r WHERE r.target = :t AND r.rule_id = x.rule_id AND x.matched AND x.evaluated",
-            params)
-        self.sql(f"UPDATE _ex_{n} SET awarded = raw WHERE raw > 0")
+            "PRECEDING AND 1 PRECEDING), 0) = 0 AS evaluated FROM (SELECT q.*, omatch AND minok AND lt > 0 "
+            "AND amount * sa > 0 AS matched FROM (SELECT o.idx, o.member_id, o.paid_at, o.loc, "
+            "o.amount::numeric AS amount, o.lt::numeric AS lt, r.rule_id, r.rk, r.stop, r.points, r.per_fen, "
+            f"r.rounding, {order_in.format(col='store_code', inc='stores', exc='xstores')} AND "
+            f"{order_in.format(col='channel', inc='channels', exc='xchannels')} AS omatch, "
+            "o.amount >= r.min_fen AS minok, coalesce(s.n, 0) AS n_elig, coalesce(s.sa, 0) AS sa, "
+            f"coalesce(s.sn, 0) AS sn FROM _eo o {rules} LEFT JOIN (SELECT idx, rule_id, count(*) AS n, "
+            f"sum(a) AS sa, sum(a * fn) AS sn FROM _exl_{n} GROUP BY idx, rule_id) s ON s.idx = o.idx "
+            f"AND s.rule_id = r.rule_id WHERE true {expired}) q) p) z", params)
+        self.sql(f"ALTER TABLE _ex_{n} ADD PRIMARY KEY (idx, rule_id)")
+        self.sql(f"ANALYZE _ex_{n}, _exl_{n}")
         self._caps(t)
         self._distribute(t)
 
@@ -421,14 +411,17 @@ class BatchSql:
                   f"'rounding', r.rounding, 'multipliers', coalesce(mu.js, '[]'::jsonb), 'exact', {_ft(num, den)}) "
                   "|| CASE WHEN x.cap_period IS NOT NULL THEN jsonb_build_object('capped_to', x.awarded) "
                   "ELSE '{}'::jsonb END")
+        # Growth rows keep only the text; points entries the whole outcome.
+        js = ("jsonb_build_object('rule_id', x.rule_id, 'name', r.name, 'kind', 'amount', 'points', x.awarded, "
+              f"'text', tx.text, 'inputs', CASE WHEN x.matched THEN {inputs} ELSE '{{}}'::jsonb END, "
+              "'lines', CASE WHEN x.matched THEN coalesce(li.js, '{}'::jsonb) ELSE '{}'::jsonb END)"
+              if n == "points" else "NULL::jsonb")
+        lines = ("LEFT JOIN (SELECT idx, rule_id, jsonb_object_agg(coalesce(line_no::text, 'order'), pts) AS js "
+                 f"FROM _exl_{n} GROUP BY idx, rule_id) li ON li.idx = x.idx AND li.rule_id = x.rule_id "
+                 if n == "points" else "")
         return (
-            f"SELECT x.idx, x.rule_id, x.rk, x.awarded, {txt} AS text, "
-            "jsonb_build_object('rule_id', x.rule_id, 'name', r.name, 'kind', 'amount', 'points', x.awarded, "
-            f"'text', {txt}, 'inputs', CASE WHEN x.matched THEN {inputs} ELSE '{{}}'::jsonb END, "
-            "'lines', CASE WHEN x.matched THEN coalesce(li.js, '{}'::jsonb) ELSE '{}'::jsonb END) AS js "
-            f"FROM _ex_{n} x JOIN _ear r ON r.target = '{n}' AND r.rule_id = x.rule_id "
-            f"LEFT JOIN (SELECT idx, rule_id, jsonb_object_agg(coalesce(line_no::text, 'order'), pts) AS js "
-            f"FROM _exl_{n} GROUP BY idx, rule_id) li ON li.idx = x.idx AND li.rule_id = x.rule_id "
+            f"SELECT x.idx, x.rule_id, x.rk, x.awarded, tx.text, {js} AS js "
+            f"FROM _ex_{n} x JOIN _ear r ON r.target = '{n}' AND r.rule_id = x.rule_id {lines}"
             # The multipliers used on the rule's eligible lines, in the order `evaluate_order` meets them.
             "LEFT JOIN (SELECT idx, rule_id, jsonb_agg(jsonb_build_object('rule_id', m_rule, 'name', name, "
             "'factor', factor, 'when', wtype, 'lines', lines) ORDER BY first, i) AS js, "
@@ -439,26 +432,26 @@ class BatchSql:
             f"AND x2.rule_id = l.rule_id JOIN _emu m ON m.target = '{n}' AND l.mask & m.bit <> 0 "
             "GROUP BY l.idx, l.rule_id, m.i, m.rule_id, m.name, m.factor, m.wtype, m.frag) u "
             "GROUP BY idx, rule_id) mu ON mu.idx = x.idx AND mu.rule_id = x.rule_id "
-            "WHERE x.evaluated")
+            f"CROSS JOIN LATERAL (SELECT {txt} AS text) tx WHERE x.evaluated")
 
     def _totals(self) -> None:
         """`_eot`: per order the points total with its rules' JSON, and the growth total."""
-        self.sql("DROP TABLE IF EXISTS _eot")
-        self.sql("CREATE TEMP TABLE _eot ON COMMIT DROP AS SELECT o.idx, o.member_id, 0::bigint AS points, "
-                 "'[]'::jsonb AS rules, 0::bigint AS growth, 0::bigint AS entry_no FROM _eo o")
-        self.sql("ALTER TABLE _eot ADD PRIMARY KEY (idx)")
+        names = {t.name for t in self.targets}
         for t in self.targets:
             self.sql(f"CREATE TEMP TABLE _eout_{t.name} ON COMMIT DROP AS {self._outcomes(t)}")
-            if t.name == "points":
-                self.sql("UPDATE _eot e SET points = s.total, rules = s.js FROM (SELECT idx, sum(awarded) AS total, "
-                         "jsonb_agg(js ORDER BY rk) AS js FROM _eout_points GROUP BY idx) s WHERE s.idx = e.idx")
-                big = self.sql("SELECT EXISTS (SELECT 1 FROM _eot e JOIN _eo o ON o.idx = e.idx WHERE e.points > "
-                               f"{ledger.MAX_POINTS} AND (o.expires_at IS NULL OR o.expires_at > :now))").scalar()
-                if big:
-                    raise Redo("an order earns more than a points entry may hold: the per-row path refuses it")
-            else:
-                self.sql("UPDATE _eot e SET growth = s.total FROM (SELECT idx, sum(pts) AS total FROM _exl_growth "
-                         "GROUP BY idx) s WHERE s.idx = e.idx")
+        points = ("LEFT JOIN (SELECT idx, sum(awarded) AS total, jsonb_agg(js ORDER BY rk) AS js FROM _eout_points "
+                  "GROUP BY idx) p ON p.idx = o.idx " if "points" in names else "")
+        growth = ("LEFT JOIN (SELECT idx, sum(pts) AS total FROM _exl_growth GROUP BY idx) g ON g.idx = o.idx "
+                  if "growth" in names else "")
+        self.sql(
+            "CREATE TEMP TABLE _eot ON COMMIT DROP AS SELECT o.idx, o.member_id, "
+            + ("coalesce(p.total, 0)" if points else "0") + "::bigint AS points, "
+            + ("coalesce(p.js, '[]'::jsonb)" if points else "'[]'::jsonb") + " AS rules, "
+            + ("coalesce(g.total, 0)" if growth else "0") + f"::bigint AS growth FROM _eo o {points}{growth}")
+        if points and self.sql(
+                "SELECT EXISTS (SELECT 1 FROM _eot e JOIN _eo o ON o.idx = e.idx WHERE e.points > "
+                f"{ledger.MAX_POINTS} AND (o.expires_at IS NULL OR o.expires_at > :now))").scalar():
+            raise Redo("an order earns more than a points entry may hold: the per-row path refuses it")
 
     def _upgrades(self) -> None:
         """`tiers.on_activity` after each order as a running metric: `_eup` holds a member's one
@@ -607,16 +600,16 @@ def _split(rules: list[Rule]) -> tuple[list[Rule], list[Rule]]:
     return amount, mults
 
 
-def _expires_sql(rule: str) -> str:
-    """`policy.expires_at` of `o.paid_at` as SQL over `o.loc` (the tenant-zone local time)."""
+def _expires_sql(rule: str, loc: str) -> str:
+    """`policy.expires_at` of an order as SQL over `loc`, its paid_at in the tenant zone's local time."""
     if rule == "never":
         return "CAST(NULL AS timestamptz)"
     if rule.startswith("days:"):
-        return f"((o.loc + interval '{int(rule[5:])} days') AT TIME ZONE :tz)"
+        return f"(({loc} + interval '{int(rule[5:])} days') AT TIME ZONE :tz)"
     if rule == "month_end":
-        return "((date_trunc('month', o.loc) + interval '1 month') AT TIME ZONE :tz)"
+        return f"((date_trunc('month', {loc}) + interval '1 month') AT TIME ZONE :tz)"
     years = int(rule.split(":")[1]) + 1
-    return f"(make_timestamp(extract(year FROM o.loc)::int + {years}, 1, 1, 0, 0, 0) AT TIME ZONE :tz)"
+    return f"(make_timestamp(extract(year FROM {loc})::int + {years}, 1, 1, 0, 0, 0) AT TIME ZONE :tz)"
 
 
 _ = dt  # dates come in as bound parameters
