@@ -343,11 +343,14 @@ def _dump() -> dict:
 @pytest.mark.parametrize("seed,batch,ruleset", [
     (1, 7, "caps"), (2, 50, "caps"), (3, 4, "caps"), (4, 13, "caps"), (5, 1, "caps"), (6, 9, "caps"),
     (11, 50, "sql"), (12, 9, "sql"), (13, 20, "sql"), (14, 3, "sql"), (15, 50, "sql"), (16, 13, "sql"),
-    (17, 40, "sql"), (18, 6, "sql")])
-def test_earning_on_the_fast_path_ends_where_the_per_row_path_does(clean_db, earning_settings, sql_written, seed,
-                                                                   batch, ruleset):
+    (17, 40, "sql"), (18, 6, "sql"), (19, 11, "exact")])
+def test_earning_on_the_fast_path_ends_where_the_per_row_path_does(clean_db, earning_settings, sql_written,
+                                                                   monkeypatch, seed, batch, ruleset):
     if not clean_db.startswith("postgresql"):
         pytest.skip("the COPY fast path is PostgreSQL's")
+    if ruleset == "exact":  # more multipliers than the SQL takes: every member on the in-memory path
+        monkeypatch.setattr(earn_sql, "MAX_MULTIPLIERS", 0)
+        ruleset = "sql"
     earning_settings(ruleset)
     slow_outcome, slow, _ = _run(seed, fast=False, batch=batch, ruleset=ruleset)
     fast_outcome, fast, taken = _run(seed, fast=True, batch=batch, ruleset=ruleset)
@@ -362,5 +365,7 @@ def test_earning_on_the_fast_path_ends_where_the_per_row_path_does(clean_db, ear
     assert any("cap per" in str(e[7]) for v in slow["entries"].values() for e in v)
     # … and the set-based evaluation wrote a share of it itself (the rest: members handed back).
     assert sql_written["batches"] > 0
-    if ruleset == "sql":
+    if earn_sql.MAX_MULTIPLIERS == 0:
+        assert sql_written["entries"] == 0 and sql_written["fallback"] > 0, sql_written
+    elif ruleset == "sql":
         assert sql_written["entries"] >= 10, sql_written

@@ -256,8 +256,11 @@ class BatchSql:
         self.sql("ANALYZE _eo, _el, _ems")
 
     def evaluate(self) -> None:
-        self.sql(DECIMAL_TEXT)
         self.orders()
+        if self.whole_batch_fallback:  # every member to the exact path; nothing evaluated here
+            self.sql("UPDATE _ems SET fallback = true")
+            return
+        self.sql(DECIMAL_TEXT)
         self.sql(_RULES_TABLE)
         self.sql(_MULTS_TABLE)
         rows = [r for t in self.targets for r in _rule_rows(t)]
@@ -490,13 +493,13 @@ class BatchSql:
     # ---- writing ------------------------------------------------------------------------------------
 
     def fallback(self) -> set[int]:
-        if self.whole_batch_fallback:
-            return set(self.sql("SELECT member_id FROM _ems").scalars())
         return set(self.sql("SELECT member_id FROM _ems WHERE fallback").scalars())
 
     def write(self) -> int:
         """Entries, lots, awards, growth rows, tier changes, audit rows and the accounts of every
         member not handed to the exact path, with INSERT … SELECT. Returns the entries written."""
+        if self.whole_batch_fallback:
+            return 0
         b = self.batch
         pending_days, pending_event = self.pending
         from orchard.imports.pg_earn import EARN_ACTOR, TIER_ACTOR

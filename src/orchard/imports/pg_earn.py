@@ -9,26 +9,25 @@ at bulk speed. So per batch (one transaction):
 
 1. `start` (before the batch's orders are written): the points accounts of the batch's known members
    are locked in member-id order (`FOR UPDATE`: a concurrent spend waits for the batch, and sees its
-   ledger whole), and everything the rules read per member is fetched set-based, one query each:
-   balances and debt, birthday and status, open anomaly flags, tiers and overrides, the tier metric
-   before the batch, and what each capped rule already gave per local day (and lifetime). Members
-   whose outcome this module does not reproduce are handed back to the per-row path, whole (every
-   order of theirs in the batch, so their orders keep file order on one path): a member with points
-   debt (a credit repays it first), and — while any `first_order` task is active — every member that
-   has not completed them (the task posts its own entry between the order's and the tier check).
-2. `write` (after the orders are inserted): the rules run in Python per order (`rules.evaluate_order`
-   is pure), in file order, against in-memory per-member state — caps used, the effective tier, the
-   tier metric, the balance — updated after each order as the per-row path's database would be; so a
-   cap or a member day crossing batch boundaries, or a tier upgrade mid-batch that changes the
-   multiplier of the member's next order, comes out as on the per-row path. Entries (ids reserved
-   from their sequence, in file order, so balance_after is the running sum by id), lots, awards,
-   growth rows, tier changes and audit rows are written with COPY; points accounts, growth accounts
-   and member tiers with one set-based statement each.
+   ledger whole). Members whose outcome neither evaluation below reproduces are handed back to the
+   per-row path, whole (every order of theirs in the batch, so their orders keep file order on one
+   path): a member with points debt (a credit repays it first), and — while any `first_order` task
+   is active — every member that has not completed them (the task posts its own entry between the
+   order's and the tier check).
+2. `write` (after the orders are inserted): `imports.earn_sql` evaluates the rules for the whole
+   batch in SQL and writes every member it decides exactly. The members it hands back (a rule capped
+   in several periods paying on two of their orders, a tier upgrade before another of their orders)
+   are evaluated here, exactly: `rules.evaluate_order` per order, in file order, against in-memory
+   per-member state — caps used, the effective tier, the tier metric, the balance — read for those
+   members only and updated after each order as the per-row path's database would be. Their entries
+   (ids reserved from the sequence in file order, so balance_after is the running sum by id), lots,
+   awards, growth rows, tier changes and audit rows are written with COPY; points accounts, growth
+   accounts and member tiers with one set-based statement each.
 
 A concurrent writer creating a points account the batch counted as absent surfaces as an
 IntegrityError (the account's primary key): the batch is then redone on the per-row path. Orders
 that are replays (already stored) never earn, so importing a file again, or re-running a killed
-import, earns nothing twice. `tests/imports/test_pg_earn.py` holds the two paths equal.
+import, earns nothing twice. `tests/imports/test_pg_earn.py` holds the paths equal.
 """
 
 from __future__ import annotations
