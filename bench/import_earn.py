@@ -154,6 +154,7 @@ def main() -> None:
     ap.add_argument("--orders", type=int, default=200_000)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--py-spy", metavar="DIR", help="record the earning import with py-spy into DIR")
+    ap.add_argument("--db-prefix", default="orchard_bench", help="names of the two databases (created, dropped)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="orchard-bench-earn-"))
     rng = random.Random(args.seed)
@@ -161,7 +162,7 @@ def main() -> None:
     make_members(members_csv, args.members, rng)
     make_orders(orders_csv, args.orders, args.members, rng)
     admin = create_engine(PG, isolation_level="AUTOCOMMIT")
-    names = {k: f"orchard_bench_{k}_{uuid.uuid4().hex[:8]}" for k in ("plain", "earn")}
+    names = {k: f"{args.db_prefix}_{k}_{uuid.uuid4().hex[:8]}" for k in ("plain", "earn")}
     urls = {k: PG.rsplit("/", 1)[0] + "/" + n for k, n in names.items()}
     results = {}
     try:
@@ -208,6 +209,11 @@ def main() -> None:
             print(f"marginal: earning added {extra:.1f} s = {entries / extra:,.0f} earn entries per extra second; "
                   f"CPU added: import {earn['cpu'] - plain['cpu']:+.1f} s, "
                   f"PostgreSQL {earn['pg_cpu'] - plain['pg_cpu']:+.1f} s")
+        if entries:
+            print(f"CPU per earn entry (the whole earning import): import {earn['cpu'] / entries * 1e6:,.0f} µs, "
+                  f"PostgreSQL {earn['pg_cpu'] / entries * 1e6:,.0f} µs; earning's extra: import "
+                  f"{(earn['cpu'] - plain['cpu']) / entries * 1e6:+,.0f} µs, PostgreSQL "
+                  f"{(earn['pg_cpu'] - plain['pg_cpu']) / entries * 1e6:+,.0f} µs")
         t = time.perf_counter()
         check = subprocess.run([sys.executable, "-m", "orchard.cli", "points", "verify"],
                                env={**os.environ, "ORCHARD_DATABASE_URL": urls["earn"]}, capture_output=True, text=True)

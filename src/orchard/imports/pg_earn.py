@@ -9,26 +9,25 @@ at bulk speed. So per batch (one transaction):
 
 1. `start` (before the batch's orders are written): the points accounts of the batch's known members
    are locked in member-id order (`FOR UPDATE`: a concurrent spend waits for the batch, and sees its
-   ledger whole), and everything the rules read per member is fetched set-based, one query each:
-   balances and debt, birthday and status, open anomaly flags, tiers and overrides, the tier metric
-   before the batch, and what each capped rule already gave per local day (and lifetime). Members
-   whose outcome this module does not reproduce are handed back to the per-row path, whole (every
-   order of theirs in the batch, so their orders keep file order on one path): a member with points
-   debt (a credit repays it first), and — while any `first_order` task is active — every member that
-   has not completed them (the task posts its own entry between the order's and the tier check).
-2. `write` (after the orders are inserted): the rules run in Python per order (`rules.evaluate_order`
-   is pure), in file order, against in-memory per-member state — caps used, the effective tier, the
-   tier metric, the balance — updated after each order as the per-row path's database would be; so a
-   cap or a member day crossing batch boundaries, or a tier upgrade mid-batch that changes the
-   multiplier of the member's next order, comes out as on the per-row path. Entries (ids reserved
-   from their sequence, in file order, so balance_after is the running sum by id), lots, awards,
-   growth rows, tier changes and audit rows are written with COPY; points accounts, growth accounts
-   and member tiers with one set-based statement each.
+   ledger whole). Members whose outcome neither evaluation below reproduces are handed back to the
+   per-row path, whole (every order of theirs in the batch, so their orders keep file order on one
+   path): a member with points debt (a credit repays it first), and — while any `first_order` task
+   is active — every member that has not completed them (the task posts its own entry between the
+   order's and the tier check).
+2. `write` (after the orders are inserted): `imports.earn_sql` evaluates the rules for the whole
+   batch in SQL and writes every member it decides exactly. The members it hands back (a rule capped
+   in several periods paying on two of their orders, a tier upgrade before another of their orders)
+   are evaluated here, exactly: `rules.evaluate_order` per order, in file order, against in-memory
+   per-member state — caps used, the effective tier, the tier metric, the balance — read for those
+   members only and updated after each order as the per-row path's database would be. Their entries
+   (ids reserved from the sequence in file order, so balance_after is the running sum by id), lots,
+   awards, growth rows, tier changes and audit rows are written with COPY; points accounts, growth
+   accounts and member tiers with one set-based statement each.
 
 A concurrent writer creating a points account the batch counted as absent surfaces as an
 IntegrityError (the account's primary key): the batch is then redone on the per-row path. Orders
 that are replays (already stored) never earn, so importing a file again, or re-running a killed
-import, earns nothing twice. `tests/imports/test_pg_earn.py` holds the two paths equal.
+import, earns nothing twice. `tests/imports/test_pg_earn.py` holds the paths equal.
 """
 
 from __future__ import annotations
@@ -44,6 +43,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from orchard.config import get_settings
+from orchard.imports.earn_sql import BatchSql
 from orchard.imports.pg_bulk import Redo, copy_rows
 from orchard.kit.clock import as_utc, tenant_zone
 from orchard.kit.hashing import fingerprint
@@ -174,13 +174,19 @@ class BatchEarning:
                 {"ids": known, "t": list(tasks), "n": len(tasks)}).scalars())
             slow |= set(known) - done
         self.held = {root for root, m in owners.items() if m in slow or (m is None and tasks)}
-        keep = [m for m in known if m not in slow]
-        for m in keep:
-            balance, _ = accounts.get(m, (0, 0))
-            self.members[m] = _Member(balance=balance, had_account=m in accounts)
-        if keep:
-            self._read_members(session, keep, paid)
+        self.accounts = {m: balance for m, (balance, _) in accounts.items()}
+        self.known = {m for m in known if m not in slow}
+        self.paid = paid
         return self
+
+    def _prepare(self, session: Session, members: set[int]) -> None:
+        """The in-memory state of the members the set-based evaluation hands back (`earn_sql`), read
+        before anything of the batch's earning is written."""
+        for m in sorted(members):
+            self.members[m] = _Member(balance=self.accounts.get(m, 0), had_account=m in self.accounts)
+        known = sorted(members & self.known)
+        if known:
+            self._read_members(session, known, self.paid)
 
     def _load_program(self, session: Session) -> None:
         rows = session.execute(text("SELECT id, code, rank, threshold, active FROM tier_levels"))
@@ -217,9 +223,10 @@ class BatchEarning:
                     f"{since.format(col='occurred_at')} GROUP BY member_id"), q):
                 self.members[r.member_id].growth = int(r.v)
             for r in session.execute(text(
-                    "SELECT member_id, sum(amount_fen - refunded_fen) AS spend, count(*) AS n FROM orders "
+                    "SELECT member_id, sum(amount_fen - refunded_fen) AS spend, count(*) AS n FROM orders d "
                     f"WHERE member_id = ANY(:ids) AND status IN ('paid', 'partially_refunded') "
-                    f"{since.format(col='paid_at')} GROUP BY member_id"), q):
+                    f"{since.format(col='paid_at')} AND NOT EXISTS (SELECT 1 FROM _eo x WHERE x.order_id = d.id) "
+                    "GROUP BY member_id"), q):
                 self.members[r.member_id].spend, self.members[r.member_id].orders = int(r.spend), int(r.n)
         if paid and (self.capped["points"] or self.capped["growth"]):
             self._read_caps(session, ids, paid)
@@ -253,9 +260,16 @@ class BatchEarning:
         Returns the number of points entries written."""
         if not (self.points_rules or self.growth_rules or self.program):
             return 0
-        ids = {r.idx: (r.id, r.member_id) for r in session.execute(text(
-            "SELECT o.idx, d.id, m.member_id FROM _imp_orders o JOIN _imp_member m ON m.cluster = o.cluster "
-            "JOIN orders d ON d.source = :src AND d.external_id = o.external_id"), {"src": source})}
+        batch = BatchSql(self, session, source)
+        batch.evaluate()
+        exact = batch.fallback()
+        self._prepare(session, exact)
+        written = batch.write()
+        if not exact:
+            return written
+        ids = {r.idx: (r.order_id, r.member_id) for r in session.execute(text(
+            "SELECT idx, order_id, member_id FROM _eo WHERE member_id = ANY(:m)"), {"m": sorted(exact)})}
+        orders = [(idx, clean) for idx, clean in orders if idx in ids]
         out = _Rows(source=source)
         settings = get_settings()
         pending_days, pending_event = settings.points_order_pending_days, settings.points_order_pending_event or None
@@ -276,7 +290,7 @@ class BatchEarning:
             if self.program is not None and st.active:
                 self._upgrade(st, member_id, paid_at, clean["amount_fen"], out)
         out.flush(session, self)
-        return len(out.entries)
+        return written + len(out.entries)
 
     def _tier_code(self, st: _Member) -> str | None:
         """`tiers.effective_code`: an active override wins; no row is the base level."""

@@ -21,8 +21,9 @@ A unique-constraint race with a concurrent writer raises IntegrityError; the cal
 batch on the per-row path (tests/imports/test_pg_orders.py holds the paths equal).
 
 With `earn` (`orchard import orders --earn`) the created orders also earn, through
-`imports.pg_earn` in the same transaction; a member any of whose rows goes to the per-row path goes
-there whole, so each member's orders earn in file order on one path (tests/imports/test_pg_earn.py).
+`imports.pg_earn` (rules evaluated in SQL by `imports.earn_sql`) in the same transaction; a member
+any of whose rows goes to the per-row path goes there whole, so each member's orders earn in file
+order on one path (tests/imports/test_pg_earn.py).
 """
 
 from __future__ import annotations

@@ -85,7 +85,7 @@ def run_import(kind: str, path: Path, *, source: str = "import", report_path: Pa
                earn: bool = False) -> ImportResult:
     """Import `path`; raises FileUnreadable only when the file itself cannot be read. `earn` (orders
     only): each order the import creates earns points, growth and tier upgrades as if it had been
-    sent to the API (`imports.pg_earn` on PostgreSQL); without it an import loads history."""
+    sent to the API (`imports.pg_earn`, `imports.earn_sql` on PostgreSQL); without it an import loads history."""
     if kind not in columns.KINDS:
         raise FileUnreadable(f"unknown import kind {kind!r}; use one of {', '.join(columns.KINDS)}")
     if earn and kind != "orders":
