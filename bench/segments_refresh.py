@@ -344,6 +344,7 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the database (its name is printed)")
     ap.add_argument("--explain", action="store_true", help="print EXPLAIN ANALYZE of the previews' counts")
     ap.add_argument("--database", help="reuse this kept, seeded database (no seeding, no drop)")
+    ap.add_argument("--name", help="name of the fresh database (default orchard_bench_<random>)")
     ap.add_argument("--arrival", choices=("time", "random"), default="time",
                     help="orders and events stored in time order, as ingestion appends them (default), or with "
                          "times scattered over the ids (the earlier, pessimistic seed)")
@@ -352,7 +353,7 @@ def main() -> None:
     if args.database:
         name, url = args.database, points_seed.PG.rsplit("/", 1)[0] + "/" + args.database
     else:
-        name, url, _ = points_seed.create_database()
+        name, url, _ = points_seed.create_database(args.name)
     print(f"database {name}; {args.members:,} members, {args.orders:,} orders, {args.events:,} events; "
           f"load {points_seed.loadavg()}")
     try:
