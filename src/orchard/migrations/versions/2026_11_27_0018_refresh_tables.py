@@ -1,5 +1,5 @@
 """sku_first_sales and refresh_marks (the early-adopter tag's first sale per SKU, kept incrementally);
-member_rfm fillfactor 50
+member_rfm fillfactor 50; ix_events_name_time covers member_id
 
 The preference refresh took every SKU's first counted sale over all orders and lines on each run (at
 10M orders, a join and aggregate of 10M × 10M rows) to find the members who bought SKUs within 14 days
@@ -14,6 +14,15 @@ rows: ~40 s of an 84 s RFM step at full size). With half of each page free the u
 class and the tier did not change (most rows): no index entry. Pages written from now on get the
 setting; as every row is rewritten by the next refresh, the table takes it then (the old pages are
 emptied and reused, no rewrite needed here). SQLite has no such setting.
+
+ix_events_name_time (PostgreSQL) gains INCLUDE (member_id): a behaviour window without a property
+filter (`live_attended` in 90 days, `store_visit` in 60, absence of `live_attended` in 180) needs only
+name, time and member, so it becomes an index-only scan of the window's entries instead of a bitmap
+heap scan of every events page of the window (at 30M events, 90 days of live_attended: 125k pages,
+3.7 s of a 14 s preview under load). Same index, 8 more bytes per entry: no extra B-tree insert per
+ingested event. Windows filtering on a property still read the heap. The rebuild takes the events
+table's write lock for its length (on a large table, create the new index CONCURRENTLY by hand under
+another name first and swap the names).
 
 Revision ID: 0018
 Revises: 0017
@@ -33,6 +42,8 @@ TS = sa.DateTime(timezone=True)
 def upgrade() -> None:
     if op.get_bind().dialect.name == 'postgresql':
         op.execute('ALTER TABLE member_rfm SET (fillfactor = 50)')
+        op.execute('DROP INDEX ix_events_name_time')
+        op.execute('CREATE INDEX ix_events_name_time ON events (name, occurred_at) INCLUDE (member_id)')
     op.create_table(
         'sku_first_sales',
         sa.Column('sku', sa.String(length=128), nullable=False),
@@ -52,6 +63,8 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     if op.get_bind().dialect.name == 'postgresql':
+        op.execute('DROP INDEX ix_events_name_time')
+        op.execute('CREATE INDEX ix_events_name_time ON events (name, occurred_at)')
         op.execute('ALTER TABLE member_rfm RESET (fillfactor)')
     op.drop_table('refresh_marks')
     op.drop_table('sku_first_sales')
