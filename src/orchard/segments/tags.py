@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import BigInteger, Column, MetaData, Table, and_, delete, exists, func, insert, literal, select
+from sqlalchemy import BigInteger, Column, MetaData, Table, and_, delete, exists, func, insert, literal, select, text
 from sqlalchemy.orm import Session
 
 from orchard import db
@@ -82,6 +82,10 @@ def refresh_one(session: Session, tag: Tag, *, now: dt.datetime) -> dict[str, An
     session.execute(insert(ADDING).from_select(["member_id"], select(NEW.c.member_id).where(~has_any)))
     stale = and_(MT.c.tag_id == tag.id, MT.c.source == "rule", ~exists().where(NEW.c.member_id == MT.c.member_id))
     session.execute(insert(STALE).from_select(["member_id"], select(MT.c.member_id).where(stale)))
+    if compiled.ctx.dialect == "postgresql":
+        # Unanalyzed, a temp table is guessed at 200 distinct ids: the DELETE below then compared each
+        # stale member with every member carrying the tag (a nested loop: 150 s for 6,000 of 800k).
+        session.execute(text(f"ANALYZE {ADDING.name}, {STALE.name}"))
     added = session.scalar(select(func.count()).select_from(ADDING)) or 0
     removed = session.scalar(select(func.count()).select_from(STALE)) or 0
     at = literal(now, UTCDateTime())
