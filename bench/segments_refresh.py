@@ -344,15 +344,20 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the database (its name is printed)")
     ap.add_argument("--explain", action="store_true", help="print EXPLAIN ANALYZE of the previews' counts")
     ap.add_argument("--database", help="reuse this kept, seeded database (no seeding, no drop)")
+    ap.add_argument("--name", help="name of the fresh database (default orchard_bench_<random>)")
     ap.add_argument("--arrival", choices=("time", "random"), default="time",
                     help="orders and events stored in time order, as ingestion appends them (default), or with "
                          "times scattered over the ids (the earlier, pessimistic seed)")
     ap.add_argument("--previews-only", action="store_true", help="skip the two refresh passes")
+    ap.add_argument("--days-later", type=int, default=0,
+                    help="run the passes and previews this many days after the seed's now: a kept database "
+                         "cannot be refreshed again at an earlier time than its last pass (spells would exit "
+                         "before they entered); copy it first (CREATE DATABASE … TEMPLATE) to compare versions")
     args = ap.parse_args()
     if args.database:
         name, url = args.database, points_seed.PG.rsplit("/", 1)[0] + "/" + args.database
     else:
-        name, url, _ = points_seed.create_database()
+        name, url, _ = points_seed.create_database(args.name)
     print(f"database {name}; {args.members:,} members, {args.orders:,} orders, {args.events:,} events; "
           f"load {points_seed.loadavg()}")
     try:
@@ -367,10 +372,11 @@ def main() -> None:
         if not args.database:
             define_all()
         first = second = {"total": float("nan")}
+        now = NOW + dt.timedelta(days=args.days_later)
         if not args.previews_only:
-            first = run_refresh(NOW, "refresh.run, first pass (everyone placed)")
-            second = run_refresh(NOW + dt.timedelta(days=1), "refresh.run, next day (steady state)")
-        previews = run_previews(NOW + dt.timedelta(days=1), args.explain)
+            first = run_refresh(now, "refresh.run, first pass (everyone placed)")
+            second = run_refresh(now + dt.timedelta(days=1), "refresh.run, next day (steady state)")
+        previews = run_previews(now + dt.timedelta(days=1), args.explain)
         print(f"\nsummary ({args.arrival} arrival): first refresh {first['total']:.1f} s, next-day refresh "
               f"{second['total']:.1f} s, previews " + ", ".join(f"{ms:.0f} ms" for _, ms, _ in previews)
               + f"; load {points_seed.loadavg()}")

@@ -207,3 +207,40 @@ def test_data_only_conditions():
     assert not static({"segment": "x"})
     assert not static({"event": "product_viewed", "last_days": 30})
     assert not static({"all": [{"tag": "A"}, RECENT]})
+
+
+def test_refresh_rewrites_only_changed_flips_and_ends_as_a_fresh_computation(client, admin):
+    """A refresh writes only the flip rows that differ; what it leaves must equal flips computed from
+    nothing: moved (a new order), dropped (the member left the gate), added (a new member) and kept."""
+    from orchard.members.models import MemberAggregate
+    from orchard.segments.models import Segment
+
+    now = dt.datetime.now(dt.UTC)
+    with db.transaction() as s:
+        moved = member(s, "moved", orders=[(now - dt.timedelta(days=3), 10_000)], region="上海")
+        gone = member(s, "gone", orders=[(now - dt.timedelta(days=5), 10_000)], region="上海")
+        kept = member(s, "kept", orders=[(now - dt.timedelta(days=9), 10_000)], region="上海")
+    save(client, admin, "sh_recent", {"all": [{"field": "region", "op": "eq", "value": "上海"}, RECENT]})
+
+    def flips() -> dict[int, dt.datetime]:
+        with db.transaction(readonly=True) as s:
+            return {f.member_id: f.flip_at for f in s.scalars(select(SegmentFlip))}
+
+    before = flips()
+    assert set(before) == {moved, gone, kept}
+    with db.transaction() as s:
+        s.get(MemberAggregate, moved).last_order_at = now - dt.timedelta(hours=1)
+        from orchard.members.models import Member
+
+        s.get(Member, gone).region = "杭州"
+        added = member(s, "added", orders=[(now - dt.timedelta(days=2), 10_000)], region="上海")
+    with db.transaction() as s:
+        service.refresh(s)
+    after = flips()
+    assert set(after) == {moved, kept, added} and after[kept] == before[kept] and after[moved] != before[moved]
+    with db.transaction() as s:
+        s.execute(SegmentFlip.__table__.delete())
+        service.refresh(s)
+    assert flips() == after
+    with db.transaction(readonly=True) as s:
+        assert s.scalar(select(Segment.size).where(Segment.code == "sh_recent")) == 3

@@ -92,3 +92,31 @@ class MemberRfm(Base):
     #: The snapshot date (tenant zone) the scores describe.
     computed_on: Mapped[dt.date] = mapped_column(Date)
     computed_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+class SkuFirstSale(Base):
+    """The first counted sale (paid or partially refunded order) of each SKU, over all orders: what the
+    early-adopter tag measures "new" against. Kept by `scoring.first_sales.update` in each preference
+    refresh — folding in orders above an id mark and re-checking each row's order — instead of
+    taking every SKU's minimum over every order and line on each refresh. `order_id` names the order
+    that sale came from (no foreign key: a key check per row, and a deleted order is found by the
+    re-check anyway)."""
+
+    __tablename__ = "sku_first_sales"
+
+    sku: Mapped[str] = mapped_column(String(128), primary_key=True)
+    first_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    order_id: Mapped[int] = mapped_column(BigInteger)
+
+
+class RefreshMark(Base):
+    """How far an incremental refresh has read a table by id. `last_id` is the highest id seen by the
+    last pass, `prev_id` the one before: a pass re-reads from `prev_id`, so a row whose transaction took
+    its id before a pass but committed after it is still read by the next one."""
+
+    __tablename__ = "refresh_marks"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    last_id: Mapped[int] = mapped_column(BigInteger)
+    prev_id: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)

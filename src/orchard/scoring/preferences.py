@@ -9,8 +9,10 @@ channel tags also carry {"value": …}: one tag per category / channel, created 
     偏好:<品类>       category         the category with the most net line spend (ties: name order)
     渠道偏好:<渠道>   channel          the most used orders.channel (ties: name order)
     尝鲜者            early_adopter    bought EARLY_MIN_SKUS different SKUs within EARLY_DAYS tenant-zone days
-                                       of each SKU's first sale. SKUs first sold within EARLY_DAYS of the
-                                       first order on record are ignored: the data's start is not a launch.
+                                       of each SKU's first sale (over all orders: `sku_first_sales`,
+                                       kept incrementally by `scoring.first_sales`). SKUs first sold
+                                       within EARLY_DAYS of the first order on record are ignored: the
+                                       data's start is not a launch.
 
 All read the counted orders (paid, partially refunded) of the last WINDOW_DAYS days of live members,
 and need MIN_ORDERS of them (one order is not a preference). The thresholds are constants here, not
@@ -32,7 +34,7 @@ from sqlalchemy.orm import Session
 
 from orchard import db
 from orchard.members.models import Tag
-from orchard.scoring import days
+from orchard.scoring import days, first_sales
 
 WINDOW_DAYS = 365
 MIN_ORDERS = 2
@@ -54,11 +56,7 @@ def _want_sql(sql: days.Sql) -> list[str]:
     buyers = "SELECT member_id FROM pref_buyers"
     return [
         f"""CREATE TEMP TABLE pref_orders AS
-SELECT o.id, o.member_id, o.source, o.external_id, o.channel, o.paid_at,
-       CASE WHEN EXISTS (SELECT 1 FROM coupon_redemptions r WHERE r.order_source = o.source
-                         AND r.order_id = o.external_id AND r.cancelled_at IS NULL)
-              OR o.amount_fen < (SELECT SUM(l.quantity * l.unit_price_fen) FROM order_lines l WHERE l.order_id = o.id)
-            THEN 1 ELSE 0 END AS discounted
+SELECT o.id, o.member_id, o.source, o.external_id, o.channel, o.paid_at, o.amount_fen
 FROM orders o JOIN members m ON m.id = o.member_id AND m.status = 'active'
 WHERE o.paid_at >= :cut_window AND o.paid_at <= :now AND o.status IN {_COUNTED}""",
         # Analyzed, so the planner knows it holds every order of the window (unanalyzed it guessed a
@@ -67,21 +65,28 @@ WHERE o.paid_at >= :cut_window AND o.paid_at <= :now AND o.status IN {_COUNTED}"
         """CREATE TEMP TABLE pref_buyers AS
 SELECT member_id FROM pref_orders GROUP BY member_id HAVING COUNT(*) >= :min_orders""",
         *(["ANALYZE pref_buyers"] if sql.pg else []),
-        # The buyers' lines of the window, joined once for the category and early-adopter tags.
+        # The window's lines, joined to their orders once (one hash join) for every tag: the list-price
+        # sum of the price-sensitive test read them before by one index probe per order of the window.
         """CREATE TEMP TABLE pref_lines AS
-SELECT p.member_id, p.paid_at, l.sku, l.category, l.amount_fen - l.refunded_fen AS net
-FROM pref_orders p JOIN order_lines l ON l.order_id = p.id
-WHERE p.member_id IN (SELECT member_id FROM pref_buyers)""",
+SELECT p.id AS order_id, p.member_id, p.paid_at, l.sku, l.category, l.amount_fen - l.refunded_fen AS net,
+       l.quantity * l.unit_price_fen AS list
+FROM pref_orders p JOIN order_lines l ON l.order_id = p.id""",
         *(["ANALYZE pref_lines"] if sql.pg else []),
         "CREATE TEMP TABLE pref_want (member_id BIGINT, name VARCHAR(64), builtin VARCHAR(32), value VARCHAR(100))",
         f"""INSERT INTO pref_want (member_id, name, builtin, value)
-SELECT member_id, '{PRICE_SENSITIVE}', 'price_sensitive', NULL FROM pref_orders GROUP BY member_id
-HAVING COUNT(*) >= :min_orders AND SUM(discounted) * 100 >= :price_pct * COUNT(*)""",
+SELECT o.member_id, '{PRICE_SENSITIVE}', 'price_sensitive', NULL
+FROM pref_orders o LEFT JOIN (SELECT order_id, SUM(list) AS list FROM pref_lines GROUP BY order_id) l
+     ON l.order_id = o.id
+GROUP BY o.member_id
+HAVING COUNT(*) >= :min_orders AND SUM(
+    CASE WHEN EXISTS (SELECT 1 FROM coupon_redemptions r WHERE r.order_source = o.source
+                      AND r.order_id = o.external_id AND r.cancelled_at IS NULL)
+           OR o.amount_fen < l.list THEN 1 ELSE 0 END) * 100 >= :price_pct * COUNT(*)""",
         f"""INSERT INTO pref_want (member_id, name, builtin, value)
 SELECT member_id, '{CATEGORY_PREFIX}' || substr(category, 1, 58), 'category', substr(category, 1, 58) FROM (
     SELECT member_id, category,
            ROW_NUMBER() OVER (PARTITION BY member_id ORDER BY SUM(net) DESC, category) AS rn
-    FROM pref_lines WHERE category IS NOT NULL AND category <> ''
+    FROM pref_lines WHERE category IS NOT NULL AND category <> '' AND member_id IN ({buyers})
     GROUP BY member_id, category
 ) x WHERE rn = 1""",
         f"""INSERT INTO pref_want (member_id, name, builtin, value)
@@ -93,10 +98,9 @@ SELECT member_id, '{CHANNEL_PREFIX}' || substr(channel, 1, 32), 'channel', subst
         f"""INSERT INTO pref_want (member_id, name, builtin, value)
 SELECT p.member_id, '{EARLY_ADOPTER}', 'early_adopter', NULL
 FROM pref_lines p
-JOIN (SELECT l2.sku, MIN(o2.paid_at) AS first_at FROM order_lines l2 JOIN orders o2 ON o2.id = l2.order_id
-      WHERE l2.sku IS NOT NULL AND o2.status IN {_COUNTED} GROUP BY l2.sku) f ON f.sku = p.sku
+JOIN sku_first_sales f ON f.sku = p.sku
 CROSS JOIN (SELECT MIN(paid_at) AS t0 FROM orders WHERE status IN {_COUNTED}) s
-WHERE p.paid_at < {sql.midnight_after('f.first_at', EARLY_DAYS)}
+WHERE p.member_id IN ({buyers}) AND p.paid_at < {sql.midnight_after('f.first_at', EARLY_DAYS)}
   AND f.first_at >= {sql.midnight_after('s.t0', EARLY_DAYS)}
 GROUP BY p.member_id HAVING COUNT(DISTINCT p.sku) >= :early_min""",
     ]
@@ -134,6 +138,7 @@ def refresh(session: Session, *, now: dt.datetime) -> dict[str, Any]:
     db.batch_settings(session)
     for t in ("pref_orders", "pref_buyers", "pref_lines", "pref_want"):
         session.execute(text(f"DROP TABLE IF EXISTS {t}"))
+    first_sales.update(session, now=now)
     for stmt in _want_sql(sql):
         days.run(session, stmt, params)
     skipped = _ensure_tags(session)

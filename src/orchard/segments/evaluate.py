@@ -44,6 +44,8 @@ from orchard.segments.models import Segment, SegmentFlip, SegmentMembership, Seg
 _NEW = "_segment_new"
 #: The new member set of one evaluation: a temporary table, created per `apply` in its transaction.
 NEW = Table(_NEW, MetaData(), Column("member_id", BigInteger, primary_key=True))
+#: Members of NEW without an open spell: the ones an evaluation lets in.
+ENTERING = Table("_segment_entering", MetaData(), Column("member_id", BigInteger))
 
 
 @dataclass
@@ -116,14 +118,15 @@ def preview_statement(compiled: Compiled, principal: Principal, sample_size: int
     return stmt
 
 
-def temp_table(session: Session) -> None:
-    """A fresh, empty NEW table for this transaction."""
+def temp_table(session: Session, name: str = _NEW, *, primary_key: bool = True) -> None:
+    """A fresh, empty temporary table of member ids (NEW by default) for this transaction."""
     dialect = session.get_bind().dialect.name
-    session.execute(text(f"DROP TABLE IF EXISTS {_NEW}"))
+    key = " PRIMARY KEY" if primary_key else ""
+    session.execute(text(f"DROP TABLE IF EXISTS {name}"))
     if dialect == "postgresql":
-        session.execute(text(f"CREATE TEMP TABLE {_NEW} (member_id bigint PRIMARY KEY) ON COMMIT DROP"))
+        session.execute(text(f"CREATE TEMP TABLE {name} (member_id bigint{key}) ON COMMIT DROP"))
     else:
-        session.execute(text(f"CREATE TEMP TABLE {_NEW} (member_id INTEGER PRIMARY KEY)"))
+        session.execute(text(f"CREATE TEMP TABLE {name} (member_id INTEGER{key})"))
 
 
 def apply(session: Session, segment: Segment, *, now: dt.datetime, cause: str,
@@ -143,11 +146,15 @@ def apply(session: Session, segment: Segment, *, now: dt.datetime, cause: str,
     # Counted first: psycopg does not always report a row count for INSERT … SELECT (it gave -1 here).
     # NOT EXISTS rather than NOT IN: an anti-join, where NOT IN over a set too large to hash in work_mem
     # is a rescan per row. Same answer (member ids are never null).
+    # The entering members are computed once (counting them and opening their spells each evaluated
+    # the anti-join against every open spell).
     entering = ~exists().where(S.segment_id == segment.id, S.exited_at.is_(None), S.member_id == NEW.c.member_id)
-    entered = session.scalar(select(func.count()).select_from(NEW).where(entering)) or 0
+    temp_table(session, ENTERING.name, primary_key=False)
+    session.execute(insert(ENTERING).from_select(["member_id"], select(NEW.c.member_id).where(entering)))
+    entered = session.scalar(select(func.count()).select_from(ENTERING)) or 0
     session.execute(insert(S.__table__).from_select(
         ["segment_id", "member_id", "entered_at", "entered_by"],
-        select(literal(segment.id), NEW.c.member_id, literal(now, C.UTCDateTime()), literal(cause)).where(entering)))
+        select(literal(segment.id), ENTERING.c.member_id, literal(now, C.UTCDateTime()), literal(cause))))
     leaving = update(S).where(S.segment_id == segment.id, S.exited_at.is_(None),
                               ~exists().where(NEW.c.member_id == S.member_id))
     if restrict is not None:
@@ -167,28 +174,38 @@ def apply(session: Session, segment: Segment, *, now: dt.datetime, cause: str,
         segment.next_refresh_at = now + dt.timedelta(minutes=segment.refresh_minutes) \
             if segment.refresh_minutes else None
     drop_temp_table(session)
+    drop_temp_table(session, ENTERING.name)
     session.flush()
     return {"segment": segment.code, "size": size, "entered": entered, "exited": exited, "ms": elapsed}
 
 
-def drop_temp_table(session: Session) -> None:
-    session.execute(text(f"DROP TABLE IF EXISTS {_NEW}"))
+def drop_temp_table(session: Session, name: str = _NEW) -> None:
+    session.execute(text(f"DROP TABLE IF EXISTS {name}"))
 
 
 def _flips(session: Session, segment: Segment, compiled: Compiled, restrict: Select | None) -> None:
-    F = SegmentFlip
-    stale = delete(F).where(F.segment_id == segment.id)
-    if restrict is not None:
-        stale = stale.where(F.member_id.in_(restrict))
-    session.execute(stale.execution_options(synchronize_session=False))
+    """Bring the segment's flip rows (of the `restrict`ed members, when given) in line with the
+    definition, writing only the rows that differ. From one day to the next almost every member's
+    flip instant is the same (it derives from its own timestamps), so deleting and re-inserting them
+    all — up to one row per member, each insert checking two foreign keys — was most of the cost of a
+    segment with a `days_since_*` condition and no data-only gate."""
+    F = SegmentFlip.__table__
     flip = C.flip_expression(compiled.ctx)
+    mine = [F.c.segment_id == segment.id]
+    if restrict is not None:
+        mine.append(F.c.member_id.in_(restrict))
     if flip is None:
+        session.execute(delete(F).where(*mine))
         return
     # Only members who pass the definition's data-only conjuncts can change by time alone.
     gate = C.flip_gate(compiled.tree, compiled.ctx)
-    source = select(literal(segment.id), C.m.c.id, flip).select_from(C.frame(compiled.ctx)).where(
+    wanted = select(C.m.c.id.label("member_id"), flip.label("flip_at")).select_from(C.frame(compiled.ctx)).where(
         C.live(), flip.is_not(None), *([gate] if gate is not None else []))
     if restrict is not None:
-        source = source.where(C.m.c.id.in_(restrict))
-    session.execute(insert(F.__table__).from_select(["segment_id", "member_id", "flip_at"], source))
-
+        wanted = wanted.where(C.m.c.id.in_(restrict))
+    wanted = wanted.subquery("wanted")
+    session.execute(delete(F).where(*mine, ~exists().where(wanted.c.member_id == F.c.member_id,
+                                                            wanted.c.flip_at == F.c.flip_at)))
+    session.execute(insert(F).from_select(["segment_id", "member_id", "flip_at"], select(
+        literal(segment.id), wanted.c.member_id, wanted.c.flip_at).where(
+        ~exists().where(F.c.segment_id == segment.id, F.c.member_id == wanted.c.member_id))))
