@@ -1,4 +1,4 @@
-"""Migration 0018's PostgreSQL storage settings, which the refresh's speed relies on (they are not
+"""Migration 0020's PostgreSQL storage settings, which the refresh's speed relies on (they are not
 part of the models, so the schema comparison does not see them)."""
 
 import pytest

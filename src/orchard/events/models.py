@@ -117,8 +117,10 @@ class Event(Base):
     __table_args__ = (
         UniqueConstraint("source", "external_id"),
         Index("ix_events_member_name_time", "member_id", "name", "occurred_at"),
-        #: Segments' behaviour windows ("product_viewed in the last 30 days") read one name's recent events.
-        Index("ix_events_name_time", "name", "occurred_at"),
+        #: Segments' behaviour windows ("product_viewed in the last 30 days") read one name's recent events;
+        #: on PostgreSQL it covers member_id (migration 0020), so windows without a property filter read
+        #: only the index.
+        Index("ix_events_name_time", "name", "occurred_at", postgresql_include=["member_id"]),
         Index("ix_events_anonymous", "anonymous_id"),
     )
 

@@ -24,15 +24,15 @@ ingested event. Windows filtering on a property still read the heap. The rebuild
 table's write lock for its length (on a large table, create the new index CONCURRENTLY by hand under
 another name first and swap the names).
 
-Revision ID: 0018
-Revises: 0017
+Revision ID: 0020
+Revises: 0019
 Create Date: 2026-11-27 09:00:00
 """
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0018'
-down_revision = '0017'
+revision = '0020'
+down_revision = '0019'
 branch_labels = None
 depends_on = None
 
