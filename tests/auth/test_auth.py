@@ -100,7 +100,8 @@ def test_deactivating_or_rescoping_staff_ends_their_sessions_and_is_audited(clie
     client.patch(f"/api/v1/staff/{clerk_id}", json={"is_active": False}, headers=headers(admin))
     assert client.get("/api/v1/auth/me", headers=headers(again)).status_code == 401
     assert client.post("/api/v1/auth/token", json={"username": "li", "password": PASSWORD}).status_code == 401
-    audited = session.scalars(select(AuditEntry).where(AuditEntry.action == "staff.updated")).all()
+    audited = session.scalars(select(AuditEntry).where(AuditEntry.action == "staff.updated")
+                              .order_by(AuditEntry.id)).all()
     assert [a.data["after"]["scopes"] for a in audited] == [["GZ001"], ["GZ001"]]
     assert audited[1].data["after"]["is_active"] is False
     # a clerk without scope is refused, and clerks cannot manage staff

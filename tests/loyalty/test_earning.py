@@ -34,6 +34,9 @@ def pos(client, settings):
     return admin, key
 
 
+CST = dt.timezone(dt.timedelta(hours=8))
+
+
 def recent(days: float = 1) -> str:
     return (dt.datetime.now(dt.UTC) - dt.timedelta(days=days)).isoformat()
 
@@ -206,8 +209,12 @@ def test_event_rules_award_within_caps(client, pos):
                                                                         "caps": {"day": 5}}})
     m = buy(client, key, "O1")
     base = {"source": "app", "member": {"identities": {"phone": "13812341234"}}}
-    for i, (name, at) in enumerate([("sign_up", recent(2)), ("sign_up", recent(1)), ("check_in", recent(0.1)),
-                                    ("check_in", recent(0.05))]):
+    # Both check-ins fall on one Asia/Shanghai day, whatever the time the test runs (the day cap is local).
+    second = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)
+    midnight = second.astimezone(CST).replace(hour=0, minute=0, second=0, microsecond=0)
+    first = midnight + (second - midnight) / 2
+    for i, (name, at) in enumerate([("sign_up", recent(2)), ("sign_up", recent(1)),
+                                    ("check_in", first.isoformat()), ("check_in", second.isoformat())]):
         r = client.post("/api/v1/events", headers=key, json={**base, "external_id": f"E{i}", "name": name,
                                                              "occurred_at": at})
         assert r.status_code == 201, r.text
