@@ -280,9 +280,13 @@ def _deltas(awards, share: dict[int | None, Fraction]) -> list[tuple[int, int | 
     return out
 
 
-def _sums(amount, *group):
-    return (select(*group, func.sum(case((amount > 0, amount), else_=0)), func.sum(case((amount < 0, amount), else_=0)))
-            .group_by(*group))
+def _sums(amount, rule_id, line_no):
+    """Earned and reversed sums per (rule, line), in (rule, line) order: the reversal's explanation lists
+    them in this order, and a GROUP BY alone answers in whatever order the rows lie on disk (the import's
+    set-based path and the per-row path store the same awards in different orders)."""
+    return (select(rule_id, line_no, func.sum(case((amount > 0, amount), else_=0)),
+                   func.sum(case((amount < 0, amount), else_=0)))
+            .group_by(rule_id, line_no).order_by(rule_id, line_no.nulls_first()))
 
 
 def on_refund(session: Session, refund: Refund, order: Order, *,
