@@ -56,7 +56,7 @@ from orchard.events import ingest
 from orchard.events.schemas import BatchIn, EventIn
 from orchard.identity.normalize import InvalidIdentity, normalize
 from orchard.kit.clock import as_utc, utcnow
-from orchard.loyalty.spend_pg import _read_body, _replay, conninfo
+from orchard.loyalty.spend_pg import Stats, _read_body, _replay, thin_pool
 
 log = logging.getLogger("orchard.events.ingest_pg")
 
@@ -83,31 +83,9 @@ def enabled(database_url: str) -> bool:
 async def pool_for(app: Any):
     """Open the pool for the app's lifetime (the app's lifespan), when this path is enabled."""
     settings = get_settings()
-    if not enabled(settings.database_url):
-        app.state.ingest_pool = None
+    async with thin_pool(app, "ingest_pool", on=enabled(settings.database_url), size=settings.ingest_pool_size,
+                         timeout=settings.ingest_pool_timeout, name="ingest"):
         yield
-        return
-    pool = psycopg_pool.AsyncConnectionPool(
-        conninfo(settings.database_url), min_size=1, max_size=settings.ingest_pool_size, open=False,
-        timeout=settings.ingest_pool_timeout, name="ingest",
-        # autocommit: the call is its own transaction; prepare_threshold 0: prepared from its first use.
-        kwargs={"autocommit": True, "prepare_threshold": 0, "options": "-c TimeZone=UTC",
-                "application_name": "orchard ingest"})
-    await pool.open()
-    app.state.ingest_pool = pool
-    try:
-        yield
-    finally:
-        app.state.ingest_pool = None
-        await pool.close()
-
-
-class Stats:
-    """Requests the thin path answered itself, and those it handed on to the route (tests read them)."""
-
-    def __init__(self) -> None:
-        self.served = 0
-        self.handed_on = 0
 
 
 class IngestFastPath:

@@ -79,32 +79,40 @@ def conninfo(database_url: str) -> str:
 
 
 @asynccontextmanager
-async def pool_for(app: Any):
-    """Open the pool for the app's lifetime (the app's lifespan), when this path is enabled."""
-    url = get_settings().database_url
-    if not enabled(url):
-        app.state.points_pool = None
+async def thin_pool(app: Any, attr: str, *, on: bool, size: int, timeout: float, name: str):
+    """Keep `app.state.<attr>` an open async pool for the app's lifetime, or None when the path is off.
+
+    Shared by the thin paths (this one and `events.ingest_pg`): autocommit, because the function call is
+    its own transaction (no BEGIN/COMMIT round trips); prepare_threshold 0, because the call is a
+    prepared statement from its first use on a connection."""
+    if not on:
+        setattr(app.state, attr, None)
         yield
         return
-    settings = get_settings()
     pool = psycopg_pool.AsyncConnectionPool(
-        conninfo(url), min_size=1, max_size=settings.points_spend_pool_size, open=False,
-        timeout=settings.points_spend_pool_timeout, name="points-spend",
-        # autocommit: the function call is its own transaction (no BEGIN/COMMIT round trips);
-        # prepare_threshold 0: the call is a prepared statement from its first use on a connection.
+        conninfo(get_settings().database_url), min_size=1, max_size=size, open=False, timeout=timeout, name=name,
         kwargs={"autocommit": True, "prepare_threshold": 0, "options": "-c TimeZone=UTC",
-                "application_name": "orchard points spend"})
+                "application_name": f"orchard {name}"})
     await pool.open()
-    app.state.points_pool = pool
+    setattr(app.state, attr, pool)
     try:
         yield
     finally:
-        app.state.points_pool = None
+        setattr(app.state, attr, None)
         await pool.close()
 
 
+@asynccontextmanager
+async def pool_for(app: Any):
+    """Open the pool for the app's lifetime (the app's lifespan), when this path is enabled."""
+    settings = get_settings()
+    async with thin_pool(app, "points_pool", on=enabled(settings.database_url), size=settings.points_spend_pool_size,
+                         timeout=settings.points_spend_pool_timeout, name="points-spend"):
+        yield
+
+
 class Stats:
-    """Spends the thin path answered itself, and those it handed on to the route (tests read them)."""
+    """Requests a thin path answered itself, and those it handed on to the route (tests read them)."""
 
     def __init__(self) -> None:
         self.served = 0
