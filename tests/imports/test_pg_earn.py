@@ -22,7 +22,7 @@ import random
 from functools import partial
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from orchard import db
 from orchard.audit.models import AuditEntry
@@ -369,3 +369,44 @@ def test_earning_on_the_fast_path_ends_where_the_per_row_path_does(clean_db, ear
         assert sql_written["entries"] == 0 and sql_written["fallback"] > 0, sql_written
     elif ruleset == "sql":
         assert sql_written["entries"] >= 10, sql_written
+
+
+def test_the_sql_path_pays_the_tightest_cap(clean_db, sql_written):
+    """A rule capped per day (100) and for life (520): a member with 480 for life already earns 40 on
+    a ¥300 order, not the day's 100, on the set-based path (the per-row path: tests/loyalty/test_rules)."""
+    if not clean_db.startswith("postgresql"):
+        pytest.skip("the set-based earning is PostgreSQL's")
+    make_org()
+    with db.transaction() as s:
+        s.add(EarningRule(name="每元1分 日上限 终身上限", kind="amount", target="points", priority=0,
+                          stop_further=False, created_by="test",
+                          config={"points": 1, "per_fen": 100, "caps": {"day": 100, "lifetime": 520}}))
+        stores = dict(s.execute(select(OrgUnit.code, OrgUnit.id).where(OrgUnit.kind == "store")).tuples().all())
+
+    def order(oid: str, phone: str, days: int, fen: int) -> dict:
+        return {"order_id": oid, "member_phone": phone, "amount_fen": str(fen),
+                "paid_at": (NOW - dt.timedelta(days=days)).replace(microsecond=0).isoformat()}
+    # Member 0 has 4 × 100 + 80 = 480 for life, member 1 has 4 × 100 = 400; one order a day.
+    history = [order(f"H{p}{d}", PHONES[p], d, 8000 if (p, d) == (0, 5) else 10000) for p in (0, 1)
+               for d in range(2, 6)] + [order("H06", PHONES[0], 6, 10000)]
+    with db.transaction() as s:
+        for _, clean in _items(history, stores):
+            import_service._order(s, clean, "import", earn=True)
+    with db.transaction() as s:
+        out, slow = pg_orders.write_orders(s, _items([order("T0", PHONES[0], 0, 30000),
+                                                      order("T1", PHONES[1], 0, 30000)], stores), "import",
+                                           earn=True)
+    assert not slow and all(v == ("created", None) for v in out.values()), (out, slow)
+    assert sql_written["entries"] == 2 and sql_written["fallback"] == 0, sql_written
+    with db.transaction(readonly=True) as s:
+        lifetime = {value: points for value, points in s.execute(
+            select(Identity.value, func.sum(PointsAward.points))
+            .join(PointsAward, PointsAward.member_id == Identity.member_id).group_by(Identity.value))}
+        earned = {oid: points for oid, points in s.execute(
+            select(Order.external_id, PointsEntry.amount).join(PointsEntry, PointsEntry.order_id == Order.id)
+            .where(Order.external_id.in_(["T0", "T1"])))}
+        text0 = str(s.scalar(select(PointsEntry.explanation).join(Order, PointsEntry.order_id == Order.id)
+                             .where(Order.external_id == "T0")))
+    assert earned == {"T0": 40, "T1": 100}, earned
+    assert "cap per lifetime" in text0, text0
+    assert lifetime == {"+86" + PHONES[0]: 520, "+86" + PHONES[1]: 500}, lifetime

@@ -149,6 +149,21 @@ def test_caps_cut_by_what_the_period_already_gave():
     assert total(evaluate_order(cart(10000), [capped], lambda rid, period, at: used[(period,)])) == 10
 
 
+def test_the_tightest_cap_binds_not_the_first_in_period_order():
+    """A day's room (100) below the points (300) must not hide a lifetime room (40) below it."""
+    capped = rule(1, "amount", {"points": 1, "per_fen": 100, "caps": {"day": 100, "week": 1000, "lifetime": 520}})
+    used = {"day": 0, "week": 0, "lifetime": 480}
+    out = evaluate_order(cart(30000), [capped], lambda rid, period, at: used[period])
+    assert total(out) == 40 and out[0].inputs["capped_to"] == 40 and "cap per lifetime" in out[0].text
+    used = {"day": 60, "week": 960, "lifetime": 0}  # day and week leave 40 each: named by the day
+    out = evaluate_order(cart(30000), [capped], lambda rid, period, at: used[period])
+    assert total(out) == 40 and "cap per day" in out[0].text
+    share = rule(2, "event", {"event": "share", "points": 50, "caps": {"day": 30, "month": 45}})
+    used = {"day": 0, "month": 25}
+    out = evaluate_event(EventFacts("share", WED_NOON), [share], lambda rid, period, at: used[period])
+    assert total(out) == 20 and "cap per month" in out[0].text
+
+
 def test_event_rules_match_name_properties_and_caps():
     signup = rule(20, "event", {"event": "sign_up", "points": 100, "caps": {"lifetime": 100}})
     review = rule(21, "event", {"event": "review", "points": 20, "properties": {"with_photo": True}})

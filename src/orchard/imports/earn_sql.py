@@ -372,14 +372,14 @@ class BatchSql:
             f"count(*) OVER (PARTITION BY member_id, rule_id, period) AS k FROM _ecap_{n}) c "
             "WHERE ncaps > 1 AND k > 1) c WHERE c.member_id = s.member_id")
         # room before the bucket's earlier orders; what they got = least(room, Σ uncapped before);
-        # the order gets the left room of the first binding period (day → week → month → lifetime).
+        # the order gets the least room over its periods (ties: day → week → month → lifetime).
         self.sql(
             f"UPDATE _ex_{n} x SET awarded = c.left_, cap_period = c.period, cap = c.cap FROM ("
             "SELECT DISTINCT ON (idx, rule_id) idx, rule_id, period, cap, left_ FROM (SELECT idx, rule_id, raw, "
             "period, ord, cap, greatest(0, cap - used - CASE WHEN ncaps = 1 THEN least(greatest(0, cap - used), "
             "coalesce(sum(raw) OVER (PARTITION BY member_id, rule_id, period, lo ORDER BY idx ROWS BETWEEN "
             f"UNBOUNDED PRECEDING AND 1 PRECEDING), 0)) ELSE 0 END) AS left_ FROM _ecap_{n}) c "
-            "WHERE left_ < raw ORDER BY idx, rule_id, ord) c WHERE c.idx = x.idx AND c.rule_id = x.rule_id")
+            "WHERE left_ < raw ORDER BY idx, rule_id, left_, ord) c WHERE c.idx = x.idx AND c.rule_id = x.rule_id")
 
     def _distribute(self, t: _Target) -> None:
         """`rules.distribute`: each line's floor of awarded × its share, the rest one by one to the

@@ -368,16 +368,23 @@ def _line_in(cfg: Filters, line: Line) -> bool:
 
 
 def _capped(rule: Rule, caps: Caps, points: int, at: dt.datetime, caps_used: CapsUsed | None) -> tuple[int, str]:
+    """Points after every cap of the rule: the least room left over all its periods (a day's room
+    can exceed what the week or lifetime still allows), named by the period that binds — the first
+    in day → week → month → lifetime order among equally tight ones."""
     if points <= 0 or caps_used is None:
         return points, ""
+    binding: tuple[int, str, int] | None = None
     for period in PERIODS:
         cap = getattr(caps, period)
         if cap is None:
             continue
         left = max(0, cap - caps_used(rule.id, period, at))
-        if left < points:
-            return left, f"每{_PERIOD_ZH[period]}上限 {cap} cap per {period} → {left}"
-    return points, ""
+        if left < points and (binding is None or left < binding[0]):
+            binding = (left, period, cap)
+    if binding is None:
+        return points, ""
+    left, period, cap = binding
+    return left, f"每{_PERIOD_ZH[period]}上限 {cap} cap per {period} → {left}"
 
 
 _PERIOD_ZH = {"day": "日", "week": "周", "month": "月", "lifetime": "人终身"}
