@@ -221,3 +221,56 @@ def test_coupon_expiring_anniversary_and_repurchase_due(hello):
     assert all(v["entered"] == 0 for v in sweep(now + dt.timedelta(minutes=10), triggers.SWEEP_KINDS).values())
     with db.transaction(readonly=True) as s:
         assert s.scalar(select(func.count()).select_from(JourneyLog).where(JourneyLog.kind == "not_entered")) == 0
+
+
+def test_id_cursors_read_rows_that_commit_after_a_later_id(hello, clean_db):
+    """Event 1 takes its id first and commits last; sweeps in between read event 2 and move the
+    cursor past event 1's id. The sweep after the commit still enters event 1's member (PostgreSQL
+    keeps the snapshot it read under, and the settled mark waits for the open transaction), each
+    member once, and the settled mark then moves up behind them."""
+    if not clean_db.startswith("postgresql"):
+        pytest.skip("SQLite writes one transaction at a time: its ids commit in order")
+    from orchard.events.models import Event
+
+    now = local(2026, 11, 24, 10, 0)
+    with db.transaction() as s:
+        a, b, c = (member(s, n) for n in ("a", "b", "c"))
+    make("viewed", {"type": "event", "event": "product_viewed"}, now)
+    make("viewed_too", {"type": "event", "event": "product_viewed"}, now)
+
+    def event(s, mid: int, n: int) -> int:
+        e = Event(source="t", external_id=f"e{n}", body_hash="h", member_id=mid, name="product_viewed",
+                  occurred_at=now, received_at=now, properties={})
+        s.add(e)
+        s.flush()
+        return e.id
+
+    first = db.new_session()
+    try:
+        first_id = event(first, a, 1)  # id taken, not committed
+        with db.transaction() as s:
+            second_id = event(s, b, 2)
+        assert second_id > first_id
+        out = sweep(now, triggers.CURSOR_KINDS)
+        assert out["viewed"]["entered"] == 1 and set(entered("viewed")) == {b}
+        # Still open a sweep later: the settled mark must not pass its id yet.
+        assert sweep(now + dt.timedelta(seconds=1), triggers.CURSOR_KINDS)["viewed"]["entered"] == 0
+        with db.transaction(readonly=True) as s:
+            assert service.get(s, "viewed").cursor_settled < first_id
+        first.commit()
+    finally:
+        first.close()
+    with db.transaction() as s:
+        event(s, c, 3)
+    out = sweep(now + dt.timedelta(seconds=5), triggers.CURSOR_KINDS)
+    assert out["viewed"]["entered"] == 2 and entered("viewed") == {a: f"e:{first_id}", b: f"e:{second_id}",
+                                                                     c: entered("viewed")[c]}
+    assert set(entered("viewed_too")) == {a, b, c}
+    for later in (10, 15):  # nobody twice; the settled mark catches up with the cursor
+        out = sweep(now + dt.timedelta(seconds=later), triggers.CURSOR_KINDS)
+        assert out["viewed"]["entered"] == 0 and out["viewed"]["turned_away"] == 0
+    with db.transaction(readonly=True) as s:
+        journey = service.get(s, "viewed")
+        assert journey.cursor_settled == journey.cursor > second_id
+        assert s.scalar(select(func.count()).select_from(JourneyLog).where(
+            JourneyLog.kind == "not_entered")) == 0

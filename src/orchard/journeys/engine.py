@@ -113,6 +113,8 @@ def enter(session: Session, journey: Journey, *, now: dt.datetime | None = None,
         L.c.id > last_log, L.c.journey_id == journey.id, L.c.kind == "not_entered")) or 0
     if found.cursor is not None:
         journey.cursor = found.cursor
+    if found.snapshot is not None:
+        journey.cursor_settled, journey.cursor_snapshot = found.settled, found.snapshot
     if found.cursor_at is not None:
         journey.cursor_at = found.cursor_at
     session.flush()

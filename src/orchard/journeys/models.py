@@ -40,6 +40,11 @@ class Journey(Base):
     owner_unit_id: Mapped[int | None] = mapped_column(ForeignKey("org_units.id"))
     #: Trigger sweep position: the last event / order / segment spell id already considered.
     cursor: Mapped[int] = mapped_column(BigId, default=0)
+    #: PostgreSQL: ids up to here are final (no transaction still holding one can commit); between
+    #: it and `cursor`, rows the last sweep's snapshot (`cursor_snapshot`, pg_snapshot as text) could
+    #: not see are read again — they committed after a later id was read (journeys.triggers).
+    cursor_settled: Mapped[int | None] = mapped_column(BigId)
+    cursor_snapshot: Mapped[str | None] = mapped_column(Text)
     #: Time cursor, for triggers an id cannot follow: segment exits (a spell ends by an update in
     #: place) are read from here on; a schedule's last occurrence fired.
     cursor_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)

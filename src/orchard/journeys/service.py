@@ -132,6 +132,7 @@ def publish(session: Session, *, code: str, actor: str, go_live: bool = True,
     # whose trigger reads another source (the old cursor points into another table).
     if before is None or triggers.source(before.graph["trigger"]) != triggers.source(version.graph["trigger"]):
         journey.cursor, journey.cursor_at = triggers.start(session, parsed, now)
+        journey.cursor_settled = journey.cursor_snapshot = None
     if go_live and journey.status in ("draft", "paused"):
         journey.status = "live"
     journey.updated_at = now

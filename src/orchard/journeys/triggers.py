@@ -25,7 +25,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import BigInteger, Integer, Select, String, cast, exists, func, literal, or_, select, text
+from sqlalchemy import BigInteger, Integer, Select, String, and_, cast, exists, func, literal, or_, select, text
 from sqlalchemy.orm import Session
 
 from orchard.db import UTCDateTime
@@ -63,6 +63,8 @@ class Found:
     rows: Select | None
     cursor: int | None = None
     cursor_at: dt.datetime | None = None
+    settled: int | None = None
+    snapshot: str | None = None
 
 
 def _at(value: dt.datetime):
@@ -81,10 +83,8 @@ def candidates(session: Session, journey: Journey, parsed: G.Graph, now: dt.date
     if isinstance(trigger, G.SegmentTrigger):
         s = SegmentMembership.__table__
         seg_id = session.scalar(select(Segment.id).where(Segment.code == trigger.segment))
-        rows = select(s.c.id.label("src"), s.c.member_id).where(s.c.segment_id == seg_id, s.c.id > journey.cursor) \
-            .order_by(s.c.id).limit(ENTRY_BATCH).subquery()
-        cursor = session.scalar(select(func.max(rows.c.src)))
-        return Found(select(rows.c.member_id, (literal("s:") + cast(rows.c.src, String)).label("k")), cursor=cursor)
+        return _by_id(session, journey, s, select(s.c.id.label("src"), s.c.member_id).where(s.c.segment_id == seg_id),
+                      "s:")
     if isinstance(trigger, G.SegmentExitTrigger):
         return _segment_exit(session, journey, trigger, now)
     if isinstance(trigger, G.AbsenceTrigger):
@@ -142,15 +142,15 @@ def _event(session: Session, journey: Journey, trigger: G.EventTrigger, now: dt.
 
     fresh = _at(now - dt.timedelta(hours=trigger.max_age_hours))
     if trigger.event == "$order":
-        o = Order.__table__
-        rows = select(o.c.id.label("src"), o.c.member_id).where(
-            o.c.id > journey.cursor, o.c.status != "refunded", o.c.paid_at >= fresh)
+        table = o = Order.__table__
+        rows = select(o.c.id.label("src"), o.c.member_id).where(o.c.status != "refunded", o.c.paid_at >= fresh)
         key = "o:"
     elif trigger.event == "$tier_changed":
-        tc, to, fr = TierChange.__table__, TierLevel.__table__.alias("lt"), TierLevel.__table__.alias("lf")
+        table = tc = TierChange.__table__
+        to, fr = TierLevel.__table__.alias("lt"), TierLevel.__table__.alias("lf")
         rows = select(tc.c.id.label("src"), tc.c.member_id).select_from(
             tc.join(to, to.c.id == tc.c.to_level_id).outerjoin(fr, fr.c.id == tc.c.from_level_id)).where(
-            tc.c.id > journey.cursor, tc.c.at >= fresh)
+            tc.c.at >= fresh)
         if trigger.direction == "up":  # no level before: the member started at the base
             rows = rows.where(or_(fr.c.id.is_(None), to.c.rank > fr.c.rank))
         elif trigger.direction == "down":
@@ -159,23 +159,75 @@ def _event(session: Session, journey: Journey, trigger: G.EventTrigger, now: dt.
             rows = rows.where(to.c.code == trigger.to_level)
         key = "tc:"
     elif trigger.event == "$points_earned":
-        pe = PointsEntry.__table__
+        table = pe = PointsEntry.__table__
         rows = select(pe.c.id.label("src"), pe.c.member_id).where(
-            pe.c.id > journey.cursor, pe.c.kind == "earn", pe.c.amount >= (trigger.min_points or 1),
-            pe.c.created_at >= fresh)
+            pe.c.kind == "earn", pe.c.amount >= (trigger.min_points or 1), pe.c.created_at >= fresh)
         key = "pe:"
     else:
-        e = Event.__table__
+        table = e = Event.__table__
         rows = select(e.c.id.label("src"), e.c.member_id).where(
-            e.c.id > journey.cursor, e.c.name == trigger.event, e.c.member_id.is_not(None),
-            e.c.occurred_at >= fresh)
+            e.c.name == trigger.event, e.c.member_id.is_not(None), e.c.occurred_at >= fresh)
         ctx = C.context(session, now=now)
         for i, f in enumerate(trigger.where):
             rows = rows.where(C.prop_filter(e.c.properties, f, ctx, f"$.trigger.where[{i}]"))
         key = "e:"
-    rows = rows.order_by(text("src")).limit(ENTRY_BATCH).subquery()
-    cursor = session.scalar(select(func.max(rows.c.src)))
-    return Found(select(rows.c.member_id, (literal(key) + cast(rows.c.src, String)).label("k")), cursor=cursor)
+    return _by_id(session, journey, table, rows, key)
+
+
+#: A row's inserting transaction as an xid8: its 32-bit xmin placed in the epoch of the newest xid
+#: now (rows read here are far younger than 2^31 transactions).
+_XID8 = ("(pg_snapshot_xmax(pg_current_snapshot())::text::bigint - ((pg_snapshot_xmax(pg_current_snapshot())"
+         "::text::bigint - {t}.xmin::text::bigint) & 4294967295))::text::xid8")
+
+
+#: No other transaction of this database that was running when the kept snapshot was taken is still
+#: running (transaction-id locks are visible to every role; a snapshot's xmin would also wait for
+#: other databases of the cluster, which cannot write these tables).
+_SETTLED = ("NOT EXISTS (SELECT 1 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+            "WHERE l.locktype = 'transactionid' AND l.mode = 'ExclusiveLock' AND l.granted "
+            "AND a.datname = current_database() AND l.pid <> pg_backend_pid() "
+            f"AND {_XID8.format(t='l').replace('l.xmin', 'l.transactionid')} "
+            "< pg_snapshot_xmax(CAST(:jprev AS pg_snapshot)))")
+
+
+def _by_id(session: Session, journey: Journey, table: Any, rows: Select, key: str) -> Found:
+    """The rows of `rows` (src, member_id; over `table`) the journey has not read yet, in id order, a
+    batch at most, and where its cursors go.
+
+    Ids are taken when a row is inserted and become visible when its transaction commits, so a sweep
+    can read id 101 while id 100 is still uncommitted: a plain `id > cursor` would never read 100.
+    On PostgreSQL the sweep therefore keeps the snapshot it read under (`cursor_snapshot`) and also
+    reads, above `cursor_settled`, the rows that snapshot could not see. The settled mark moves up to
+    the previous sweep's cursor once every transaction of this database that snapshot saw running
+    has ended: any id up to there was taken before that snapshot and is now committed or never will
+    be. (A transaction that took an id just before that snapshot but was given its transaction id
+    just after it — microseconds within one INSERT — and is still open a sweep later is the one case
+    this does not cover.) A row read twice — an updated order or
+    spell has a new xmin — is skipped by its trigger key (runs, logged refusals). SQLite writes one
+    transaction at a time, so ids commit in order there and the id cursor is exact."""
+    after = table.c.id > journey.cursor
+    pg = _pg(session)
+    if pg and journey.cursor_snapshot is not None:
+        settled = journey.cursor_settled if journey.cursor_settled is not None else journey.cursor
+        late = text(f"NOT pg_visible_in_snapshot({_XID8.format(t=table.name)}, CAST(:jsnap AS pg_snapshot))") \
+            .bindparams(jsnap=journey.cursor_snapshot)
+        after = or_(after, and_(table.c.id > settled, late))
+    batch = rows.where(after).order_by(text("src")).limit(ENTRY_BATCH).subquery()
+    if not pg:
+        cursor = session.scalar(select(func.max(batch.c.src)))
+        return Found(select(batch.c.member_id, (literal(key) + cast(batch.c.src, String)).label("k")), cursor=cursor)
+    # The snapshot of the statement that reads the batch's extent: the later statements that enter
+    # the candidates see at least these rows; what this one could not see, the next sweep reads.
+    moved = literal(False)
+    if journey.cursor_snapshot is not None:
+        moved = text(_SETTLED).bindparams(jprev=journey.cursor_snapshot)
+    top, snapshot, passed = session.execute(select(
+        func.max(batch.c.src), text("pg_current_snapshot()::text"), moved)).one()
+    settled = journey.cursor_settled if journey.cursor_settled is not None else journey.cursor
+    if journey.cursor_snapshot is None or passed:
+        settled = journey.cursor
+    return Found(select(batch.c.member_id, (literal(key) + cast(batch.c.src, String)).label("k")),
+                 cursor=max(journey.cursor, top or 0), settled=settled, snapshot=snapshot)
 
 
 def _segment_exit(session: Session, journey: Journey, trigger: G.SegmentExitTrigger, now: dt.datetime) -> Found:
