@@ -87,20 +87,20 @@ def statement(tree: Any, ctx: C.Context, principal: Principal, sample_size: int)
     rows = select(C.m.c.id.label("member_id"),
                   *(C.compile_condition(leaf, ctx, path).label(labels[path]) for leaf, path in leaves)
                   ).select_from(C.frame(ctx)).where(C.live(), scope.visible(principal))
-    if ctx.dialect == "postgresql":
-        # A literal OFFSET 0 (a bound parameter would not do): the planner keeps the subquery whole, so
-        # each condition is computed once per member, and may still run it in parallel workers.
-        rows = rows.offset(literal_column("0"))
-    rows = rows.subquery("preview_rows")
+    rows = _fenced(rows, ctx).subquery("preview_rows")
     member_id = rows.c.member_id
     combined = C.compile_condition(tree, ctx, leaf=lambda _, path: rows.c[labels[path]])
     # Constants inline: PostgreSQL shifts an int8 by an int4, and a bound parameter would be an int8.
     block = _case(combined, member_id.op(">>")(literal_column(str(BLOCK_BITS))))
-    bit = literal_column("1", BigInteger).op("<<")(cast(member_id.op("&")(literal_column(str(_MASK))), Integer))
-    groups = select(block.label("block"), func.count().label("population"),
-                    func.sum(bit).label("bits"),
-                    *(func.count().filter(rows.c[name]).label(name) for name in labels.values())
-                    ).group_by(block).cte("preview_groups")
+    bit = cast(literal_column("1"), BigInteger).op("<<")(cast(member_id.op("&")(literal_column(str(_MASK))), Integer))
+    # The block is computed in a second fenced subquery and grouped on as its column: grouped on as an
+    # expression of member_id, the planner would expect a million groups (member_id's distinct count)
+    # and not aggregate in parallel workers; a computed column gets its default estimate (200).
+    marked = _fenced(select(block.label("block"), bit.label("bit"), *(rows.c[name] for name in labels.values()))
+                     .select_from(rows), ctx).subquery("preview_marked")
+    groups = select(marked.c.block, func.count().label("population"), func.sum(marked.c.bit).label("bits"),
+                    *(func.count().filter(marked.c[name]).label(name) for name in labels.values())
+                    ).group_by(marked.c.block).cte("preview_groups")
     matched = func.sum(_case(groups.c.block.is_not(None), groups.c.population))
     totals = select(func.coalesce(func.sum(groups.c.population), 0).label("population"),
                     func.coalesce(matched, 0).label("count"),
@@ -112,6 +112,13 @@ def statement(tree: Any, ctx: C.Context, principal: Principal, sample_size: int)
         groups.c.block).limit(sample_size).subquery("preview_sample")
     return select(totals, sample.c.block, sample.c.bits).select_from(
         totals.outerjoin(sample, true())).order_by(sample.c.block)
+
+
+def _fenced(query: Select, ctx: C.Context) -> Select:
+    """On PostgreSQL, a literal OFFSET 0 (a bound parameter would not do): the planner keeps the subquery
+    whole — each condition computed once per member, not inlined into every expression that reads it —
+    and may still run it in parallel workers."""
+    return query.offset(literal_column("NULL")) if ctx.dialect == "postgresql" else query
 
 
 def _case(condition, value):
