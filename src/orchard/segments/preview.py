@@ -5,7 +5,7 @@ operator reads which condition narrows the group), so it is one pass over the me
 the definition — the cost to beat is that pass. It is a single aggregate:
 
 * each condition is evaluated once per member in a subquery (`preview_rows`), fenced with
-  `OFFSET 0` on PostgreSQL so the planner does not inline the condition into every place that
+  `OFFSET NULL` on PostgreSQL so the planner does not inline the condition into every place that
   reads it (a behaviour window would be scanned once per reference);
 * the aggregate groups the members by **block** — `member_id >> 5` (32 consecutive ids) when the
   whole definition holds, NULL otherwise — and counts each condition with `count(*) FILTER`; each
@@ -115,9 +115,11 @@ def statement(tree: Any, ctx: C.Context, principal: Principal, sample_size: int)
 
 
 def _fenced(query: Select, ctx: C.Context) -> Select:
-    """On PostgreSQL, a literal OFFSET 0 (a bound parameter would not do): the planner keeps the subquery
-    whole — each condition computed once per member, not inlined into every expression that reads it —
-    and may still run it in parallel workers."""
+    """On PostgreSQL, `OFFSET NULL` (no offset): the planner keeps the subquery whole — each condition
+    computed once per member, not inlined into every expression that reads it — and may still run it in
+    parallel workers. A bound parameter or a literal `OFFSET 0` would not do: the planner sees a
+    parameter or a cast to bigint, not a constant, and keeps any subquery with such an offset out of
+    parallel workers."""
     return query.offset(literal_column("NULL")) if ctx.dialect == "postgresql" else query
 
 
