@@ -20,7 +20,6 @@ from sqlalchemy import (
     MetaData,
     Select,
     Table,
-    case,
     delete,
     exists,
     func,
@@ -28,15 +27,12 @@ from sqlalchemy import (
     literal,
     select,
     text,
-    true,
     update,
 )
 from sqlalchemy.orm import Session
 
 from orchard import db
 from orchard.auth.service import Principal
-from orchard.members import scope
-from orchard.members.models import Member
 from orchard.segments import compiler as C
 from orchard.segments import language as lang
 from orchard.segments.models import Segment, SegmentFlip, SegmentMembership, SegmentSize
@@ -65,57 +61,17 @@ def compile_definition(session: Session, definition: Any, *, now: dt.datetime | 
 
 def preview(session: Session, *, principal: Principal, definition: Any, sample_size: int = 10,
             now: dt.datetime | None = None) -> dict[str, Any]:
-    """The live count, each condition's own count (so an operator sees which one narrows the group) and
-    a sample, in one statement that evaluates every condition once per member."""
-    started = time.perf_counter()
-    db.batch_settings(session)
-    compiled = compile_definition(session, definition, now=now)
-    leaves = lang.leaves(compiled.tree)
-    stmt = preview_statement(compiled, principal, sample_size)
-    result = session.execute(stmt).all()
-    row = result[0]
-    ids = [r.member_id for r in result if r.member_id is not None]
-    from orchard.members.service import read_many  # members.service imports widely; keep this edge late
+    """The live count, each condition's own count and a sample: see `orchard.segments.preview`."""
+    from orchard.segments import preview as P
 
-    members = {mm.id: mm for mm in session.scalars(select(Member).where(Member.id.in_(ids)))} if ids else {}
-    sample = [r.model_dump(mode="json") for r in read_many(session, principal, [members[i] for i in ids])]
-    return {
-        "count": int(row.count),
-        "population": int(row.population),
-        "conditions": [{"path": path, "condition": lang.dump(leaf), "count": int(row._mapping[f"c{i}"])}
-                       for i, (leaf, path) in enumerate(leaves)],
-        "sample": sample,
-        "definition": lang.dump(compiled.tree),
-        "elapsed_ms": round((time.perf_counter() - started) * 1000, 1),
-    }
+    return P.preview(session, principal=principal, definition=definition, sample_size=sample_size, now=now)
 
 
 def preview_statement(compiled: Compiled, principal: Principal, sample_size: int) -> Select:
-    """One row per sampled member (at least one row), each with `population`, `count` and the count of
-    every leaf condition (c0, c1, … in document order), and `member_id` (null when no sample)."""
-    ctx = compiled.ctx
-    leaves = lang.leaves(compiled.tree)
-    # Each condition is evaluated once per member, into a column of a materialised row set; the
-    # definition's answer combines those columns exactly as `compile_condition` combines the leaves,
-    # and the sample is read from the same rows — so a behaviour window is scanned once, not three times.
-    labels = {path: f"c{i}" for i, (_, path) in enumerate(leaves)}
-    rows = select(C.m.c.id.label("member_id"),
-                  *(C.compile_condition(leaf, ctx, path).label(labels[path]) for leaf, path in leaves)
-                  ).select_from(C.frame(ctx)).where(C.live(), scope.visible(principal)
-                                                     ).cte("preview_rows").prefix_with("MATERIALIZED")
-    combined = C.compile_condition(compiled.tree, ctx, leaf=lambda _, path: rows.c[labels[path]])
-    totals = select(func.count().label("population"),
-                    func.coalesce(func.sum(case((combined, 1), else_=0)), 0).label("count"),
-                    *(func.coalesce(func.sum(case((rows.c[name], 1), else_=0)), 0).label(name)
-                      for name in labels.values())).cte("preview_totals")
-    if sample_size:
-        sample = select(rows.c.member_id).where(combined).order_by(rows.c.member_id).limit(sample_size).cte(
-            "preview_sample")
-        stmt = select(totals, sample.c.member_id).select_from(totals.outerjoin(sample, true())).order_by(
-            sample.c.member_id)
-    else:
-        stmt = select(totals, literal(None).label("member_id"))
-    return stmt
+    """The preview's one statement (`orchard.segments.preview.statement`)."""
+    from orchard.segments import preview as P
+
+    return P.statement(compiled.tree, compiled.ctx, principal, sample_size)
 
 
 def temp_table(session: Session, name: str = _NEW, *, primary_key: bool = True) -> None:
