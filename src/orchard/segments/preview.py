@@ -45,9 +45,9 @@ _MASK = (1 << BLOCK_BITS) - 1
 
 
 def settings(session: Session) -> None:
-    """Session settings for the rest of this transaction: the batch ones (`work_mem`, no JIT) and, on
-    PostgreSQL, parallel workers for the member pass (the preview is one interactive statement that
-    should use the idle cores, as the bigger batch statements must not)."""
+    """Session settings for the rest of this transaction: the batch ones (`work_mem`, no JIT). Parallel
+    workers need no setting: the server's default (2 per gather) already serves the member pass, which
+    `statement` shapes so that the planner can hand it to them."""
     db.batch_settings(session)
 
 
