@@ -322,8 +322,11 @@ def _items_json(items: list[dict[str, Any]]) -> bytes:
     the route, which reports the item as it always has)."""
     try:
         dumped = orjson.dumps(items)
-    except TypeError:  # orjson.JSONEncodeError: an int beyond 64 bits in a member id cannot occur (≤ 2**62)
-        raise Fallback from None
+    except TypeError:  # an int beyond 64 bits in properties (ids are ≤ 2**62): those the stdlib writes
+        for item in items:
+            if type(item["p"]) is not orjson.Fragment:
+                item["p"] = _stdlib(item["p"])
+        dumped = orjson.dumps(items)
     if b"\\u0000" in dumped:
         raise Fallback
     return dumped
