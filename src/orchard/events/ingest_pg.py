@@ -390,7 +390,8 @@ def _response(scope: Scope, path: str, request: dict[str, Any], rows: list[tuple
             results[i] = {"index": i, "ok": False, "outcome": None,
                           "error": _error(status, detail, request["data"][i]).to_problem()}
     accepted = sum(r["ok"] for r in results)
-    return _json_response({"accepted": accepted, "rejected": len(results) - accepted, "results": results}, 200)
+    return _json_response({"accepted": accepted, "rejected": len(results) - accepted, "results": results}, 200,
+                          plain=accepted == len(results))
 
 
 def _outcome(status: str, event_id: int, member_id: int | None) -> dict[str, Any]:
@@ -398,12 +399,17 @@ def _outcome(status: str, event_id: int, member_id: int | None) -> dict[str, Any
     return {"type": "event", "status": status, "id": event_id, "member_id": member_id, "member_created": False}
 
 
-def _json_response(content: dict[str, Any], status: int) -> Response:
-    """orjson writes the bytes the route's encoder writes for these values (dicts, lists, str, int, bool,
-    None; tests/events/test_fast_event.py); a string it refuses (a lone surrogate) takes the stdlib."""
-    try:
-        data = orjson.dumps(content)
-    except TypeError:
+def _json_response(content: dict[str, Any], status: int, *, plain: bool = True) -> Response:
+    """`plain`: only outcomes (ids, statuses, no problem documents), for which orjson writes the bytes the
+    route's encoder writes (dicts, lists, str, int, bool, None; tests/events/test_fast_event.py). Problem
+    documents take the route's encoder: their details are not worth proving float-free."""
+    data = None
+    if plain:
+        try:
+            data = orjson.dumps(content)
+        except TypeError:
+            pass
+    if data is None:
         data = _JSON.encode(content).encode()
     return Response(data, status_code=status, media_type=JSONResponse.media_type)
 
