@@ -25,14 +25,17 @@ An item is idempotent on (source, external_id), so a call whose connection broke
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 from contextlib import asynccontextmanager
 from functools import lru_cache
 from typing import Any
 
+import orjson
 import psycopg
 import psycopg_pool
+from psycopg.types.json import Jsonb
 from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -52,7 +55,8 @@ from orchard.errors import (
     busy_problem,
     orchard_problem,
 )
-from orchard.events import ingest
+from orchard.events import fast_event, ingest
+from orchard.events.fast_event import FastEvent
 from orchard.events.schemas import BatchIn, EventIn
 from orchard.identity.normalize import InvalidIdentity, normalize
 from orchard.kit.clock import as_utc, utcnow
@@ -144,9 +148,24 @@ def _credential(scope: Scope) -> tuple[str, str]:
     raise Fallback
 
 
-def _load(body: bytes) -> Any:
+def _load(body: bytes) -> tuple[Any, bool]:
+    """(the body's value, whether orjson read it). orjson reads ~10× faster than the stdlib and the same
+    values, except that it reads an int beyond 64 bits as a float (tests/events/test_fast_event.py); so
+    its value is used only when the fast validator accepted every item without meeting a float, and
+    otherwise the body is read again by the stdlib (`_reload`) — what starlette's `Request.json()` gives
+    the route. What orjson refuses (NaN, Infinity, lone surrogates, a BOM, invalid UTF-8) the stdlib reads
+    or refuses as before. A text orjson accepted has no lone surrogates, whichever parser then reads it:
+    the precondition of `fast_event.validate`."""
     if not body:
         raise Fallback
+    try:
+        return orjson.loads(body), True
+    except orjson.JSONDecodeError:
+        pass
+    return _reload(body), False
+
+
+def _reload(body: bytes) -> Any:
     try:
         return json.loads(body)
     except ValueError:
@@ -154,46 +173,109 @@ def _load(body: bytes) -> Any:
 
 
 def _single(body: bytes) -> dict[str, Any]:
-    """The one item of `POST /api/v1/events`, validated as the route validates its body."""
-    try:
-        data = EventIn.model_validate(_load(body))
-    except ValidationError:
-        raise Fallback from None
-    return {"items": [_item(0, data)], "data": [data]}
+    """The one item of `POST /api/v1/events`, validated as the route validates its body: the common
+    shape by `fast_event` (equal to `EventIn` on what it accepts), anything else by `EventIn`."""
+    value, clean = _load(body)
+    data: EventIn | FastEvent | None = None
+    if clean:
+        data = fast_event.validate(value, batch=False)
+        if data is None or data.has_float:
+            value = _reload(body)
+            data = fast_event.validate(value, batch=False)
+    if data is None:
+        try:
+            data = EventIn.model_validate(value)
+        except ValidationError:
+            raise Fallback from None
+    return {"items": [_item(0, data, _latest())], "data": [data]}
 
 
 def _batch(body: bytes) -> dict[str, Any]:
     """The items of a batch of behaviour events: those that fail validation keep the per-item error the
     route gives them (`ingest._parse`, the same function); any other kind, or an id given twice, is the
     route's (its outcome depends on the order the per-item path writes in)."""
-    try:
-        raw = BatchIn.model_validate(_load(body)).items
-    except ValidationError:
-        raise Fallback from None
-    items, data, errors, seen = [], {}, {}, set()
-    for index, value in enumerate(raw):
+    value, clean = _load(body)
+    if clean:
+        request = _plain_batch(value)
+        if request is not None:
+            return request
+        value = _reload(body)
+    raw = value.get("items") if clean and type(value) is dict and len(value) == 1 else None
+    if type(raw) is not list or not 1 <= len(raw) <= 1000:  # else BatchIn would give the same list
         try:
-            kind, parsed = ingest._parse(value)
-        except OrchardError as exc:
-            errors[index] = exc.to_problem()
-            continue
+            raw = BatchIn.model_validate(value).items
+        except ValidationError:
+            raise Fallback from None
+    items, data, errors, seen, latest = [], {}, {}, set(), _latest()
+    for index, item in enumerate(raw):
+        parsed: EventIn | FastEvent | None = None
+        if clean and type(item) is dict and item.get("type") == "event":
+            parsed, kind = fast_event.validate(item, batch=True), "event"
+        if parsed is None:
+            try:
+                kind, parsed = ingest._parse(item)
+            except OrchardError as exc:
+                errors[index] = exc.to_problem()
+                continue
         if kind != "event" or (parsed.source, parsed.external_id) in seen:
             raise Fallback
         seen.add((parsed.source, parsed.external_id))
-        items.append(_item(index, parsed))
+        items.append(_item(index, parsed, latest))
         data[index] = parsed
     return {"items": items, "data": data, "errors": errors, "size": len(raw)}
 
 
-def _item(index: int, data: EventIn) -> dict[str, Any]:
+def _plain_batch(value: Any) -> dict[str, Any] | None:
+    """The common batch, as orjson read it: `{"items": [...]}` of 1–1,000 events that `fast_event`
+    accepts, none with a float (so no number orjson could have read differently). None: anything else,
+    which `_batch` reads again with the stdlib."""
+    raw = value.get("items") if type(value) is dict and len(value) == 1 else None
+    if type(raw) is not list or not 1 <= len(raw) <= 1000:
+        return None
+    items, data, seen, latest = [], {}, set(), _latest()
+    validate = fast_event.validate
+    for index, item in enumerate(raw):
+        if type(item) is not dict or item.get("type") != "event":
+            return None
+        parsed = validate(item, batch=True)
+        if parsed is None or parsed.has_float:
+            return None
+        key = (parsed.source, parsed.external_id)
+        if key in seen:
+            raise Fallback
+        seen.add(key)
+        items.append(_item(index, parsed, latest))
+        data[index] = parsed
+    return {"items": items, "data": data, "errors": {}, "size": len(raw)}
+
+
+def _latest() -> dt.datetime:
+    """The latest time an item may have without going to the route (`ingest._MAX_FUTURE_SKEW_S`)."""
+    return utcnow() + dt.timedelta(seconds=ingest._MAX_FUTURE_SKEW_S)
+
+
+def _item(index: int, data: EventIn | FastEvent, latest: dt.datetime) -> dict[str, Any]:
     """The function's view of one event: what `ingest._write` would compute before its first write
-    (fingerprint, UTC time, normalised keys, properties as PostgreSQL stores them), or Fallback for an
-    item whose answer depends on checks the function leaves to the route."""
+    (fingerprint, time, normalised keys, properties as PostgreSQL stores them), or Fallback for an
+    item whose answer depends on checks the function leaves to the route.
+
+    A `FastEvent` comes from a text orjson accepted (no lone surrogates), so its one unstorable
+    character is NUL, which `_items_json` finds in the whole text; its time goes as pydantic's JSON form
+    of it (RFC 3339 with its offset: the same instant for PostgreSQL)."""
     ref = data.member
+    if type(data) is FastEvent:
+        if data.occurred_at > latest:
+            raise Fallback
+        keys = [_normalized(kind, value) for kind, value in ref.identities.items()]
+        if ref.anonymous_id is not None:
+            keys.append(("anonymous_id", ref.anonymous_id))
+        return {"i": index, "s": data.source, "e": data.external_id, "h": data.fingerprint(), "n": data.name,
+                "t": data.when, "c": data.store_code, "m": ref.id, "k": list(dict.fromkeys(keys)),
+                "a": ref.anonymous_id, "p": _stdlib(data.properties) if data.has_float else data.properties}
     if ref.profile is not None and ref.id is None:  # its home store code is checked even for a known member
         raise Fallback
     occurred = as_utc(data.occurred_at)
-    if (occurred - utcnow()).total_seconds() > ingest._MAX_FUTURE_SKEW_S:
+    if occurred > latest:
         raise Fallback
     texts = [data.external_id, ref.anonymous_id, data.store_code]
     if not all(ingest._storable(t) for t in texts if t is not None):
@@ -205,7 +287,18 @@ def _item(index: int, data: EventIn) -> dict[str, Any]:
         raise Fallback
     return {"i": index, "s": data.source, "e": data.external_id, "h": ingest.body_fingerprint(data),
             "n": data.name, "t": occurred.isoformat(), "c": data.store_code, "m": ref.id,
-            "k": list(dict.fromkeys(keys)), "a": ref.anonymous_id, "p": data.properties}
+            "k": list(dict.fromkeys(keys)), "a": ref.anonymous_id, "p": _stdlib(data.properties)}
+
+
+def _stdlib(properties: dict[str, Any]) -> orjson.Fragment:
+    """Properties written by the stdlib encoder, as before, into orjson's text of the call: what floats
+    are stored as must not depend on which encoder wrote them (orjson writes 1e-7 for the stdlib's
+    1e-07, and PostgreSQL keeps a numeric's written scale). Fallback for what PostgreSQL could not store
+    (±Infinity, NaN, lone surrogates); NUL is caught on the whole text."""
+    try:
+        return orjson.Fragment(json.dumps(properties, ensure_ascii=False, allow_nan=False).encode())
+    except (ValueError, UnicodeEncodeError):
+        raise Fallback from None
 
 
 @lru_cache(maxsize=65536)
@@ -222,18 +315,26 @@ def _normalized(kind: str, value: str) -> tuple[str, str]:
         raise Fallback from None
 
 
-def _items_json(items: list[dict[str, Any]]) -> str:
-    """The items as one JSON text for the call, or Fallback when PostgreSQL could not store a value of the
-    properties (what `pg_batch._json` refuses item by item: ±Infinity, a NUL, a lone surrogate; the whole
-    request goes to the route, which reports the item as it always has)."""
+def _items_json(items: list[dict[str, Any]]) -> bytes:
+    """The items as one JSON text for the call (orjson; properties that are not plain orjson-safe values
+    come pre-written by `_stdlib`), or Fallback when PostgreSQL could not store a value (what
+    `pg_batch._json` refuses item by item: ±Infinity, a NUL, a lone surrogate; the whole request goes to
+    the route, which reports the item as it always has)."""
     try:
-        dumped = json.dumps(items, ensure_ascii=False, allow_nan=False)
-        dumped.encode()
-    except (ValueError, UnicodeEncodeError):
-        raise Fallback from None
-    if "\\u0000" in dumped:
+        dumped = orjson.dumps(items)
+    except TypeError:  # an int beyond 64 bits in properties (ids are ≤ 2**62): those the stdlib writes
+        for item in items:
+            if type(item["p"]) is not orjson.Fragment:
+                item["p"] = _stdlib(item["p"])
+        dumped = orjson.dumps(items)
+    if b"\\u0000" in dumped:
         raise Fallback
     return dumped
+
+
+def _written(text: bytes) -> bytes:
+    """The items' text is written already (`_items_json`): psycopg passes the bytes on as they are."""
+    return text
 
 
 async def _execute(pool: psycopg_pool.AsyncConnectionPool, credential: tuple[str, str],
@@ -242,7 +343,7 @@ async def _execute(pool: psycopg_pool.AsyncConnectionPool, credential: tuple[str
     pool is a row of its own (`busy`)."""
     settings = get_settings()
     params = (credential[0], credential[1], _INGEST_ROLES, _SCOPED_ROLES,
-              settings.points_order_pending_event or None, True, _items_json(items))
+              settings.points_order_pending_event or None, True, Jsonb(_items_json(items), dumps=_written))
     for attempt in (1, 2):
         try:
             async with pool.connection() as conn:
@@ -289,7 +390,8 @@ def _response(scope: Scope, path: str, request: dict[str, Any], rows: list[tuple
             results[i] = {"index": i, "ok": False, "outcome": None,
                           "error": _error(status, detail, request["data"][i]).to_problem()}
     accepted = sum(r["ok"] for r in results)
-    return _json_response({"accepted": accepted, "rejected": len(results) - accepted, "results": results}, 200)
+    return _json_response({"accepted": accepted, "rejected": len(results) - accepted, "results": results}, 200,
+                          plain=accepted == len(results))
 
 
 def _outcome(status: str, event_id: int, member_id: int | None) -> dict[str, Any]:
@@ -297,8 +399,19 @@ def _outcome(status: str, event_id: int, member_id: int | None) -> dict[str, Any
     return {"type": "event", "status": status, "id": event_id, "member_id": member_id, "member_created": False}
 
 
-def _json_response(content: dict[str, Any], status: int) -> Response:
-    return Response(_JSON.encode(content).encode(), status_code=status, media_type=JSONResponse.media_type)
+def _json_response(content: dict[str, Any], status: int, *, plain: bool = True) -> Response:
+    """`plain`: only outcomes (ids, statuses, no problem documents), for which orjson writes the bytes the
+    route's encoder writes (dicts, lists, str, int, bool, None; tests/events/test_fast_event.py). Problem
+    documents take the route's encoder: their details are not worth proving float-free."""
+    data = None
+    if plain:
+        try:
+            data = orjson.dumps(content)
+        except TypeError:
+            pass
+    if data is None:
+        data = _JSON.encode(content).encode()
+    return Response(data, status_code=status, media_type=JSONResponse.media_type)
 
 
 def _refusal(status: str, role: str | None) -> OrchardError:
