@@ -29,8 +29,8 @@ from tests.segments.helpers import ADMIN, NOW
 CATEGORIES = ["运动鞋", "美妆", "服装"]
 RECENT = {"field": "days_since_last_order", "op": "lte", "value": 30}
 
-#: Rule tags, in the order they are defined (name order is their refresh order): c reads a (an earlier tag: a later batch), d reads
-#: e (a later tag: the state before this refresh, in the same batch).
+#: Rule tags, in the order they are defined (name order is their refresh order): c reads a (an earlier
+#: tag: a later batch), d reads e (a later tag: the state before this refresh, in the same batch).
 TAGS = [
     ("a_big", {"field": "total_spend_fen", "op": "gte", "value": 20_000}),
     ("b_viewer", {"event": "product_viewed", "last_days": 14, "op": "gte", "value": 2,

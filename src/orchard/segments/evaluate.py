@@ -211,7 +211,7 @@ def apply_batch(session: Session, segments: list[Segment], *, now: dt.datetime,
     probes, joins = [], set()
     for i, segment in enumerate(segments):
         compiled = compile_definition(session, segment.definition, now=now, self_code=segment.code)
-        flip = C.flip_expression(compiled.ctx)
+        flip = C.flip_instant(compiled.ctx)
         gate = C.flip_gate(compiled.tree, compiled.ctx) if flip is not None else None
         probes.append(onepass.segment_probe(f"s{i}", compiled.condition, segment.id, flip, gate))
         joins |= compiled.ctx.joins

@@ -86,6 +86,9 @@ class Probe:
     key: str
     booleans: dict[str, ColumnElement[bool]] = field(default_factory=dict)
     times: dict[str, ColumnElement[Any]] = field(default_factory=dict)
+    #: Booleans computed from the columns above (a row set's `c`), one level up: a flip instant is
+    #: computed once and then compared, where repeating its expression repeated its zone arithmetic.
+    late: dict[str, Callable[[Any], ColumnElement[bool]]] = field(default_factory=dict)
     changed: Callable[[Any], ColumnElement[bool]] = lambda cols: false()
 
     def col(self, table: Table, name: str):
@@ -130,11 +133,11 @@ def segment_probe(key: str, condition: ColumnElement[bool], segment_id: int, fli
     }
     if flip is not None:
         # Only members who pass the data-only conjuncts can change by time alone (`compiler.flip_gate`).
-        wanted = case((and_(C.live(), flip.is_not(None), *([gate] if gate is not None else [])), flip),
-                      else_=null())
+        wanted = case((and_(C.live(), *([gate] if gate is not None else [])), flip), else_=null())
         probe.times = {"flip": wanted}
-        probe.booleans["same"] = case((wanted.is_(None), false()), else_=_flag(tuple_(C.m.c.id, wanted).in_(
-            select(F.c.member_id, F.c.flip_at).where(F.c.segment_id == segment_id))))
+        stored = select(F.c.member_id, F.c.flip_at).where(F.c.segment_id == segment_id)
+        probe.late = {"same": lambda r: case((r[f"{key}_flip"].is_(None), false()),
+                                             else_=_flag(tuple_(r.member_id, r[f"{key}_flip"]).in_(stored)))}
         probe.changed = lambda r: or_(r[f"{key}_b"] != r[f"{key}_was"],
                                       and_(r[f"{key}_flip"].is_not(None), not_(r[f"{key}_same"])),
                                       and_(r[f"{key}_flip"].is_(None), r[f"{key}_had"]))
@@ -153,14 +156,17 @@ def run(session: Session, probes: list[Probe], joins: Iterable[str]) -> Table:
     for p in probes:
         columns += [expr.label(f"{p.key}_{name}") for name, expr in p.booleans.items()]
         columns += [expr.label(f"{p.key}_{name}") for name, expr in p.times.items()]
-    # OFFSET 0 keeps the planner from inlining the row set into the filter below, which would repeat
-    # each sub-select (and build each hashed set twice).
+    # OFFSET 0 keeps the planner from inlining a row set into the level above, which would repeat
+    # each expression there (and build each hashed set twice).
     rows = select(*columns).select_from(C.frame(ctx)).offset(0).subquery("onepass")
+    rows = select(rows, *(fn(rows.c).label(f"{p.key}_{name}") for p in probes for name, fn in p.late.items())
+                  ).offset(0).subquery("onepass_late")
     changed = or_(*(p.changed(rows.c) for p in probes))
     table = Table(CHANGES, MetaData(), Column("member_id", BigInteger, primary_key=True),
                   *(Column(f"{p.key}_{name}", Boolean(create_constraint=False)) for p in probes
                     for name in p.booleans),
                   *(Column(f"{p.key}_{name}", UTCDateTime()) for p in probes for name in p.times),
+                  *(Column(f"{p.key}_{name}", Boolean(create_constraint=False)) for p in probes for name in p.late),
                   prefixes=["TEMPORARY"])
     session.execute(text(f"DROP TABLE IF EXISTS {CHANGES}"))
     table.create(session.connection())
