@@ -209,13 +209,15 @@ def apply_batch(session: Session, segments: list[Segment], *, now: dt.datetime,
         session.execute(select(Segment.id).where(Segment.id == segment.id).with_for_update())
     db.batch_settings(session)
     probes, joins = [], set()
+    orders = onepass.SharedOrders(C.context(session, now=now))
     for i, segment in enumerate(segments):
         compiled = compile_definition(session, segment.definition, now=now, self_code=segment.code)
+        condition = C.compile_condition(compiled.tree, compiled.ctx, leaf=orders.hook(compiled.ctx))
         flip = C.flip_instant(compiled.ctx)
         gate = C.flip_gate(compiled.tree, compiled.ctx) if flip is not None else None
-        probes.append(onepass.segment_probe(f"s{i}", compiled.condition, segment.id, flip, gate))
+        probes.append(onepass.segment_probe(f"s{i}", condition, segment.id, flip, gate))
         joins |= compiled.ctx.joins
-    changes = onepass.run(session, probes, joins)
+    changes = onepass.run(session, probes, joins, orders)
     share = (time.perf_counter() - started) / len(segments)
     F = SegmentFlip.__table__
     results = []

@@ -136,11 +136,13 @@ def refresh_batch(session: Session, batch: list[Tag], *, now: dt.datetime) -> li
     each tag then writes only the members whose assignment changes."""
     db.batch_settings(session)
     probes, joins = [], set()
+    orders = onepass.SharedOrders(C.context(session, now=now))
     for i, tag in enumerate(batch):
         compiled = evaluate.compile_definition(session, tag.definition, now=now)
-        probes.append(onepass.tag_probe(f"t{i}", compiled.condition, tag.id))
+        condition = C.compile_condition(compiled.tree, compiled.ctx, leaf=orders.hook(compiled.ctx))
+        probes.append(onepass.tag_probe(f"t{i}", condition, tag.id))
         joins |= compiled.ctx.joins
-    changes = onepass.run(session, probes, joins)
+    changes = onepass.run(session, probes, joins, orders)
     pg = session.get_bind().dialect.name == "postgresql"
     results = []
     for tag, probe in zip(batch, probes, strict=True):
