@@ -38,6 +38,8 @@ TAGS = [
     ("c_big_recent", {"all": [{"tag": "a_big"}, {"field": "days_since_last_order", "op": "lte", "value": 60}]}),
     ("e_no_order", {"event": "$order", "last_days": 20, "op": "eq", "value": 0}),
     ("d_reads_e", {"any": [{"tag": "e_no_order"}, {"field": "region", "op": "eq", "value": "上海"}]}),
+    ("g_beauty", {"event": "$order", "last_days": 60, "op": "gte", "value": 1,
+                  "where": [{"prop": "category", "op": "eq", "value": "美妆"}]}),
     ("f_multi", {"event": "$order", "last_days": 365, "measure": "distinct", "prop": "category", "op": "gte",
                  "value": 2}),
 ]

@@ -209,9 +209,9 @@ def apply_batch(session: Session, segments: list[Segment], *, now: dt.datetime,
         session.execute(select(Segment.id).where(Segment.id == segment.id).with_for_update())
     db.batch_settings(session)
     probes, joins = [], set()
-    orders = onepass.SharedOrders(C.context(session, now=now))
-    for i, segment in enumerate(segments):
-        compiled = compile_definition(session, segment.definition, now=now, self_code=segment.code)
+    compiled_all = [compile_definition(session, s.definition, now=now, self_code=s.code) for s in segments]
+    orders = onepass.SharedOrders(C.context(session, now=now), [c.tree for c in compiled_all])
+    for i, (segment, compiled) in enumerate(zip(segments, compiled_all, strict=True)):
         condition = C.compile_condition(compiled.tree, compiled.ctx, leaf=orders.hook(compiled.ctx))
         flip = C.flip_instant(compiled.ctx)
         gate = C.flip_gate(compiled.tree, compiled.ctx) if flip is not None else None

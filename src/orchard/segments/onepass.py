@@ -189,23 +189,41 @@ def drop(session: Session) -> None:
     session.execute(text(f"DROP TABLE IF EXISTS {CHANGES}"))
 
 
-#: The alias of the batch's shared order aggregate (`SharedOrders`).
-ORDERS = "onepass_orders"
+#: The aliases of the batch's shared order aggregates (`SharedOrders`).
+ORDERS, LINES = "onepass_orders", "onepass_lines"
+
+
+def _needs_lines(node: Any) -> bool:
+    return (node.measure == "distinct" and node.prop in ("category", "sku")) or any(
+        f.prop in ("category", "sku") for f in node.where)
+
+
+def _windows(tree: Any) -> list[Any]:
+    if isinstance(tree, lang.All | lang.Any_ | lang.Not):
+        return [w for child, _ in lang.children(tree, "$") for w in _windows(child)]
+    return [tree] if SharedOrders.eligible(tree) else []
 
 
 class SharedOrders:
     """The `$order` windows of a batch (count, or distinct store/channel/amount/category/sku; not
-    `sum`, which a join with the lines would multiply, nor `since_joined`), read in one scan of the
-    widest window's paid orders and their lines, grouped by member: one FILTERed count per window.
-    Separately, each window read a year of orders (and lines) again — two of them in the benchmark's
-    rule tags. Equal to the compiled window: an order counts when one of its lines passes the line
-    filters (the compiled `o.id IN (lines …)`), and a member without orders in the scan measures 0,
-    so `eq 0` / `lt n` (the compiled `NOT IN`) hold for it."""
+    `sum`, nor `since_joined`) read in one scan of the widest window's paid orders, grouped by member:
+    one FILTERed count per window. Windows reading lines (a category or SKU filter or measure) share a
+    second aggregate over the orders joined with their lines — only when the batch has a distinct
+    category/SKU window at least as wide, which joins those lines anyway (else joining all lines
+    would cost more than the compiled semi-join on the category index). Separately, each window read
+    its orders again — a year of orders and lines twice in the benchmark's rule tags.
 
-    def __init__(self, ctx: C.Context) -> None:
+    Equal to the compiled window: an order counts when one of its lines passes the line filters (the
+    compiled `o.id IN (lines …)`), and a member without orders in the scan measures 0, so `eq 0` /
+    `lt n` (the compiled `NOT IN`) hold for it."""
+
+    def __init__(self, ctx: C.Context, trees: Iterable[Any]) -> None:
         self.ctx = ctx
-        self.parts: list[tuple[str, ColumnElement[Any]]] = []
-        self.since: dt.datetime | None = None
+        self.parts: dict[str, list[tuple[str, ColumnElement[Any]]]] = {ORDERS: [], LINES: []}
+        self.since: dict[str, dt.datetime] = {}
+        windows = [w for tree in trees for w in _windows(tree)]
+        self.lines_days = max((w.last_days for w in windows if w.measure == "distinct"
+                               and w.prop in ("category", "sku")), default=0)
 
     @staticmethod
     def eligible(node: Any) -> bool:
@@ -217,8 +235,9 @@ class SharedOrders:
         return lambda node, path: self.leaf(node, ctx, path)
 
     def leaf(self, node: Any, ctx: C.Context, path: str) -> ColumnElement[bool]:
-        """An eligible window from the shared aggregate; any other condition compiled as usual."""
-        if not self.eligible(node):
+        """An eligible window from a shared aggregate; any other condition compiled as usual."""
+        lines = self.eligible(node) and _needs_lines(node)
+        if not self.eligible(node) or (lines and node.last_days > self.lines_days):
             return C.compile_condition(node, ctx, path)
         F.check_behaviour(node, path)
         o, line = Order.__table__, OrderLine.__table__
@@ -234,21 +253,27 @@ class SharedOrders:
                 tests.append(C._scalar_filter(o.c.channel, f, fpath, numeric=False))
             else:
                 tests.append(C._scalar_filter(o.c.amount_fen - o.c.refunded_fen, f, fpath, numeric=True))
-        target = o.c.id if node.measure == "count" else {
-            "store": o.c.store_id, "channel": o.c.channel, "amount_fen": o.c.amount_fen,
-            "category": line.c.category, "sku": line.c.sku}[node.prop]
-        name = f"o{len(self.parts)}"
-        self.parts.append((name, func.count(distinct(target)).filter(and_(*tests))))
-        self.since = since if self.since is None else min(self.since, since)
-        return C._COMPARE[node.op](func.coalesce(literal_column(f"{ORDERS}.{name}"), 0), node.value)
+        if node.measure == "count":
+            # Each order is one row of the orders-only scan; joined with its lines it may be several.
+            measure = func.count(distinct(o.c.id)) if lines else func.count()
+        else:
+            measure = func.count(distinct({"store": o.c.store_id, "channel": o.c.channel, "amount_fen": o.c.amount_fen,
+                                           "category": line.c.category, "sku": line.c.sku}[node.prop]))
+        alias = LINES if lines else ORDERS
+        name = f"w{len(self.parts[alias])}"
+        self.parts[alias].append((name, measure.filter(and_(*tests))))
+        self.since[alias] = min(self.since.get(alias, since), since)
+        return C._COMPARE[node.op](func.coalesce(literal_column(f"{alias}.{name}"), 0), node.value)
 
     def join(self, source: FromClause) -> FromClause:
-        """`source` LEFT JOIN the aggregate (unchanged when the batch has no shared window)."""
-        if not self.parts:
-            return source
+        """`source` LEFT JOIN each aggregate that some window uses."""
         o, line = Order.__table__, OrderLine.__table__
-        agg = select(o.c.member_id, *(expr.label(name) for name, expr in self.parts)).select_from(
-            o.outerjoin(line, line.c.order_id == o.c.id)).where(
-            o.c.status.in_(C._PAID), o.c.paid_at <= self.ctx.at(self.ctx.now),
-            o.c.paid_at >= self.ctx.at(self.since)).group_by(o.c.member_id).subquery(ORDERS)
-        return source.outerjoin(agg, agg.c.member_id == C.m.c.id)
+        for alias, parts in self.parts.items():
+            if not parts:
+                continue
+            base = o.join(line, line.c.order_id == o.c.id) if alias == LINES else o
+            agg = select(o.c.member_id, *(expr.label(name) for name, expr in parts)).select_from(base).where(
+                o.c.status.in_(C._PAID), o.c.paid_at <= self.ctx.at(self.ctx.now),
+                o.c.paid_at >= self.ctx.at(self.since[alias])).group_by(o.c.member_id).subquery(alias)
+            source = source.outerjoin(agg, agg.c.member_id == C.m.c.id)
+        return source
