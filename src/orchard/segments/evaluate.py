@@ -209,15 +209,13 @@ def apply_batch(session: Session, segments: list[Segment], *, now: dt.datetime,
         session.execute(select(Segment.id).where(Segment.id == segment.id).with_for_update())
     db.batch_settings(session)
     probes, joins = [], set()
-    compiled_all = [compile_definition(session, s.definition, now=now, self_code=s.code) for s in segments]
-    orders = onepass.SharedOrders(C.context(session, now=now), [c.tree for c in compiled_all])
-    for i, (segment, compiled) in enumerate(zip(segments, compiled_all, strict=True)):
-        condition = C.compile_condition(compiled.tree, compiled.ctx, leaf=orders.hook(compiled.ctx))
+    for i, segment in enumerate(segments):
+        compiled = compile_definition(session, segment.definition, now=now, self_code=segment.code)
         flip = C.flip_instant(compiled.ctx)
         gate = C.flip_gate(compiled.tree, compiled.ctx) if flip is not None else None
-        probes.append(onepass.segment_probe(f"s{i}", condition, segment.id, flip, gate))
+        probes.append(onepass.segment_probe(f"s{i}", compiled.condition, segment.id, flip, gate))
         joins |= compiled.ctx.joins
-    changes = onepass.run(session, probes, joins, orders)
+    changes = onepass.run(session, probes, joins)
     share = (time.perf_counter() - started) / len(segments)
     F = SegmentFlip.__table__
     results = []

@@ -16,7 +16,6 @@ the same batch, so each reads exactly the state it read before.
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,15 +25,11 @@ from sqlalchemy import (
     Boolean,
     Column,
     ColumnElement,
-    FromClause,
     MetaData,
     Table,
     and_,
     case,
-    distinct,
     false,
-    func,
-    literal_column,
     not_,
     null,
     or_,
@@ -46,9 +41,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from orchard.db import UTCDateTime
-from orchard.events.models import Order, OrderLine
 from orchard.segments import compiler as C
-from orchard.segments import fields as F
 from orchard.segments import language as lang
 
 #: The temporary table of one batch: member id, then per definition the columns of its `Probe`.
@@ -153,7 +146,7 @@ def segment_probe(key: str, condition: ColumnElement[bool], segment_id: int, fli
     return probe
 
 
-def run(session: Session, probes: list[Probe], joins: Iterable[str], orders: SharedOrders | None = None) -> Table:
+def run(session: Session, probes: list[Probe], joins: Iterable[str]) -> Table:
     """Evaluate every probe over all members (merged ones too: their assignments, spells and flips must
     go) in one statement; keep the members for whom some probe has something to write."""
     ctx = C.context(session)
@@ -165,8 +158,7 @@ def run(session: Session, probes: list[Probe], joins: Iterable[str], orders: Sha
         columns += [expr.label(f"{p.key}_{name}") for name, expr in p.times.items()]
     # OFFSET 0 keeps the planner from inlining a row set into the level above, which would repeat
     # each expression there (and build each hashed set twice).
-    source = orders.join(C.frame(ctx)) if orders is not None else C.frame(ctx)
-    rows = select(*columns).select_from(source).offset(0).subquery("onepass")
+    rows = select(*columns).select_from(C.frame(ctx)).offset(0).subquery("onepass")
     rows = select(rows, *(fn(rows.c).label(f"{p.key}_{name}") for p in probes for name, fn in p.late.items())
                   ).offset(0).subquery("onepass_late")
     changed = or_(*(p.changed(rows.c) for p in probes))
@@ -187,93 +179,3 @@ def run(session: Session, probes: list[Probe], joins: Iterable[str], orders: Sha
 
 def drop(session: Session) -> None:
     session.execute(text(f"DROP TABLE IF EXISTS {CHANGES}"))
-
-
-#: The aliases of the batch's shared order aggregates (`SharedOrders`).
-ORDERS, LINES = "onepass_orders", "onepass_lines"
-
-
-def _needs_lines(node: Any) -> bool:
-    return (node.measure == "distinct" and node.prop in ("category", "sku")) or any(
-        f.prop in ("category", "sku") for f in node.where)
-
-
-def _windows(tree: Any) -> list[Any]:
-    if isinstance(tree, lang.All | lang.Any_ | lang.Not):
-        return [w for child, _ in lang.children(tree, "$") for w in _windows(child)]
-    return [tree] if SharedOrders.eligible(tree) else []
-
-
-class SharedOrders:
-    """The `$order` windows of a batch (count, or distinct store/channel/amount/category/sku; not
-    `sum`, nor `since_joined`) read in one scan of the widest window's paid orders, grouped by member:
-    one FILTERed count per window. Windows reading lines (a category or SKU filter or measure) share a
-    second aggregate over the orders joined with their lines — only when the batch has a distinct
-    category/SKU window at least as wide, which joins those lines anyway (else joining all lines
-    would cost more than the compiled semi-join on the category index). Separately, each window read
-    its orders again — a year of orders and lines twice in the benchmark's rule tags.
-
-    Equal to the compiled window: an order counts when one of its lines passes the line filters (the
-    compiled `o.id IN (lines …)`), and a member without orders in the scan measures 0, so `eq 0` /
-    `lt n` (the compiled `NOT IN`) hold for it."""
-
-    def __init__(self, ctx: C.Context, trees: Iterable[Any]) -> None:
-        self.ctx = ctx
-        self.parts: dict[str, list[tuple[str, ColumnElement[Any]]]] = {ORDERS: [], LINES: []}
-        self.since: dict[str, dt.datetime] = {}
-        windows = [w for tree in trees for w in _windows(tree)]
-        self.lines_days = max((w.last_days for w in windows if w.measure == "distinct"
-                               and w.prop in ("category", "sku")), default=0)
-
-    @staticmethod
-    def eligible(node: Any) -> bool:
-        return isinstance(node, lang.Behaviour) and node.event == "$order" and not node.since_joined \
-            and node.measure in ("count", "distinct")
-
-    def hook(self, ctx: C.Context) -> Callable[[Any, str], ColumnElement[bool]]:
-        """The `leaf` of `compiler.compile_condition` for a definition compiled in `ctx`."""
-        return lambda node, path: self.leaf(node, ctx, path)
-
-    def leaf(self, node: Any, ctx: C.Context, path: str) -> ColumnElement[bool]:
-        """An eligible window from a shared aggregate; any other condition compiled as usual."""
-        lines = self.eligible(node) and _needs_lines(node)
-        if not self.eligible(node) or (lines and node.last_days > self.lines_days):
-            return C.compile_condition(node, ctx, path)
-        F.check_behaviour(node, path)
-        o, line = Order.__table__, OrderLine.__table__
-        since = ctx.midnight(ctx.today - dt.timedelta(days=node.last_days - 1))
-        tests = [o.c.paid_at >= ctx.at(since)]
-        for i, f in enumerate(node.where):
-            fpath = f"{path}.where[{i}]"
-            if f.prop in ("category", "sku"):
-                tests.append(C._scalar_filter(line.c[f.prop], f, fpath, numeric=False))
-            elif f.prop == "store":
-                tests.append(C._store_filter(o.c.store_id, f, ctx, fpath))
-            elif f.prop == "channel":
-                tests.append(C._scalar_filter(o.c.channel, f, fpath, numeric=False))
-            else:
-                tests.append(C._scalar_filter(o.c.amount_fen - o.c.refunded_fen, f, fpath, numeric=True))
-        if node.measure == "count":
-            # Each order is one row of the orders-only scan; joined with its lines it may be several.
-            measure = func.count(distinct(o.c.id)) if lines else func.count()
-        else:
-            measure = func.count(distinct({"store": o.c.store_id, "channel": o.c.channel, "amount_fen": o.c.amount_fen,
-                                           "category": line.c.category, "sku": line.c.sku}[node.prop]))
-        alias = LINES if lines else ORDERS
-        name = f"w{len(self.parts[alias])}"
-        self.parts[alias].append((name, measure.filter(and_(*tests))))
-        self.since[alias] = min(self.since.get(alias, since), since)
-        return C._COMPARE[node.op](func.coalesce(literal_column(f"{alias}.{name}"), 0), node.value)
-
-    def join(self, source: FromClause) -> FromClause:
-        """`source` LEFT JOIN each aggregate that some window uses."""
-        o, line = Order.__table__, OrderLine.__table__
-        for alias, parts in self.parts.items():
-            if not parts:
-                continue
-            base = o.join(line, line.c.order_id == o.c.id) if alias == LINES else o
-            agg = select(o.c.member_id, *(expr.label(name) for name, expr in parts)).select_from(base).where(
-                o.c.status.in_(C._PAID), o.c.paid_at <= self.ctx.at(self.ctx.now),
-                o.c.paid_at >= self.ctx.at(self.since[alias])).group_by(o.c.member_id).subquery(alias)
-            source = source.outerjoin(agg, agg.c.member_id == C.m.c.id)
-        return source

@@ -136,13 +136,11 @@ def refresh_batch(session: Session, batch: list[Tag], *, now: dt.datetime) -> li
     each tag then writes only the members whose assignment changes."""
     db.batch_settings(session)
     probes, joins = [], set()
-    compiled_all = [evaluate.compile_definition(session, tag.definition, now=now) for tag in batch]
-    orders = onepass.SharedOrders(C.context(session, now=now), [c.tree for c in compiled_all])
-    for i, (tag, compiled) in enumerate(zip(batch, compiled_all, strict=True)):
-        condition = C.compile_condition(compiled.tree, compiled.ctx, leaf=orders.hook(compiled.ctx))
-        probes.append(onepass.tag_probe(f"t{i}", condition, tag.id))
+    for i, tag in enumerate(batch):
+        compiled = evaluate.compile_definition(session, tag.definition, now=now)
+        probes.append(onepass.tag_probe(f"t{i}", compiled.condition, tag.id))
         joins |= compiled.ctx.joins
-    changes = onepass.run(session, probes, joins, orders)
+    changes = onepass.run(session, probes, joins)
     pg = session.get_bind().dialect.name == "postgresql"
     results = []
     for tag, probe in zip(batch, probes, strict=True):
