@@ -295,9 +295,12 @@ def run_refresh(now: dt.datetime, label: str, log=print) -> dict:
         else:
             note = f"{len(r)} segments"
         log(f"| {s['step']} | {s['seconds']:.2f} | {note} |")
+    # Per-tag seconds only where each tag is evaluated alone (`refresh_one`); the one-pass path
+    # evaluates a batch of tags together, so only the step's total is meaningful there.
     log("\n| rule tag | seconds | size | added | removed |\n|---|---|---|---|---|")
-    for name, (sec, r) in tag_times.items():
-        log(f"| {name} | {sec:.2f} | {r['size']:,} | {r['added']:,} | {r['removed']:,} |")
+    for r in next(s for s in steps if s["step"] == "tags")["result"]:
+        sec = f"{tag_times[r['tag']][0]:.2f}" if r["tag"] in tag_times else "—"
+        log(f"| {r['tag']} | {sec} | {r['size']:,} | {r['added']:,} | {r['removed']:,} |")
     seg = next(s for s in steps if s["step"] == "segments")["result"]
     log("\n| segment | seconds | size | entered | exited |\n|---|---|---|---|---|")
     for r in seg:

@@ -555,6 +555,26 @@ def flip_expression(ctx: Context):
     return func.nullif(func.min(*(func.coalesce(c, far) for c in candidates)), far)
 
 
+def flip_instant(ctx: Context):
+    """`flip_expression` for a pass over every member (the one-pass refresh): the same instant, but
+    each boundary's zone arithmetic runs once per member, and only for members whose timestamp can
+    still flip. midnight(local date of col + j + 1) > now ⇔ local date of col ≥ today − j ⇔
+    col ≥ midnight(today − j): a comparison with a constant guards it. Repeating the three zone
+    conversions in the guard and the result was most of a 20-segment pass at 200k members. On SQLite
+    (a fixed zone offset) it is `flip_expression` itself."""
+    if not ctx.boundaries or ctx.dialect != "postgresql":
+        return flip_expression(ctx)
+    seen: set[tuple[str, int]] = set()
+    candidates = []
+    for col, j in ctx.boundaries:
+        if (str(col), j) in seen:
+            continue
+        seen.add((str(col), j))
+        floor = ctx.at(ctx.midnight(ctx.today - dt.timedelta(days=j)))
+        candidates.append(case((col >= floor, _local_midnight_after(col, j + 1, ctx)), else_=None))
+    return candidates[0] if len(candidates) == 1 else func.least(*candidates)
+
+
 #: Fields whose value changes only with the member's own data (a write that queues the member for
 #: the real-time sweep) or in `orchard refresh` before the segments: never by the clock alone.
 _DATA_ONLY = {"name", "gender", "birthday_month", "region", "source_channel", "home_store", "reduce_disturbance",

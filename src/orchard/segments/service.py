@@ -19,7 +19,7 @@ from orchard.auth.service import Principal
 from orchard.errors import Conflict, InvalidInput, NotFound
 from orchard.kit.clock import utcnow
 from orchard.org.models import OrgUnit
-from orchard.segments import dirty, evaluate, language
+from orchard.segments import dirty, evaluate, language, onepass
 from orchard.segments.models import DirtyMember, Segment, SegmentFlip, SegmentMembership
 
 #: Members handled per real-time sweep transaction.
@@ -179,16 +179,17 @@ def refresh(session: Session, *, codes: list[str] | None = None, due_only: bool 
     wanted = set(codes) if codes else None
     if wanted is not None and (missing := wanted - {s.code for s in segments}):
         raise NotFound("no active segment " + ", ".join(sorted(missing)), code="segment.not_found")
+    chosen = [s for s in dependency_order(segments)
+              if (wanted is None or s.code in wanted)
+              and not (due_only and (s.next_refresh_at is None or s.next_refresh_at > now))]
+    by_code = {s.code: s for s in chosen}
     results = []
-    for segment in dependency_order(segments):
-        if wanted is not None and segment.code not in wanted:
-            continue
-        if due_only and (segment.next_refresh_at is None or segment.next_refresh_at > now):
-            continue
-        result = evaluate.apply(session, segment, now=now, cause="refresh")
-        results.append(result)
-        if progress:
-            progress(result)
+    # Segments that read none of the others in their batch are evaluated in one pass over members.
+    for batch in onepass.batches(list(by_code), lambda code: set(by_code[code].depends_on or [])):
+        for result in evaluate.apply_batch(session, [by_code[c] for c in batch], now=now, cause="refresh"):
+            results.append(result)
+            if progress:
+                progress(result)
     if wanted is None and not due_only:
         # Every segment was just evaluated for everyone: members queued before this refresh (with a
         # margin for writers whose transactions were still open) need no separate re-check.
