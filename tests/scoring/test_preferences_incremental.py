@@ -181,8 +181,10 @@ S = START
 #: One scenario per kind of change, each made after two passes (so the member's own orders lie below
 #: the re-read mark) and seen by a third: each fails when its source of changed members is left out.
 SCENARIOS = {
-    "refund": [("order", 0, P1, ["A"], S - 9, "pos", True), ("order", 0, P1, ["A"], S - 8, "pos", True),
-               ("pass", 0), ("pass", 0), ("refund", 1, "full"), ("pass", 0)],
+    # P2 sold A first: the refund moves no first sale
+    "refund": [("order", 0, P2, ["A"], S - 20, "pos", False), ("order", 0, P1, ["A"], S - 9, "pos", True),
+               ("order", 0, P1, ["A"], S - 8, "pos", True), ("pass", 0), ("pass", 0), ("refund", 2, "full"),
+               ("pass", 0)],
     "redemption": [("order", 0, P1, ["A"], S - 9, "pos", False), ("order", 0, P1, ["A"], S - 8, "pos", False),
                    ("pass", 0), ("pass", 0), ("redeem", 1), ("redeem", 2), ("pass", 0)],
     "cancellation": [("order", 0, P1, ["A"], S - 9, "pos", False), ("order", 0, P1, ["A"], S - 8, "pos", False),
