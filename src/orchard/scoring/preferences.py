@@ -21,7 +21,7 @@ yet part of the scoring policy (changing one makes the next pass recompute every
 A nightly refresh recomputes only the members whose inputs changed since the last pass
 (`scoring.pref_scope`: new orders, refunds, coupon redemptions and cancellations, merges, hand-made
 changes of these tags, orders leaving or entering the window, buyers of SKUs whose first sale moved)
-and diffs their wanted tags against their current assignments; at full size that is ~2 % of the
+and diffs their wanted tags against their current assignments; at full size that is ~3–5 % of the
 buyers a day instead of a year of orders and lines. The first pass, and any pass after a threshold
 here, a preference tag or the first sale on record changed, recomputes everyone (`full=True` forces
 it). Both give the same assignments and the same history (property test
