@@ -289,7 +289,8 @@ def run_refresh(now: dt.datetime, label: str, log=print) -> dict:
         elif s["step"] == "rfm":
             note = f"{r['scored']:,} scored of {r['members']:,}"
         elif s["step"] == "preferences":
-            note = f"{r['tags']} tags, +{r['added']:,} −{r['removed']:,}"
+            note = (f"{r['tags']} tags, +{r['added']:,} −{r['removed']:,}, "
+                    + ("everyone" if r.get("full", True) else f"{r['members']:,} members recomputed"))
         elif s["step"] == "tags":
             note = f"{len(r)} rule tags"
         else:
@@ -306,6 +307,52 @@ def run_refresh(now: dt.datetime, label: str, log=print) -> dict:
     for r in seg:
         log(f"| {r['segment']} | {r['ms'] / 1000:.2f} | {r['size']:,} | {r['entered']:,} | {r['exited']:,} |")
     return {"total": total, "steps": steps, "tags": tag_times, "segments": seg}
+
+
+def add_day_of_orders(url: str, now: dt.datetime, n: int, log=print) -> None:
+    """`n` new orders (one line each, ids above the seed's) paid in the 24 hours before `now`, for members
+    drawn like the seed's: the day of business a nightly pass folds in besides the orders leaving the
+    window."""
+    engine = create_engine(url, isolation_level="AUTOCOMMIT")
+    cats = _arr(CATEGORIES)
+    t = time.perf_counter()
+    with engine.connect() as c:
+        c.execute(text(
+            "INSERT INTO orders (id, source, external_id, body_hash, member_id, store_id, channel, status, currency, "
+            "amount_fen, refunded_fen, paid_at, properties, created_at) "
+            "SELECT b + g, 'bench', 'day' || (b + g), '', "
+            "1 + floor(m * 0.85 * power(bench_u(b + g, 11), 2))::bigint, NULL, "
+            "(ARRAY['pos','miniapp','shop'])[1 + g % 3], 'paid', 'CNY', 1000 + floor(bench_u(b + g, 13) * 50000), "
+            "0, CAST(:now AS timestamptz) - bench_u(b + g, 12) * interval '1 day', '{}', now() "
+            "FROM (SELECT MAX(id) AS b, (SELECT COUNT(*) FROM members) AS m FROM orders) x, generate_series(1, :n) g"),
+            {"now": now, "n": n})
+        c.execute(text(
+            "INSERT INTO order_lines (order_id, line_no, sku, name, category, quantity, unit_price_fen, amount_fen, "
+            "refunded_quantity, refunded_fen) "
+            f"SELECT o.id, 1, 'SKU' || (c * 100 + floor(bench_u(o.id, 21) * 40)::int), '商品', ({cats})[1 + c], 1, "
+            "o.amount_fen, o.amount_fen, 0, 0 FROM (SELECT id, amount_fen, floor(bench_u(id, 23) * 12)::int AS c "
+            "FROM orders WHERE id > (SELECT COALESCE(MAX(order_id), 0) FROM order_lines)) o"))
+        c.execute(text("SELECT setval('orders_id_seq', (SELECT MAX(id) FROM orders))"))
+        c.execute(text("ANALYZE orders"))
+    engine.dispose()
+    log(f"\nadded {n:,} orders paid in the day before {now:%Y-%m-%d %H:%M} in {time.perf_counter() - t:.1f} s")
+
+
+def compare_prefs(now: dt.datetime, log=print) -> None:
+    """The preference step recomputing everyone at the state the next-day pass left (rolled back): what
+    the step cost before it became incremental, and a check that it finds nothing to change."""
+    from orchard import db
+    from orchard.scoring import preferences
+
+    s = db.new_session()
+    try:
+        t = time.perf_counter()
+        r = preferences.refresh(s, now=now, full=True)
+        log(f"\npreferences, everyone recomputed at the next-day state (rolled back): {time.perf_counter() - t:.1f} s, "
+            f"+{r['added']:,} −{r['removed']:,} (load {points_seed.loadavg()})")
+    finally:
+        s.rollback()
+        s.close()
 
 
 def run_previews(now: dt.datetime, explain: bool, log=print) -> list[tuple[str, float, int]]:
@@ -360,6 +407,10 @@ def main() -> None:
                     help="run the passes and previews this many days after the seed's now: a kept database "
                          "cannot be refreshed again at an earlier time than its last pass (spells would exit "
                          "before they entered); copy it first (CREATE DATABASE … TEMPLATE) to compare versions")
+    ap.add_argument("--new-orders", type=int, default=0,
+                    help="add this many orders paid in the day before the next-day pass (a day of business)")
+    ap.add_argument("--compare-prefs", action="store_true",
+                    help="after the next-day pass, time the preference step recomputing everyone (rolled back)")
     args = ap.parse_args()
     if args.database:
         name, url = args.database, points_seed.PG.rsplit("/", 1)[0] + "/" + args.database
@@ -382,7 +433,11 @@ def main() -> None:
         now = NOW + dt.timedelta(days=args.days_later)
         if not args.previews_only:
             first = run_refresh(now, "refresh.run, first pass (everyone placed)")
+            if args.new_orders:
+                add_day_of_orders(url, now + dt.timedelta(days=1), args.new_orders)
             second = run_refresh(now + dt.timedelta(days=1), "refresh.run, next day (steady state)")
+            if args.compare_prefs:
+                compare_prefs(now + dt.timedelta(days=1))
         previews = run_previews(now + dt.timedelta(days=1), args.explain)
         print(f"\nsummary ({args.arrival} arrival): first refresh {first['total']:.1f} s, next-day refresh "
               f"{second['total']:.1f} s, previews " + ", ".join(f"{ms:.0f} ms" for _, ms, _ in previews)
