@@ -101,3 +101,30 @@ def test_duplicate_candidates_by_name_and_birthday_are_found_by_a_set_based_scan
     client.post(f"/api/v1/members/{cands[0]['member_a_id']}/merge",
                 json={"merge_id": cands[0]["member_b_id"], "reason": "dup"}, headers=headers(ops))
     assert client.get("/api/v1/members/duplicates", headers=headers(ops)).json()["items"] == []
+
+
+def test_merged_tags_keep_their_source(client, session):
+    """A rule's tag moves as the rule's (its refresh may remove it later); a manual tag stays manual, and
+    where both members carry a tag, B's manual assignment outlives A's rule one."""
+    import datetime as dt
+
+    from orchard import db
+    from orchard.members.models import MemberTag, Tag
+
+    ops, a, b = _setup(client)
+    now = dt.datetime.now(dt.UTC)
+    with db.transaction() as s:
+        rule_only = Tag(name="规则标签", kind="behaviour", source="rule", definition={"tag": "VIP"})
+        both = Tag(name="两者都有", kind="value", source="rule", definition={"tag": "茶友"})
+        s.add_all([rule_only, both])
+        s.flush()
+        s.add_all([MemberTag(member_id=b, tag_id=rule_only.id, source="rule", added_by="rule:规则标签", added_at=now),
+                   MemberTag(member_id=a, tag_id=both.id, source="rule", added_by="rule:两者都有", added_at=now),
+                   MemberTag(member_id=b, tag_id=both.id, source="manual", added_by="staff:1", added_at=now)])
+    r = client.post(f"/api/v1/members/{a}/merge", json={"merge_id": b, "reason": "同一人"}, headers=headers(ops))
+    assert r.status_code == 200, r.text
+    got = {(t.name, mt.source, mt.added_by) for mt, t in session.execute(
+        select(MemberTag, Tag).join(Tag, Tag.id == MemberTag.tag_id).where(MemberTag.member_id == a))}
+    assert ("规则标签", "rule", "rule:规则标签") in got and ("两者都有", "manual", "staff:1") in got
+    assert {(name, source) for name, source, _ in got} >= {("VIP", "manual"), ("茶友", "manual")}
+    assert not session.scalar(select(func.count()).select_from(MemberTag).where(MemberTag.member_id == b))

@@ -88,10 +88,20 @@ def merge(session: Session, *, principal: Principal, survivor_id: int, merged_id
 
 
 def _move_tags(session: Session, a: int, b: int) -> int:
+    """B's tags move to A with their source: a rule's assignment stays the rule's (its refresh removes
+    it when the survivor no longer qualifies), a manual or imported one stays protected from refreshes.
+    A tag both carry keeps A's assignment, unless only B's is protected: then B's is kept."""
+    theirs = aliased(MemberTag)
+    protected = select(theirs.tag_id).where(theirs.member_id == b, theirs.tag_id == MemberTag.tag_id,
+                                            theirs.source != "rule")
+    session.execute(update(MemberTag).where(MemberTag.member_id == a, MemberTag.source == "rule",
+                                            protected.exists()).values(
+        {column: protected.with_only_columns(getattr(theirs, column)).scalar_subquery()
+         for column in ("source", "added_by", "added_at")}))
     mine = select(MemberTag.tag_id).where(MemberTag.member_id == a)
     n = session.execute(insert(MemberTag).from_select(
-        ["member_id", "tag_id", "added_by", "added_at"],
-        select(literal(a), MemberTag.tag_id, MemberTag.added_by, MemberTag.added_at)
+        ["member_id", "tag_id", "source", "added_by", "added_at"],
+        select(literal(a), MemberTag.tag_id, MemberTag.source, MemberTag.added_by, MemberTag.added_at)
         .where(MemberTag.member_id == b, MemberTag.tag_id.not_in(mine)))).rowcount or 0
     session.execute(delete(MemberTag).where(MemberTag.member_id == b))
     return n
