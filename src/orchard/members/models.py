@@ -19,6 +19,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -174,6 +175,10 @@ class TagChange(Base):
     __table_args__ = (
         CheckConstraint("change in ('added','removed')", name="change"),
         Index("ix_tag_changes_tag_at", "tag_id", "at"),
+        # The changes staff and imports made, by id: what the incremental preference pass reads after a
+        # mark (scoring.pref_scope) without scanning the millions a rule refresh writes.
+        Index("ix_tag_changes_id_not_rule", "id", postgresql_where=text("source <> 'rule'"),
+              sqlite_where=text("source <> 'rule'")),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
