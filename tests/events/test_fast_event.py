@@ -192,7 +192,7 @@ def check(raw: Any, *, batch: bool) -> fast_event.FastEvent | None:
     return fast
 
 
-@settings(max_examples=10000, deadline=None)
+@settings(max_examples=3000, deadline=None)
 @given(raw=raw_events(), batch=st.booleans())
 def test_what_the_fast_validator_accepts_eventin_accepts_with_the_same_values(raw, batch):
     check(raw, batch=batch)
@@ -225,7 +225,7 @@ _ANY_JSON = st.recursive(
     max_leaves=20)
 
 
-@settings(max_examples=2000, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(value=_ANY_JSON)
 def test_fast_fingerprint_is_the_canonical_fingerprint(value):
     assert fast_fingerprint(value, _floats_in(value)) == fingerprint(value)
@@ -237,7 +237,7 @@ def test_fast_fingerprint_is_the_canonical_fingerprint(value):
         assert data == json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-@settings(max_examples=2000, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(value=_ANY_JSON, ascii_only=st.booleans(), indent=st.sampled_from([None, 0, 2]))
 def test_orjson_reads_what_the_stdlib_reads_where_its_value_holds_no_float(value, ascii_only, indent):
     text = json.dumps(value, ensure_ascii=ascii_only, indent=indent).encode()
@@ -260,7 +260,7 @@ def test_orjson_reads_numbers_and_oddities_as_the_stdlib_or_gives_a_float_or_ref
         assert same(fast, json.loads(text))
 
 
-@settings(max_examples=2000, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(value=_ANY_JSON.filter(lambda v: not _floats_in(v)))
 def test_responses_are_written_byte_for_byte_as_the_route_writes_them(value):
     try:

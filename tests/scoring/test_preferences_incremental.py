@@ -154,7 +154,7 @@ def replay(ops, *, full: bool) -> Run:
     return run
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(ops=ops)
 def test_incremental_passes_equal_recomputing_everyone(clean_db, ops):
     incremental = replay(ops, full=False)
