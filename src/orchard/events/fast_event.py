@@ -212,25 +212,10 @@ def _attributes(value: dict[str, Any], depth: int) -> bool | None:
     for key, item in value.items():
         if not _KEY.match(key):
             return None
-        kind = type(item)
-        if kind is str or kind is int or kind is bool or item is None:
-            continue
-        if kind is float:
-            if item - item != 0:  # NaN or ±Infinity
-                return None
-            has_float = True
-        elif kind is dict:
-            inner = _attributes(item, depth + 1)
-            if inner is None:
-                return None
-            has_float = has_float or inner
-        elif kind is list:
-            inner = _list(item, depth + 1)
-            if inner is None:
-                return None
-            has_float = has_float or inner
-        else:
+        inner = _value(item, depth)
+        if inner is None:
             return None
+        has_float = has_float or inner
     return has_float
 
 
@@ -239,26 +224,26 @@ def _list(value: list[Any], depth: int) -> bool | None:
         return None
     has_float = False
     for item in value:
-        kind = type(item)
-        if kind is str or kind is int or kind is bool or item is None:
-            continue
-        if kind is float:
-            if item - item != 0:
-                return None
-            has_float = True
-        elif kind is dict:
-            inner = _attributes(item, depth + 1)
-            if inner is None:
-                return None
-            has_float = has_float or inner
-        elif kind is list:
-            inner = _list(item, depth + 1)
-            if inner is None:
-                return None
-            has_float = has_float or inner
-        else:
+        inner = _value(item, depth)
+        if inner is None:
             return None
+        has_float = has_float or inner
     return has_float
+
+
+def _value(item: Any, depth: int) -> bool | None:
+    """One value inside a dict or list at `depth`: None where `_check` would refuse it, else whether it
+    is or holds a float."""
+    kind = type(item)
+    if kind is str or kind is int or kind is bool or item is None:
+        return False
+    if kind is float:
+        return None if item - item != 0 else True  # NaN or ±Infinity: refused
+    if kind is dict:
+        return _attributes(item, depth + 1)
+    if kind is list:
+        return _list(item, depth + 1)
+    return None
 
 
 def _small(event: FastEvent) -> bool:
