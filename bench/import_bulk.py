@@ -83,6 +83,36 @@ def timed_import(py: str, env: dict, kind: str, path: Path) -> tuple[float, floa
     return seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
 
 
+def new_pg_database() -> tuple[object, str, str]:
+    """(admin engine, name, URL) of a fresh database on the bench server; drop it with `drop_pg_database`."""
+    name = f"orchard_bench_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(PG, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(text(f'CREATE DATABASE "{name}"'))
+    return admin, name, PG.rsplit("/", 1)[0] + "/" + name
+
+
+def drop_pg_database(admin, name: str) -> None:
+    with admin.connect() as c:
+        c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def migrate_with_stores(py: str, env: dict) -> None:
+    """Schema at head, and the HQ with the generator's stores (rows name them by code)."""
+    cli(py, env, "db", "upgrade")
+    cli(py, env, "org", "add", "hq", "HQ", "总部")
+    for code in STORES:
+        cli(py, env, "org", "add", "store", code, code, "--parent", "HQ")
+
+
+def copy_csv(cur, table: str, path: Path) -> None:
+    """COPY a CSV file with a header, as it is, into `table`."""
+    with path.open("rb") as fh, cur.copy(f"COPY {table} FROM STDIN WITH (FORMAT csv, HEADER true)") as cp:
+        while chunk := fh.read(1 << 20):
+            cp.write(chunk)
+
+
 def raw_copy(url: str, members_csv: Path, orders_csv: Path) -> float:
     """Seconds to COPY both files, as they are, into bare text/number tables without indexes."""
     engine = create_engine(url)
@@ -95,9 +125,7 @@ def raw_copy(url: str, members_csv: Path, orders_csv: Path) -> float:
     t = time.perf_counter()
     with raw.cursor() as cur:
         for table, path in (("bare_members", members_csv), ("bare_orders", orders_csv)):
-            with path.open("rb") as fh, cur.copy(f"COPY {table} FROM STDIN WITH (FORMAT csv, HEADER true)") as cp:
-                while chunk := fh.read(1 << 20):
-                    cp.write(chunk)
+            copy_csv(cur, table, path)
     raw.commit()
     seconds = time.perf_counter() - t
     raw.close()
@@ -149,17 +177,10 @@ def main() -> None:
     if args.sqlite:
         url = f"sqlite:///{tmp / 'bench.db'}"
     else:
-        name = f"orchard_bench_{uuid.uuid4().hex[:8]}"
-        admin = create_engine(PG, isolation_level="AUTOCOMMIT")
-        with admin.connect() as c:
-            c.execute(text(f'CREATE DATABASE "{name}"'))
-        url = PG.rsplit("/", 1)[0] + "/" + name
+        admin, name, url = new_pg_database()
     env = {**os.environ, "ORCHARD_DATABASE_URL": url}
     try:
-        cli(py, env, "db", "upgrade")
-        cli(py, env, "org", "add", "hq", "HQ", "总部")
-        for code in STORES:
-            cli(py, env, "org", "add", "store", code, code, "--parent", "HQ")
+        migrate_with_stores(py, env)
         print(f"load average before: {os.getloadavg()[0]:.1f}")
         m_s, m_cpu, m_mb = timed_import(py, env, "members", members_csv)
         print(f"import members: {args.members:,} in {m_s:.1f} s = {args.members / m_s:,.0f} rows/s; "
@@ -184,9 +205,7 @@ def main() -> None:
         print(f"bench process peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MB")
     finally:
         if admin is not None:
-            with admin.connect() as c:
-                c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            admin.dispose()
+            drop_pg_database(admin, name)
         shutil.rmtree(tmp)
 
 

@@ -23,17 +23,23 @@ import argparse
 import os
 import random
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine
 
 sys.path.insert(0, os.path.dirname(__file__))
-from import_bulk import PG, STORES, make_members, make_orders, raw_copy  # noqa: E402
+from import_bulk import (  # noqa: E402
+    copy_csv,
+    drop_pg_database,
+    make_members,
+    make_orders,
+    migrate_with_stores,
+    new_pg_database,
+    raw_copy,
+)
 
 #: What the load does, statement by statement (`:src` is the import's source name).
 MEMBERS_SQL = [
@@ -99,13 +105,6 @@ FKS = [
 ]
 
 
-def copy_file(raw, table: str, path: Path) -> None:
-    with raw.cursor() as cur, path.open("rb") as fh, \
-            cur.copy(f"COPY {table} FROM STDIN WITH (FORMAT csv, HEADER true)") as cp:
-        while chunk := fh.read(1 << 20):
-            cp.write(chunk)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--members", type=int, default=200_000)
@@ -118,20 +117,10 @@ def main() -> None:
     members_csv, orders_csv = tmp / "members.csv", tmp / "orders.csv"
     make_members(members_csv, args.members, rng)
     make_orders(orders_csv, args.orders, args.members, rng)
-    name = f"orchard_bench_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(PG, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(text(f'CREATE DATABASE "{name}"'))
-    url = PG.rsplit("/", 1)[0] + "/" + name
+    admin, name, url = new_pg_database()
     env = {**os.environ, "ORCHARD_DATABASE_URL": url}
-    py = sys.executable
     try:
-        subprocess.run([py, "-m", "orchard.cli", "db", "upgrade"], env=env, check=True, stdout=subprocess.DEVNULL)
-        subprocess.run([py, "-m", "orchard.cli", "org", "add", "hq", "HQ", "总部"], env=env, check=True,
-                       stdout=subprocess.DEVNULL)
-        for code in STORES:
-            subprocess.run([py, "-m", "orchard.cli", "org", "add", "store", code, code, "--parent", "HQ"], env=env,
-                           check=True, stdout=subprocess.DEVNULL)
+        migrate_with_stores(sys.executable, env)
         engine = create_engine(url)
         raw = engine.raw_connection()
         print(f"load average before: {os.getloadavg()[0]:.1f}")
@@ -148,8 +137,9 @@ def main() -> None:
             "store_code text, joined_at text); CREATE UNLOGGED TABLE s_orders (order_id text, member_phone text, "
             "paid_at text, amount text, store_code text, sku text, category text)")
         t = time.perf_counter()
-        copy_file(raw, "s_members", members_csv)
-        copy_file(raw, "s_orders", orders_csv)
+        with raw.cursor() as cur:
+            copy_csv(cur, "s_members", members_csv)
+            copy_csv(cur, "s_orders", orders_csv)
         steps.append(("COPY files into stage tables", time.perf_counter() - t))
         run("analyze stage", "ANALYZE s_members, s_orders")
         for label, sql in MEMBERS_SQL:
@@ -190,9 +180,7 @@ def main() -> None:
         print(f"raw COPY: {rows:,} rows in {copy_s:.1f} s = {rows / copy_s:,.0f} rows/s; "
               f"ratio {rate / (rows / copy_s):.1%}; load {os.getloadavg()[0]:.1f}")
     finally:
-        with admin.connect() as c:
-            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+        drop_pg_database(admin, name)
         shutil.rmtree(tmp)
 
 
