@@ -206,28 +206,24 @@ def _by_id(session: Session, journey: Journey, table: Any, rows: Select, key: st
     spell has a new xmin — is skipped by its trigger key (runs, logged refusals). SQLite writes one
     transaction at a time, so ids commit in order there and the id cursor is exact."""
     after = table.c.id > journey.cursor
-    pg = _pg(session)
-    if pg and journey.cursor_snapshot is not None:
-        settled = journey.cursor_settled if journey.cursor_settled is not None else journey.cursor
+    pg, kept = _pg(session), journey.cursor_snapshot
+    settled = journey.cursor if journey.cursor_settled is None else journey.cursor_settled
+    if pg and kept is not None:
         late = text(f"NOT pg_visible_in_snapshot({_XID8.format(t=table.name)}, CAST(:jsnap AS pg_snapshot))") \
-            .bindparams(jsnap=journey.cursor_snapshot)
+            .bindparams(jsnap=kept)
         after = or_(after, and_(table.c.id > settled, late))
     batch = rows.where(after).order_by(text("src")).limit(ENTRY_BATCH).subquery()
+    candidates = select(batch.c.member_id, (literal(key) + cast(batch.c.src, String)).label("k"))
     if not pg:
-        cursor = session.scalar(select(func.max(batch.c.src)))
-        return Found(select(batch.c.member_id, (literal(key) + cast(batch.c.src, String)).label("k")), cursor=cursor)
+        return Found(candidates, cursor=session.scalar(select(func.max(batch.c.src))))
     # The snapshot of the statement that reads the batch's extent: the later statements that enter
     # the candidates see at least these rows; what this one could not see, the next sweep reads.
-    moved = literal(False)
-    if journey.cursor_snapshot is not None:
-        moved = text(_SETTLED).bindparams(jprev=journey.cursor_snapshot)
+    # Without a kept snapshot (a new cursor) the marks start together.
+    moved = literal(True) if kept is None else text(_SETTLED).bindparams(jprev=kept)
     top, snapshot, passed = session.execute(select(
         func.max(batch.c.src), text("pg_current_snapshot()::text"), moved)).one()
-    settled = journey.cursor_settled if journey.cursor_settled is not None else journey.cursor
-    if journey.cursor_snapshot is None or passed:
-        settled = journey.cursor
-    return Found(select(batch.c.member_id, (literal(key) + cast(batch.c.src, String)).label("k")),
-                 cursor=max(journey.cursor, top or 0), settled=settled, snapshot=snapshot)
+    return Found(candidates, cursor=max(journey.cursor, top or 0), settled=journey.cursor if passed else settled,
+                 snapshot=snapshot)
 
 
 def _segment_exit(session: Session, journey: Journey, trigger: G.SegmentExitTrigger, now: dt.datetime) -> Found:
