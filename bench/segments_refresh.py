@@ -378,14 +378,10 @@ def run_previews(now: dt.datetime, explain: bool, log=print) -> list[tuple[str, 
         if explain:
             with db.transaction(readonly=True) as s:
                 compiled = evaluate.compile_definition(s, definition, now=now)
-                try:  # the preview's own settings and statement
-                    from orchard.segments import preview as preview_module
-                    plan = preview_module.explain(s, compiled, admin, 10)
-                except ImportError:  # code before orchard.segments.preview (a comparison run)
-                    db.batch_settings(s)
-                    stmt = evaluate.preview_statement(compiled, admin, 10)
-                    sql = str(stmt.compile(s.get_bind(), compile_kwargs={"literal_binds": True}))
-                    plan = s.execute(text("EXPLAIN (ANALYZE, BUFFERS) " + sql)).scalars().all()
+                db.batch_settings(s)  # the preview's settings and statement, in any version of the code
+                stmt = evaluate.preview_statement(compiled, admin, 10)
+                sql = str(stmt.compile(s.get_bind(), compile_kwargs={"literal_binds": True}))
+                plan = s.execute(text("EXPLAIN (ANALYZE, BUFFERS) " + sql)).scalars().all()
                 log("\n```\n" + "\n".join(plan) + "\n```")
     return out
 

@@ -28,7 +28,7 @@ import datetime as dt
 import time
 from typing import Any
 
-from sqlalchemy import BigInteger, Integer, Select, case, cast, func, literal, literal_column, select, text, true
+from sqlalchemy import BigInteger, Integer, Select, case, cast, func, literal, literal_column, select, true
 from sqlalchemy.orm import Session
 
 from orchard import db
@@ -44,13 +44,6 @@ BLOCK_BITS = 5
 _MASK = (1 << BLOCK_BITS) - 1
 
 
-def settings(session: Session) -> None:
-    """Session settings for the rest of this transaction: the batch ones (`work_mem`, no JIT). Parallel
-    workers need no setting: the server's default (2 per gather) already serves the member pass, which
-    `statement` shapes so that the planner can hand it to them."""
-    db.batch_settings(session)
-
-
 def preview(session: Session, *, principal: Principal, definition: Any, sample_size: int = 10,
             now: dt.datetime | None = None) -> dict[str, Any]:
     """The live count, each condition's own count and a sample (members masked as the caller reads
@@ -59,7 +52,7 @@ def preview(session: Session, *, principal: Principal, definition: Any, sample_s
     from orchard.segments.evaluate import compile_definition
 
     started = time.perf_counter()
-    settings(session)
+    db.batch_settings(session)
     compiled = compile_definition(session, definition, now=now)
     leaves = lang.leaves(compiled.tree)
     result = session.execute(statement(compiled.tree, compiled.ctx, principal, sample_size)).all()
@@ -138,11 +131,3 @@ def sample_ids(blocks, sample_size: int) -> list[int]:
                 if len(out) == sample_size:
                     return out
     return out
-
-
-def explain(session: Session, compiled: Any, principal: Principal, sample_size: int = 10) -> list[str]:
-    """EXPLAIN (ANALYZE, BUFFERS) of the preview statement with the preview's settings (PostgreSQL)."""
-    settings(session)
-    stmt = statement(compiled.tree, compiled.ctx, principal, sample_size)
-    sql = str(stmt.compile(session.get_bind(), compile_kwargs={"literal_binds": True}))
-    return list(session.execute(text("EXPLAIN (ANALYZE, BUFFERS) " + sql)).scalars())
