@@ -71,3 +71,17 @@ def tag(s, member_id: int, name: str) -> None:
 def consent(s, member_id: int, channel: str, purpose: str = "marketing", granted: bool = True) -> None:
     s.add(Consent(member_id=member_id, channel=channel, purpose=purpose, granted=granted))
     s.flush()
+
+
+def two_stores(s) -> tuple[int, int]:
+    """HQ with stores S1 (一店) and S2 (二店): their ids."""
+    from orchard.org.models import OrgUnit
+
+    hq = OrgUnit(kind="hq", code="HQ", name="总部")
+    s.add(hq)
+    s.flush()
+    s1, s2 = OrgUnit(kind="store", code="S1", name="一店", parent_id=hq.id), \
+        OrgUnit(kind="store", code="S2", name="二店", parent_id=hq.id)
+    s.add_all([s1, s2])
+    s.flush()
+    return s1.id, s2.id

@@ -13,7 +13,7 @@ from orchard.errors import InvalidInput
 from orchard.members.models import Member
 from orchard.segments import compiler as C
 from orchard.segments import evaluate
-from tests.segments.helpers import ADMIN, NOW, consent, event, local, member, order_line, tag
+from tests.segments.helpers import ADMIN, NOW, consent, event, local, member, order_line, tag, two_stores
 
 
 def matches(s, definition) -> set[str]:
@@ -224,18 +224,10 @@ def test_preview_agrees_with_the_member_query(people, definition):
     assert out["conditions"] == zero["conditions"]
 
 def test_home_store_by_code_and_presence(clean_db):
-    from orchard.org.models import OrgUnit
-
     with db.transaction() as s:
-        hq = OrgUnit(kind="hq", code="HQ", name="总部")
-        s.add(hq)
-        s.flush()
-        s1, s2 = OrgUnit(kind="store", code="S1", name="一店", parent_id=hq.id), \
-            OrgUnit(kind="store", code="S2", name="二店", parent_id=hq.id)
-        s.add_all([s1, s2])
-        s.flush()
-        member(s, "amy", home_store_id=s1.id)
-        member(s, "bob", home_store_id=s2.id)
+        s1, s2 = two_stores(s)
+        member(s, "amy", home_store_id=s1)
+        member(s, "bob", home_store_id=s2)
         member(s, "cat")
     with db.transaction(readonly=True) as s:
         assert matches(s, {"field": "home_store", "op": "eq", "value": "S1"}) == {"amy"}

@@ -16,7 +16,7 @@ from orchard.segments import compiler as C
 from orchard.segments import evaluate
 from orchard.segments import language as lang
 from orchard.segments import preview as P
-from tests.segments.helpers import ADMIN, NOW, consent, event, local, member, tag
+from tests.segments.helpers import ADMIN, NOW, consent, event, local, member, tag, two_stores
 
 VIEWED = {"event": "product_viewed", "where": [{"prop": "category", "op": "eq", "value": "运动鞋"}],
           "last_days": 30, "op": "gte", "value": 2}
@@ -37,23 +37,15 @@ DEFINITIONS = [
 def crowd(clean_db):
     """95 members (ids over at least three 32-id blocks) in two stores and none, one of them merged; some
     without an aggregates row (missing values)."""
-    from orchard.org.models import OrgUnit
-
     with db.transaction() as s:
-        hq = OrgUnit(kind="hq", code="HQ", name="总部")
-        s.add(hq)
-        s.flush()
-        s1, s2 = OrgUnit(kind="store", code="S1", name="一店", parent_id=hq.id), \
-            OrgUnit(kind="store", code="S2", name="二店", parent_id=hq.id)
-        s.add_all([s1, s2])
-        s.flush()
+        s1, s2 = two_stores(s)
         ids: list[int] = []
         for i in range(95):
             orders = [(local(2026, 11, 1 + i % 20), 10_000 + i)] if i % 5 in (0, 1) else \
                 [(local(2026, 7, 1), 5_000)] if i % 5 == 2 else []
             mid = member(s, f"m{i}", gender=("female", "male", "unknown")[i % 3],
                          region={0: "上海", 1: "北京", 2: "杭州"}.get(i % 4),
-                         home_store_id=s1.id if i % 2 else (s2.id if i % 3 else None), orders=orders)
+                         home_store_id=s1 if i % 2 else (s2 if i % 3 else None), orders=orders)
             ids.append(mid)
             for k in range(i % 4):
                 event(s, mid, "product_viewed", local(2026, 11, 20 - k), category="运动鞋" if i % 6 else "外套")
@@ -64,7 +56,7 @@ def crowd(clean_db):
             s.add(Identity(member_id=mid, kind="phone", value=f"+86138{i:08d}", source="t"))
         s.execute(delete(MemberAggregate).where(MemberAggregate.member_id.in_(ids[::11])))
         s.execute(update(Member).where(Member.id == ids[4]).values(status="merged", merged_into_id=ids[0]))
-    return {"ids": ids, "s1": s1.id}
+    return {"ids": ids, "s1": s1}
 
 
 def matching(s, definition, store: int | None = None) -> list[int]:
