@@ -106,7 +106,9 @@ def begin(session: Session, *, now: dt.datetime, fp: int) -> Scope:
     """Read the marks (locked) and the tables' top ids at the start of the pass; decide full or not."""
     marks = {m.name[len(PREFIX):]: m for m in session.scalars(
         select(RefreshMark).where(RefreshMark.name.startswith(PREFIX)).with_for_update())}
-    tops = {k: session.scalar(text(f"SELECT COALESCE(MAX(id), 0) FROM {t}")) or 0 for k, t in ID_MARKS.items()}
+    row = session.execute(text("SELECT " + ", ".join(
+        f"(SELECT COALESCE(MAX(id), 0) FROM {t})" for t in ID_MARKS.values()))).one()
+    tops = {k: int(v or 0) for k, v in zip(ID_MARKS, row, strict=True)}
     complete = all(k in marks for k in (*ID_MARKS, CLOCK, INPUTS))
     full = (not complete or marks[INPUTS].last_id != fp or _us(now) < marks[CLOCK].last_id)
     return Scope(full, tops, marks)
