@@ -209,3 +209,13 @@ def test_batches_split_only_before_a_definition_that_reads_its_own_batch():
     reads = {"a": set(), "b": {"z"}, "c": {"a"}, "d": {"b", "x"}, "e": set()}
     assert onepass.batches(list(reads), reads.__getitem__) == [["a", "b"], ["c", "d", "e"]]
     assert onepass.batches([], reads.__getitem__) == []
+
+
+def test_batches_hold_at_most_one_mask_of_definitions():
+    """Each definition of a batch is one bit of a BIGINT mask: a batch never outgrows it."""
+    names = [f"t{i:03d}" for i in range(130)]
+    split = onepass.batches(names, lambda _: set())
+    assert [len(b) for b in split] == [onepass.MAX_BATCH, onepass.MAX_BATCH, 130 - 2 * onepass.MAX_BATCH]
+    assert onepass.MAX_BATCH <= 62 and sum(split, []) == names
+    reads = {"a": set(), "b": set(), "c": {"a"}}
+    assert onepass.batches(list(reads), reads.__getitem__, size=1) == [["a"], ["b"], ["c"]]

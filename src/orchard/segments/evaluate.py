@@ -164,14 +164,16 @@ def apply_batch(session: Session, segments: list[Segment], *, now: dt.datetime,
     for segment in segments:
         session.execute(select(Segment.id).where(Segment.id == segment.id).with_for_update())
     db.batch_settings(session)
+    segment_ids = [segment.id for segment in segments]
+    spells, flips = onepass.spell_state(segment_ids), onepass.flip_state(segment_ids)
     probes, joins = [], set()
     for i, segment in enumerate(segments):
         compiled = compile_definition(session, segment.definition, now=now, self_code=segment.code)
         flip = C.flip_instant(compiled.ctx)
         gate = C.flip_gate(compiled.tree, compiled.ctx) if flip is not None else None
-        probes.append(onepass.segment_probe(f"s{i}", compiled.condition, segment.id, flip, gate))
+        probes.append(onepass.segment_probe(f"s{i}", compiled.condition, spells, flips, i, flip, gate))
         joins |= compiled.ctx.joins
-    changes = onepass.run(session, probes, joins)
+    changes = onepass.run(session, probes, joins, [spells, flips])
     share = (time.perf_counter() - started) / len(segments)
     F = SegmentFlip.__table__
     results = []

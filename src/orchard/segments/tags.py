@@ -135,18 +135,21 @@ def refresh_batch(session: Session, batch: list[Tag], *, now: dt.datetime) -> li
     """Refresh rule tags none of which reads another of them, in one pass over members (`onepass`):
     each tag then writes only the members whose assignment changes."""
     db.batch_settings(session)
+    state = onepass.tag_state([tag.id for tag in batch])
     probes, joins = [], set()
     for i, tag in enumerate(batch):
         compiled = evaluate.compile_definition(session, tag.definition, now=now)
-        probes.append(onepass.tag_probe(f"t{i}", compiled.condition, tag.id))
+        probes.append(onepass.tag_probe(f"t{i}", compiled.condition, state, i))
         joins |= compiled.ctx.joins
-    changes = onepass.run(session, probes, joins)
+    changes = onepass.run(session, probes, joins, [state])
     pg = session.get_bind().dialect.name == "postgresql"
+    MT = MemberTag.__table__
     results = []
     for tag, probe in zip(batch, probes, strict=True):
-        b, has, other = (probe.col(changes, n) for n in ("b", "has", "other"))
+        b, has = probe.col(changes, "b"), probe.col(changes, "has")
         ids = select(changes.c.member_id)
-        results.append(_write(session, tag, ids.where(b, not_(has)), ids.where(not_(b), has, not_(other)),
+        given = exists().where(MT.c.member_id == changes.c.member_id, MT.c.tag_id == tag.id, MT.c.source != "rule")
+        results.append(_write(session, tag, ids.where(b, not_(has)), ids.where(not_(b), has, ~given),
                               now=now, postgresql=pg))
     onepass.drop(session)
     return results
