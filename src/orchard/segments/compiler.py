@@ -92,6 +92,9 @@ class Context:
     boundaries: list[tuple[Any, int]] = field(default_factory=list)
     #: Codes of the segments the definition reads.
     segments: set[str] = field(default_factory=set)
+    #: Answer order windows on categories from member_category_last (`segments.order_summary`): only
+    #: where the refresh has just brought that table up to date.
+    order_summary: bool = False
     _params: int = 0
 
     @property
@@ -105,9 +108,10 @@ class Context:
         return literal(value, UTCDateTime())
 
 
-def context(session: Session, *, now: dt.datetime | None = None, self_code: str | None = None) -> Context:
+def context(session: Session, *, now: dt.datetime | None = None, self_code: str | None = None,
+            order_summary: bool = False) -> Context:
     return Context(session=session, now=now or utcnow(), zone=tenant_zone(),
-                   dialect=session.get_bind().dialect.name, self_code=self_code)
+                   dialect=session.get_bind().dialect.name, self_code=self_code, order_summary=order_summary)
 
 
 def compile_condition(tree: Any, ctx: Context, path: str = "$",
@@ -385,6 +389,15 @@ _COMPARE = {"eq": lambda a, b: a == b, "ne": lambda a, b: a != b, "gt": lambda a
 
 def _behaviour(cond: lang.Behaviour, ctx: Context, path: str) -> ColumnElement[bool]:
     F.check_behaviour(cond, path)
+    if ctx.order_summary and (shape := summary_shape(cond)):
+        return _summarised(cond, shape, ctx, path)
+    grouped, zero_passes = _window(cond, ctx, path)
+    return m.c.id.not_in(grouped) if zero_passes else m.c.id.in_(grouped)
+
+
+def _window(cond: lang.Behaviour, ctx: Context, path: str, only: Select | None = None) -> tuple[Select, bool]:
+    """The members whose rows in the window pass the threshold (`zero_passes` False) or fail it (True:
+    a threshold zero satisfies, whose members are those *not* in the set) — of the `only` members."""
     if cond.event == "$order":
         member_col, time_col, query = _orders(cond, ctx, path)
     else:
@@ -394,17 +407,70 @@ def _behaviour(cond: lang.Behaviour, ctx: Context, path: str) -> ColumnElement[b
         for i, f in enumerate(cond.where):
             query = query.where(prop_filter(e.c.properties, f, ctx, f"{path}.where[{i}]"))
     query = query.where(time_col <= ctx.at(ctx.now))
+    if only is not None:
+        query = query.where(member_col.in_(only))
     if cond.since_joined:
         joined = m.alias("joined")
         query = query.join(joined, joined.c.id == member_col).where(time_col >= joined.c.joined_at)
     else:
-        query = query.where(time_col >= ctx.at(ctx.midnight(ctx.today - dt.timedelta(days=cond.last_days - 1))))
+        query = query.where(time_col >= _window_start(cond, ctx))
     measure = _measure(cond, ctx)
     compare = _COMPARE[cond.op]
     zero_passes = compare(0, cond.value)
     having = compare(measure, cond.value)
-    grouped = query.group_by(member_col).having(not_(having) if zero_passes else having)
-    return m.c.id.not_in(grouped) if zero_passes else m.c.id.in_(grouped)
+    return query.group_by(member_col).having(not_(having) if zero_passes else having), zero_passes
+
+
+def _window_start(cond: lang.Behaviour, ctx: Context):
+    return ctx.at(ctx.midnight(ctx.today - dt.timedelta(days=cond.last_days - 1)))
+
+
+#: Thresholds on an order count that only ask whether there is one: (op, value) → present?
+_PRESENCE = {("gte", 1): True, ("gt", 0): True, ("ne", 0): True,
+             ("eq", 0): False, ("lte", 0): False, ("lt", 1): False}
+
+
+def summary_shape(cond: lang.Behaviour) -> str | None:
+    """Whether member_category_last answers an order window, and how: "distinct" (the number of
+    distinct categories, with any category filters on the same line) or "presence" (some order with a
+    line passing one category filter, or none). None for everything else (counts, sums, stores,
+    amounts, SKUs, windows since joining): those read the orders."""
+    if cond.event != "$order" or cond.since_joined or not cond.last_days:
+        return None
+    if any(f.prop != "category" for f in cond.where):
+        return None
+    if cond.measure == "distinct" and cond.prop == "category":
+        return "distinct"
+    value = cond.value if isinstance(cond.value, int | float) and not isinstance(cond.value, bool) else None
+    if cond.measure == "count" and len(cond.where) == 1 and (cond.op, value) in _PRESENCE:
+        return "presence"
+    return None
+
+
+def _summarised(cond: lang.Behaviour, shape: str, ctx: Context, path: str) -> ColumnElement[bool]:
+    """An order window on categories from member_category_last (`segments.order_summary`). A member
+    with a matching row later than `now` is answered from the orders (the row hides whether an
+    earlier order falls in the window); there are none unless orders are dated after the clock."""
+    from orchard.segments.models import MemberCategoryLast
+
+    S = MemberCategoryLast.__table__
+    tests = [_scalar_filter(S.c.category, f, f"{path}.where[{i}]", numeric=False) for i, f in enumerate(cond.where)]
+    now = ctx.at(ctx.now)
+    late = select(S.c.member_id).where(S.c.last_paid_at > now, *tests)
+    rows = select(S.c.member_id).where(S.c.last_paid_at >= _window_start(cond, ctx), S.c.last_paid_at <= now,
+                                       *tests)
+    if shape == "presence":
+        present = _PRESENCE[(cond.op, cond.value)]
+        summary = m.c.id.in_(rows) if present else m.c.id.not_in(rows)
+    else:
+        compare = _COMPARE[cond.op]
+        zero_passes = compare(0, cond.value)
+        having = compare(func.count(), cond.value)
+        grouped = rows.group_by(S.c.member_id).having(not_(having) if zero_passes else having)
+        summary = m.c.id.not_in(grouped) if zero_passes else m.c.id.in_(grouped)
+    grouped, zero_passes = _window(cond, ctx, path, only=late)
+    from_orders = m.c.id.not_in(grouped) if zero_passes else m.c.id.in_(grouped)
+    return case((m.c.id.in_(late), from_orders), else_=summary)
 
 
 def _measure(cond: lang.Behaviour, ctx: Context):

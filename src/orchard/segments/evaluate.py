@@ -56,10 +56,12 @@ class Compiled:
 
 
 def compile_definition(session: Session, definition: Any, *, now: dt.datetime | None = None,
-                       self_code: str | None = None, root: str = "$") -> Compiled:
-    """Parse and compile, raising `InvalidInput` that names the JSON path of the first problem."""
+                       self_code: str | None = None, root: str = "$", order_summary: bool = False) -> Compiled:
+    """Parse and compile, raising `InvalidInput` that names the JSON path of the first problem.
+    `order_summary`: answer order windows on categories from member_category_last (the refresh, right
+    after `order_summary.update`)."""
     tree = lang.parse(definition, root=root)
-    ctx = C.context(session, now=now, self_code=self_code)
+    ctx = C.context(session, now=now, self_code=self_code, order_summary=order_summary)
     return Compiled(tree, ctx, C.compile_condition(tree, ctx, root))
 
 
@@ -159,7 +161,9 @@ def apply_batch(session: Session, segments: list[Segment], *, now: dt.datetime,
                 cause: str = "refresh") -> list[dict[str, Any]]:
     """`apply` for segments none of which reads another of them (`onepass.batches`), for all members, in
     one pass over members (`onepass`): each segment then writes only the members whose spell or flip
-    differs. Each result's `ms` is its own writes plus an equal share of the pass."""
+    differs. Each result's `ms` is its own writes plus an equal share of the pass. Order windows on
+    categories read member_category_last: the caller brings it up to date first
+    (`order_summary.update`, as `service.refresh` does)."""
     started = time.perf_counter()
     for segment in segments:
         session.execute(select(Segment.id).where(Segment.id == segment.id).with_for_update())
@@ -168,7 +172,8 @@ def apply_batch(session: Session, segments: list[Segment], *, now: dt.datetime,
     spells, flips = onepass.spell_state(segment_ids), onepass.flip_state(segment_ids)
     probes, joins = [], set()
     for i, segment in enumerate(segments):
-        compiled = compile_definition(session, segment.definition, now=now, self_code=segment.code)
+        compiled = compile_definition(session, segment.definition, now=now, self_code=segment.code,
+                                      order_summary=True)
         flip = C.flip_instant(compiled.ctx)
         gate = C.flip_gate(compiled.tree, compiled.ctx) if flip is not None else None
         probes.append(onepass.segment_probe(f"s{i}", compiled.condition, spells, flips, i, flip, gate))

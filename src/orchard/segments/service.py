@@ -19,7 +19,7 @@ from orchard.auth.service import Principal
 from orchard.errors import Conflict, InvalidInput, NotFound
 from orchard.kit.clock import utcnow
 from orchard.org.models import OrgUnit
-from orchard.segments import dirty, evaluate, language, onepass
+from orchard.segments import dirty, evaluate, language, onepass, order_summary
 from orchard.segments.models import DirtyMember, Segment, SegmentFlip, SegmentMembership
 
 #: Members handled per real-time sweep transaction.
@@ -183,6 +183,7 @@ def refresh(session: Session, *, codes: list[str] | None = None, due_only: bool 
               if (wanted is None or s.code in wanted)
               and not (due_only and (s.next_refresh_at is None or s.next_refresh_at > now))]
     by_code = {s.code: s for s in chosen}
+    order_summary.update(session, now=now)
     results = []
     # Segments that read none of the others in their batch are evaluated in one pass over members.
     for batch in onepass.batches(list(by_code), lambda code: set(by_code[code].depends_on or [])):

@@ -37,7 +37,7 @@ from orchard.errors import Conflict, InvalidInput, NotFound
 from orchard.kit.clock import utcnow
 from orchard.members.models import TAG_KINDS, MemberTag, Tag, TagChange
 from orchard.segments import compiler as C
-from orchard.segments import evaluate, language, onepass
+from orchard.segments import evaluate, language, onepass, order_summary
 from orchard.segments.evaluate import NEW
 
 
@@ -133,12 +133,14 @@ def _write(session: Session, tag: Tag, adding: Select, stale: Select, *, now: dt
 
 def refresh_batch(session: Session, batch: list[Tag], *, now: dt.datetime) -> list[dict[str, Any]]:
     """Refresh rule tags none of which reads another of them, in one pass over members (`onepass`):
-    each tag then writes only the members whose assignment changes."""
+    each tag then writes only the members whose assignment changes. Order windows on categories read
+    member_category_last: the caller brings it up to date first (`order_summary.update`, as `refresh`
+    does)."""
     db.batch_settings(session)
     state = onepass.tag_state([tag.id for tag in batch])
     probes, joins = [], set()
     for i, tag in enumerate(batch):
-        compiled = evaluate.compile_definition(session, tag.definition, now=now)
+        compiled = evaluate.compile_definition(session, tag.definition, now=now, order_summary=True)
         probes.append(onepass.tag_probe(f"t{i}", compiled.condition, state, i))
         joins |= compiled.ctx.joins
     changes = onepass.run(session, probes, joins, [state])
@@ -160,6 +162,7 @@ def refresh(session: Session, *, now: dt.datetime | None = None, names: list[str
     in batches of tags that read none of the others in their batch (`onepass.batches`), each batch in
     one pass over members."""
     now = now or utcnow()
+    order_summary.update(session, now=now)
     stmt = select(Tag).where(Tag.source == "rule").order_by(Tag.name)
     if names:
         stmt = stmt.where(Tag.name.in_(names))
