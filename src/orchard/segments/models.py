@@ -89,12 +89,8 @@ class MemberCategoryLast(Base):
     `segments.order_summary.update` at the start of each rule-tag and segment refresh."""
 
     __tablename__ = "member_category_last"
-    __table_args__ = (
-        #: A category's buyers in a window: an index-only range.
-        Index("ix_member_category_last_category", "category", "last_paid_at", "member_id"),
-        #: The rows later than a refresh's clock (answered from the orders): usually none, found at once.
-        Index("ix_member_category_last_paid_at", "last_paid_at"),
-    )
+    #: A category's buyers in a window: an index-only range.
+    __table_args__ = (Index("ix_member_category_last_category", "category", "last_paid_at", "member_id"),)
 
     #: No foreign key: the rows derive from orders, whose member is checked; a check per row made the
     #: first fill (4M rows) slower still.

@@ -70,12 +70,15 @@ def update(session: Session, *, now: dt.datetime) -> dict[str, Any]:
     tops = {k: int(v or 0) for k, v in zip(ID_MARKS, row, strict=True)}
     out: dict[str, Any] = {"rebuilt": set(marks) != set(ID_MARKS), "folded": 0, "recomputed": 0}
     if out["rebuilt"]:
-        session.execute(text("DELETE FROM member_category_last"))
+        pg = session.get_bind().dialect.name == "postgresql"
+        # TRUNCATE on PostgreSQL (transactional there): a DELETE leaves every old row for the new
+        # rows' unique checks to visit.
+        session.execute(text("TRUNCATE member_category_last" if pg else "DELETE FROM member_category_last"))
         # In key order: the rows of a member lie together, so reading the table by its primary key (a
         # plan the per-member counts may take) reads it in order.
         session.execute(text("INSERT INTO member_category_last (member_id, category, last_paid_at) "
                              f"{latest_sql()} ORDER BY 1, 2"))
-        if session.get_bind().dialect.name == "postgresql":
+        if pg:
             session.execute(text("ANALYZE member_category_last"))
         for k, top in tops.items():
             if k in marks:

@@ -33,10 +33,8 @@ def upgrade() -> None:
     )
     op.create_index('ix_member_category_last_category', 'member_category_last',
                     ['category', 'last_paid_at', 'member_id'], unique=False)
-    op.create_index('ix_member_category_last_paid_at', 'member_category_last', ['last_paid_at'], unique=False)
 
 
 def downgrade() -> None:
-    op.drop_index('ix_member_category_last_paid_at', table_name='member_category_last')
     op.drop_index('ix_member_category_last_category', table_name='member_category_last')
     op.drop_table('member_category_last')
