@@ -178,15 +178,21 @@ def test_kept_table_equals_a_recomputation_and_answers_as_the_orders_do(clean_db
     assert late, "the history holds orders later than a clock (the fallback to the orders is exercised)"
 
 
+def _summarised_buyer(s, history: History) -> int:
+    """A member with one 美妆 order three days ago, and the table brought up to date (built)."""
+    mid = history.member(s)
+    s.flush()
+    history.order(s, mid, NOW - dt.timedelta(days=3), ["美妆"])
+    order_summary.update(s, now=NOW)
+    return mid
+
+
 def test_two_updates_in_a_row_keep_the_mark_of_the_pass_before(clean_db):
     """Rule tags and then segments each update the table: the second must not move `prev` up to the
     top, or a row still being committed below it would never be read."""
     history = History(random.Random(7))
     with db.transaction() as s:
-        mid = history.member(s)
-        s.flush()
-        history.order(s, mid, NOW - dt.timedelta(days=3), ["美妆"])
-        order_summary.update(s, now=NOW)
+        mid = _summarised_buyer(s, history)
         history.order(s, mid, NOW - dt.timedelta(days=1), ["美妆", "茶叶"])
         order_summary.update(s, now=NOW)
         first = s.get(RefreshMark, order_summary.PREFIX + "orders")
@@ -199,10 +205,7 @@ def test_two_updates_in_a_row_keep_the_mark_of_the_pass_before(clean_db):
 def test_reset_rebuilds_after_a_change_behind_the_services(clean_db):
     history = History(random.Random(8))
     with db.transaction() as s:
-        mid = history.member(s)
-        s.flush()
-        history.order(s, mid, NOW - dt.timedelta(days=3), ["美妆"])
-        order_summary.update(s, now=NOW)
+        _summarised_buyer(s, history)
         s.execute(text("UPDATE orders SET status = 'refunded'"))  # hand-made SQL: no refund row
         order_summary.update(s, now=NOW)
         assert _table(s) and not _expected(s)

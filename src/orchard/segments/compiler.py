@@ -391,13 +391,26 @@ def _behaviour(cond: lang.Behaviour, ctx: Context, path: str) -> ColumnElement[b
     F.check_behaviour(cond, path)
     if ctx.order_summary and (shape := summary_shape(cond)):
         return _summarised(cond, shape, ctx, path)
-    grouped, zero_passes = _window(cond, ctx, path)
-    return m.c.id.not_in(grouped) if zero_passes else m.c.id.in_(grouped)
+    return _members(_window(cond, ctx, path), cond)
 
 
-def _window(cond: lang.Behaviour, ctx: Context, path: str, only: Select | None = None) -> tuple[Select, bool]:
-    """The members whose rows in the window pass the threshold (`zero_passes` False) or fail it (True:
-    a threshold zero satisfies, whose members are those *not* in the set) — of the `only` members."""
+def _threshold(measure, cond: lang.Behaviour) -> ColumnElement[bool]:
+    """The HAVING of a grouped window: the threshold, or its negation when zero satisfies it (then the
+    members are those *not* in the set, so members with no rows at all count)."""
+    having = _COMPARE[cond.op](measure, cond.value)
+    return not_(having) if _zero_passes(cond) else having
+
+
+def _zero_passes(cond: lang.Behaviour) -> bool:
+    return _COMPARE[cond.op](0, cond.value)
+
+
+def _members(grouped: Select, cond: lang.Behaviour) -> ColumnElement[bool]:
+    return m.c.id.not_in(grouped) if _zero_passes(cond) else m.c.id.in_(grouped)
+
+
+def _window(cond: lang.Behaviour, ctx: Context, path: str, only: Select | None = None) -> Select:
+    """The members (of the `only` ones) whose rows in the window pass `_threshold`."""
     if cond.event == "$order":
         member_col, time_col, query = _orders(cond, ctx, path)
     else:
@@ -414,11 +427,7 @@ def _window(cond: lang.Behaviour, ctx: Context, path: str, only: Select | None =
         query = query.join(joined, joined.c.id == member_col).where(time_col >= joined.c.joined_at)
     else:
         query = query.where(time_col >= _window_start(cond, ctx))
-    measure = _measure(cond, ctx)
-    compare = _COMPARE[cond.op]
-    zero_passes = compare(0, cond.value)
-    having = compare(measure, cond.value)
-    return query.group_by(member_col).having(not_(having) if zero_passes else having), zero_passes
+    return query.group_by(member_col).having(_threshold(_measure(cond, ctx), cond))
 
 
 def _window_start(cond: lang.Behaviour, ctx: Context):
@@ -459,22 +468,15 @@ def _summarised(cond: lang.Behaviour, shape: str, ctx: Context, path: str) -> Co
     rows = select(S.c.member_id).where(S.c.last_paid_at >= _window_start(cond, ctx), S.c.last_paid_at <= now,
                                        *tests)
     if shape == "presence":
-        present = _PRESENCE[(cond.op, cond.value)]
-        summary = m.c.id.in_(rows) if present else m.c.id.not_in(rows)
+        summary = m.c.id.in_(rows) if _PRESENCE[(cond.op, cond.value)] else m.c.id.not_in(rows)
     else:
-        compare = _COMPARE[cond.op]
-        zero_passes = compare(0, cond.value)
-        having = compare(func.count(), cond.value)
-        grouped = rows.group_by(S.c.member_id).having(not_(having) if zero_passes else having)
-        summary = m.c.id.not_in(grouped) if zero_passes else m.c.id.in_(grouped)
+        summary = _members(rows.group_by(S.c.member_id).having(_threshold(func.count(), cond)), cond)
     # No row can be later than the clock unless an order is (one probe of ix_orders_paid_at).
     latest = ctx.session.scalar(select(func.max(Order.__table__.c.paid_at)))
     if latest is None or latest <= ctx.now:
         return summary
     late = select(S.c.member_id).where(S.c.last_paid_at > now, *tests)
-    grouped, zero_passes = _window(cond, ctx, path, only=late)
-    from_orders = m.c.id.not_in(grouped) if zero_passes else m.c.id.in_(grouped)
-    return case((m.c.id.in_(late), from_orders), else_=summary)
+    return case((m.c.id.in_(late), _members(_window(cond, ctx, path, only=late), cond)), else_=summary)
 
 
 def _measure(cond: lang.Behaviour, ctx: Context):
