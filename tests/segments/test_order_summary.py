@@ -212,3 +212,10 @@ def test_reset_rebuilds_after_a_change_behind_the_services(clean_db):
         order_summary.reset(s)
         assert order_summary.update(s, now=NOW)["rebuilt"]
         assert _table(s) == _expected(s)
+
+
+def test_only_definitions_with_an_answered_window_need_the_table():
+    assert order_summary.needed([{"all": [{"field": "gender", "op": "eq", "value": "female"}, ANSWERED[0]]}])
+    assert order_summary.needed([NOT_ANSWERED[0], {"not": ANSWERED[6]}])
+    assert not order_summary.needed(NOT_ANSWERED + [{"field": "order_count", "op": "gte", "value": 2}])
+    assert not order_summary.needed([])

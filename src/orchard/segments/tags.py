@@ -162,11 +162,12 @@ def refresh(session: Session, *, now: dt.datetime | None = None, names: list[str
     in batches of tags that read none of the others in their batch (`onepass.batches`), each batch in
     one pass over members."""
     now = now or utcnow()
-    order_summary.update(session, now=now)
     stmt = select(Tag).where(Tag.source == "rule").order_by(Tag.name)
     if names:
         stmt = stmt.where(Tag.name.in_(names))
     by_name = {t.name: t for t in session.scalars(stmt) if not is_builtin(t)}
+    if order_summary.needed(t.definition for t in by_name.values()):
+        order_summary.update(session, now=now)
     reads = {name: onepass.references(language.parse(t.definition), language.Tag_) for name, t in by_name.items()}
     return [result for batch in onepass.batches(list(by_name), reads.__getitem__)
             for result in refresh_batch(session, [by_name[n] for n in batch], now=now)]
