@@ -48,7 +48,7 @@ from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from orchard.members.models import Tag
-from orchard.scoring import days
+from orchard.scoring import days, marks
 from orchard.scoring.models import RefreshMark
 
 PREFIX = "preferences:"
@@ -70,7 +70,7 @@ def _at(us: int) -> dt.datetime:
 
 def reset(session: Session) -> None:
     """Forget the marks: the next pass recomputes everyone."""
-    session.execute(text("DELETE FROM refresh_marks WHERE name LIKE :p"), {"p": PREFIX + "%"})
+    marks.forget(session, PREFIX)
 
 
 def pref_tags(session: Session, names: tuple[str, ...], prefixes: tuple[str, ...]) -> list[Tag]:
@@ -104,14 +104,10 @@ class Scope:
 
 def begin(session: Session, *, now: dt.datetime, fp: int) -> Scope:
     """Read the marks (locked) and the tables' top ids at the start of the pass; decide full or not."""
-    marks = {m.name[len(PREFIX):]: m for m in session.scalars(
-        select(RefreshMark).where(RefreshMark.name.startswith(PREFIX)).with_for_update())}
-    row = session.execute(text("SELECT " + ", ".join(
-        f"(SELECT COALESCE(MAX(id), 0) FROM {t})" for t in ID_MARKS.values()))).one()
-    tops = {k: int(v or 0) for k, v in zip(ID_MARKS, row, strict=True)}
-    complete = all(k in marks for k in (*ID_MARKS, CLOCK, INPUTS))
-    full = (not complete or marks[INPUTS].last_id != fp or _us(now) < marks[CLOCK].last_id)
-    return Scope(full, tops, marks)
+    found, tops = marks.locked(session, PREFIX), marks.top_ids(session, ID_MARKS)
+    complete = all(k in found for k in (*ID_MARKS, CLOCK, INPUTS))
+    full = (not complete or found[INPUTS].last_id != fp or _us(now) < found[CLOCK].last_id)
+    return Scope(full, tops, found)
 
 
 def collect(session: Session, scope: Scope, *, now: dt.datetime, window_days: int, early_days: int,

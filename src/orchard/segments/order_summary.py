@@ -36,9 +36,10 @@ import datetime as dt
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from orchard.scoring import marks as id_marks
 from orchard.scoring.models import RefreshMark
 
 PREFIX = "category_last:"
@@ -67,17 +68,13 @@ def needed(definitions: Iterable[Any]) -> bool:
 
 def reset(session: Session) -> None:
     """Forget the marks: the next update rebuilds the table from all orders."""
-    session.execute(text("DELETE FROM refresh_marks WHERE name LIKE :p"), {"p": PREFIX + "%"})
+    id_marks.forget(session, PREFIX)
 
 
 def update(session: Session, *, now: dt.datetime) -> dict[str, Any]:
     """Bring member_category_last up to date with the orders. Returns {"rebuilt", "folded",
     "recomputed"} (rows folded in, members recomputed)."""
-    marks = {m.name[len(PREFIX):]: m for m in session.scalars(
-        select(RefreshMark).where(RefreshMark.name.startswith(PREFIX)).with_for_update())}
-    row = session.execute(text("SELECT " + ", ".join(
-        f"(SELECT COALESCE(MAX(id), 0) FROM {t})" for t in ID_MARKS.values()))).one()
-    tops = {k: int(v or 0) for k, v in zip(ID_MARKS, row, strict=True)}
+    marks, tops = id_marks.locked(session, PREFIX), id_marks.top_ids(session, ID_MARKS)
     out: dict[str, Any] = {"rebuilt": set(marks) != set(ID_MARKS), "folded": 0, "recomputed": 0}
     if out["rebuilt"]:
         pg = session.get_bind().dialect.name == "postgresql"
