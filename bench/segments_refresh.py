@@ -21,10 +21,10 @@ Then 20 rule tags and 20 saved segments are defined through `orchard.segments.ta
 apply_now=False)` and `orchard.segments.service.create(..., refresh_now=False)`, and
 `orchard.segments.refresh.run()` is timed twice: the first pass (everyone placed, every spell opened)
 and the next day's pass (the steady state of the nightly job), with the time of each step, rule tag
-and segment. Finally `evaluate.preview` of three typical definitions (3–5 conditions, one behaviour
+and segment. Finally `segments.preview.preview` of three typical definitions (3–5 conditions, one behaviour
 window; sample of 10) — the median of 5 runs each.
 
-`--explain` prints EXPLAIN (ANALYZE, BUFFERS) of each preview's statement (`evaluate.preview_statement`). Set
+`--explain` prints EXPLAIN (ANALYZE, BUFFERS) of each preview's statement (`segments.preview.statement`). Set
 ORCHARD_BENCH_PG_URL to use another server than 127.0.0.1:5432.
 """
 
@@ -359,7 +359,7 @@ def run_previews(now: dt.datetime, explain: bool, log=print) -> list[tuple[str, 
     from orchard import db
     from orchard.auth.roles import Role
     from orchard.auth.service import Principal
-    from orchard.segments import evaluate
+    from orchard.segments import evaluate, preview
 
     admin = Principal("staff", 1, "bench", Role.admin, None, False)
     out = []
@@ -369,7 +369,7 @@ def run_previews(now: dt.datetime, explain: bool, log=print) -> list[tuple[str, 
         for _ in range(5):
             with db.transaction(readonly=True) as s:
                 t = time.perf_counter()
-                result = evaluate.preview(s, principal=admin, definition=definition, now=now)
+                result = preview.preview(s, principal=admin, definition=definition, now=now)
                 runs.append((time.perf_counter() - t) * 1000)
         med = statistics.median(runs)
         out.append((label, med, result["count"]))
@@ -379,7 +379,7 @@ def run_previews(now: dt.datetime, explain: bool, log=print) -> list[tuple[str, 
             with db.transaction(readonly=True) as s:
                 compiled = evaluate.compile_definition(s, definition, now=now)
                 db.batch_settings(s)  # the preview's settings and statement, in any version of the code
-                stmt = evaluate.preview_statement(compiled, admin, 10)
+                stmt = preview.statement(compiled.tree, compiled.ctx, admin, 10)
                 sql = str(stmt.compile(s.get_bind(), compile_kwargs={"literal_binds": True}))
                 plan = s.execute(text("EXPLAIN (ANALYZE, BUFFERS) " + sql)).scalars().all()
                 log("\n```\n" + "\n".join(plan) + "\n```")

@@ -754,7 +754,7 @@ def segments_preview(file: Annotated[Path, typer.Argument(help="a JSON file hold
     """Count and per-condition counts of a definition (unmasked: the CLI is an operator's tool)."""
     from orchard.db import transaction
     from orchard.imports.pg_bulk import SYSTEM
-    from orchard.segments import evaluate
+    from orchard.segments import preview
 
     try:
         definition = json.loads(file.read_text(encoding="utf-8"))
@@ -763,7 +763,7 @@ def segments_preview(file: Annotated[Path, typer.Argument(help="a JSON file hold
         raise typer.Exit(2) from None
     try:
         with transaction(readonly=True) as session:
-            out = evaluate.preview(session, principal=SYSTEM, definition=definition, sample_size=0)
+            out = preview.preview(session, principal=SYSTEM, definition=definition, sample_size=0)
     except OrchardError as exc:
         _fail(exc)
     console.print(f"人数 count {out['count']:,} / {out['population']:,}  ({out['elapsed_ms']} ms)")

@@ -12,7 +12,7 @@ from orchard import db
 from orchard.errors import InvalidInput
 from orchard.members.models import Member
 from orchard.segments import compiler as C
-from orchard.segments import evaluate
+from orchard.segments import evaluate, preview
 from tests.segments.helpers import ADMIN, NOW, consent, event, local, member, order_line, tag, two_stores
 
 
@@ -149,7 +149,7 @@ def test_invalid_definitions_name_the_path(people, definition, path, reason):
 def test_preview_counts_each_condition(people):
     definition = {"all": [{"field": "gender", "op": "eq", "value": "female"}, {"tag": "VIP"}]}
     with db.transaction(readonly=True) as s:
-        out = evaluate.preview(s, principal=ADMIN, definition=definition, now=NOW)
+        out = preview.preview(s, principal=ADMIN, definition=definition, now=NOW)
     assert out["count"] == 1 and out["population"] == 4
     assert [(c["path"], c["count"]) for c in out["conditions"]] == [("$.all[0]", 2), ("$.all[1]", 1)]
     assert [m["name"] for m in out["sample"]] == ["amy"]
@@ -216,8 +216,8 @@ def test_preview_agrees_with_the_member_query(people, definition):
     NULLs (missing values) included."""
     with db.transaction(readonly=True) as s:
         expected = matches(s, definition)
-        out = evaluate.preview(s, principal=ADMIN, definition=definition, now=NOW, sample_size=2)
-        zero = evaluate.preview(s, principal=ADMIN, definition=definition, now=NOW, sample_size=0)
+        out = preview.preview(s, principal=ADMIN, definition=definition, now=NOW, sample_size=2)
+        zero = preview.preview(s, principal=ADMIN, definition=definition, now=NOW, sample_size=0)
     names = sorted(expected, key=lambda n: people[n])
     assert out["count"] == zero["count"] == len(expected) and out["population"] == 4
     assert [m["name"] for m in out["sample"]] == names[:2] and zero["sample"] == []

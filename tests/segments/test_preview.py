@@ -75,9 +75,9 @@ def names(s, ids: list[int]) -> list[str]:
 def test_counts_and_sample_equal_each_condition_evaluated_alone(crowd, definition):
     with db.transaction(readonly=True) as s:
         expected = matching(s, definition)
-        out = evaluate.preview(s, principal=ADMIN, definition=definition, now=NOW, sample_size=100)
-        few = evaluate.preview(s, principal=ADMIN, definition=definition, now=NOW, sample_size=3)
-        none = evaluate.preview(s, principal=ADMIN, definition=definition, now=NOW, sample_size=0)
+        out = P.preview(s, principal=ADMIN, definition=definition, now=NOW, sample_size=100)
+        few = P.preview(s, principal=ADMIN, definition=definition, now=NOW, sample_size=3)
+        none = P.preview(s, principal=ADMIN, definition=definition, now=NOW, sample_size=0)
         tree = lang.parse(definition)
         alone = [len(matching(s, leaf)) for leaf, _ in lang.leaves(tree)]
         want_names = names(s, expected)
@@ -103,7 +103,7 @@ def test_store_staff_count_and_sample_only_their_stores_members_masked(crowd):
     definition = DEFINITIONS[1]
     with db.transaction(readonly=True) as s:
         expected = matching(s, definition, crowd["s1"])
-        out = evaluate.preview(s, principal=staff, definition=definition, now=NOW, sample_size=50)
+        out = P.preview(s, principal=staff, definition=definition, now=NOW, sample_size=50)
         alone = [len(matching(s, leaf, crowd["s1"])) for leaf, _ in lang.leaves(lang.parse(definition))]
         population = s.scalar(select(func.count()).select_from(Member).where(
             Member.home_store_id == crowd["s1"], Member.status == "active"))

@@ -19,7 +19,8 @@ from orchard.kit.clock import as_utc
 from orchard.kit.pagination import decode_cursor, encode_cursor
 from orchard.members import scope
 from orchard.members.models import Member
-from orchard.segments import evaluate, fields, language, service
+from orchard.segments import fields, language, service
+from orchard.segments import preview as P
 from orchard.segments.models import SegmentMembership, SegmentSize
 from orchard.segments.schemas import (
     PreviewIn,
@@ -52,7 +53,7 @@ def schema(request: Request, principal: Actor(Perm.segments_read)) -> dict:
 def preview(body: PreviewIn, session: SessionDep, principal: Actor(Perm.segments_read)) -> PreviewOut:
     """Live count of a definition being edited, each condition's own count, and a sample (masked as
     the caller's member reads are). Store staff count only their stores' members."""
-    return PreviewOut(**evaluate.preview(session, principal=principal, definition=body.definition,
+    return PreviewOut(**P.preview(session, principal=principal, definition=body.definition,
                                          sample_size=body.sample_size))
 
 

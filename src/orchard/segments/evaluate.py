@@ -35,7 +35,6 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from orchard import db
-from orchard.auth.service import Principal
 from orchard.segments import compiler as C
 from orchard.segments import language as lang
 from orchard.segments import onepass
@@ -63,21 +62,6 @@ def compile_definition(session: Session, definition: Any, *, now: dt.datetime | 
     tree = lang.parse(definition, root=root)
     ctx = C.context(session, now=now, self_code=self_code, order_summary=order_summary)
     return Compiled(tree, ctx, C.compile_condition(tree, ctx, root))
-
-
-def preview(session: Session, *, principal: Principal, definition: Any, sample_size: int = 10,
-            now: dt.datetime | None = None) -> dict[str, Any]:
-    """The live count, each condition's own count and a sample: see `orchard.segments.preview`."""
-    from orchard.segments import preview as P
-
-    return P.preview(session, principal=principal, definition=definition, sample_size=sample_size, now=now)
-
-
-def preview_statement(compiled: Compiled, principal: Principal, sample_size: int) -> Select:
-    """The preview's one statement (`orchard.segments.preview.statement`)."""
-    from orchard.segments import preview as P
-
-    return P.statement(compiled.tree, compiled.ctx, principal, sample_size)
 
 
 def temp_table(session: Session, name: str = _NEW, *, primary_key: bool = True) -> None:

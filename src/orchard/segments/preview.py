@@ -37,6 +37,7 @@ from orchard.members import scope
 from orchard.members.models import Member
 from orchard.segments import compiler as C
 from orchard.segments import language as lang
+from orchard.segments.evaluate import compile_definition
 
 #: Ids per block are 2**BLOCK_BITS: 32, so a block's bitmap sum stays below 2**32 (exact in every
 #: integer type both databases use) and a million members make at most ~31k groups.
@@ -49,7 +50,6 @@ def preview(session: Session, *, principal: Principal, definition: Any, sample_s
     """The live count, each condition's own count and a sample (members masked as the caller reads
     them), from one statement."""
     from orchard.members.service import read_many  # members.service imports widely; keep this edge late
-    from orchard.segments.evaluate import compile_definition
 
     started = time.perf_counter()
     db.batch_settings(session)
