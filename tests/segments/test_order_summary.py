@@ -215,7 +215,10 @@ def test_reset_rebuilds_after_a_change_behind_the_services(clean_db):
 
 
 def test_only_definitions_with_an_answered_window_need_the_table():
-    assert order_summary.needed([{"all": [{"field": "gender", "op": "eq", "value": "female"}, ANSWERED[0]]}])
-    assert order_summary.needed([NOT_ANSWERED[0], {"not": ANSWERED[6]}])
-    assert not order_summary.needed(NOT_ANSWERED + [{"field": "order_count", "op": "gte", "value": 2}])
-    assert not order_summary.needed([])
+    def needed(definitions: list[dict]) -> bool:
+        return order_summary.needed(language.parse(d) for d in definitions)
+
+    assert needed([{"all": [{"field": "gender", "op": "eq", "value": "female"}, ANSWERED[0]]}])
+    assert needed([NOT_ANSWERED[0], {"not": ANSWERED[6]}])
+    assert not needed(NOT_ANSWERED + [{"field": "order_count", "op": "gte", "value": 2}])
+    assert not needed([])

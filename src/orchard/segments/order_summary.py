@@ -57,13 +57,14 @@ def latest_sql(where: str = "1 = 1") -> str:
             "GROUP BY o.member_id, l.category")
 
 
-def needed(definitions: Iterable[Any]) -> bool:
-    """Whether any of these definitions has an order window the table answers: a refresh with none
-    leaves the table (and its first build, 33 s at 10M orders) alone; the marks keep everything since."""
+def needed(trees: Iterable[Any]) -> bool:
+    """Whether any of these parsed definitions has an order window the table answers: a refresh with
+    none leaves the table (and its first build, 33 s at 10M orders) alone; the marks keep everything
+    since."""
     from orchard.segments import compiler, language
 
     return any(isinstance(leaf, language.Behaviour) and compiler.summary_shape(leaf)
-               for definition in definitions for leaf, _ in language.leaves(language.parse(definition)))
+               for tree in trees for leaf, _ in language.leaves(tree))
 
 
 def reset(session: Session) -> None:

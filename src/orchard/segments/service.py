@@ -183,7 +183,7 @@ def refresh(session: Session, *, codes: list[str] | None = None, due_only: bool 
               if (wanted is None or s.code in wanted)
               and not (due_only and (s.next_refresh_at is None or s.next_refresh_at > now))]
     by_code = {s.code: s for s in chosen}
-    if order_summary.needed(s.definition for s in chosen):
+    if order_summary.needed(language.parse(s.definition) for s in chosen):
         order_summary.update(session, now=now)
     results = []
     # Segments that read none of the others in their batch are evaluated in one pass over members.

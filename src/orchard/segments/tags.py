@@ -166,9 +166,10 @@ def refresh(session: Session, *, now: dt.datetime | None = None, names: list[str
     if names:
         stmt = stmt.where(Tag.name.in_(names))
     by_name = {t.name: t for t in session.scalars(stmt) if not is_builtin(t)}
-    if order_summary.needed(t.definition for t in by_name.values()):
+    trees = {name: language.parse(t.definition) for name, t in by_name.items()}
+    if order_summary.needed(trees.values()):
         order_summary.update(session, now=now)
-    reads = {name: onepass.references(language.parse(t.definition), language.Tag_) for name, t in by_name.items()}
+    reads = {name: onepass.references(tree, language.Tag_) for name, tree in trees.items()}
     return [result for batch in onepass.batches(list(by_name), reads.__getitem__)
             for result in refresh_batch(session, [by_name[n] for n in batch], now=now)]
 
