@@ -168,7 +168,8 @@ def apply_batch(session: Session, segments: list[Segment], *, now: dt.datetime,
     results = []
     for segment, probe in zip(segments, probes, strict=True):
         own = time.perf_counter()
-        b, was, had = (probe.col(changes, n) for n in ("b", "was", "had"))
+        b, was = probe.col(changes, "b"), probe.col(changes, "was")
+        had = probe.col(changes, "stored").is_not(None)
         ids = select(changes.c.member_id)
         entered, exited = _write_spells(session, segment, ids.where(b, not_(was)),
                                         SegmentMembership.member_id.in_(ids.where(was, not_(b))), now=now, cause=cause)

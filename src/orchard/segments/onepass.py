@@ -171,24 +171,26 @@ def tag_probe(key: str, condition: ColumnElement[bool], state: Subquery, k: int)
 
 def segment_probe(key: str, condition: ColumnElement[bool], spells: Subquery, flips: Subquery, k: int,
                   flip: ColumnElement[Any] | None, gate: ColumnElement[bool] | None) -> Probe:
-    """`b` the definition holds, `was` an open spell (bit k of `spell_state`), `had` a stored flip
-    (`flip_state`'s f{k}); with a flip expression, `flip` the wanted instant (null: none), `stored` the
-    stored one and `same` the two are equal."""
-    stored = flips.c[f"f{k}"]
+    """`b` the definition holds, `was` an open spell (bit k of `spell_state`), `stored` its stored flip
+    instant (`flip_state`'s f{k}; null: none); with a flip expression, `flip` the wanted instant (null:
+    none) and `same` the two are equal."""
     probe = Probe(key)
-    probe.booleans = {"b": matches(condition), "was": _flag(_has_bit(spells.c.was, k)),
-                      "had": _flag(stored.is_not(None))}
+    probe.booleans = {"b": matches(condition), "was": _flag(_has_bit(spells.c.was, k))}
+    probe.times = {"stored": flips.c[f"f{k}"]}
+
+    def had(r: Any) -> ColumnElement[bool]:
+        return r[f"{key}_stored"].is_not(None)
+
     if flip is not None:
         # Only members who pass the data-only conjuncts can change by time alone (`compiler.flip_gate`).
-        wanted = case((and_(C.live(), *([gate] if gate is not None else [])), flip), else_=null())
-        probe.times = {"flip": wanted, "stored": stored}
+        probe.times["flip"] = case((and_(C.live(), *([gate] if gate is not None else [])), flip), else_=null())
         probe.late = {"same": lambda r: case((r[f"{key}_flip"].is_(None), false()),
                                              else_=_flag(r[f"{key}_flip"] == r[f"{key}_stored"]))}
         probe.changed = lambda r: or_(r[f"{key}_b"] != r[f"{key}_was"],
                                       and_(r[f"{key}_flip"].is_not(None), ~r[f"{key}_same"]),
-                                      and_(r[f"{key}_flip"].is_(None), r[f"{key}_had"]))
+                                      and_(r[f"{key}_flip"].is_(None), had(r)))
     else:
-        probe.changed = lambda r: or_(r[f"{key}_b"] != r[f"{key}_was"], r[f"{key}_had"])
+        probe.changed = lambda r: or_(r[f"{key}_b"] != r[f"{key}_was"], had(r))
     return probe
 
 
