@@ -174,10 +174,12 @@ def _event(session: Session, journey: Journey, trigger: G.EventTrigger, now: dt.
     return _by_id(session, journey, table, rows, key)
 
 
-#: A row's inserting transaction as an xid8: its 32-bit xmin placed in the epoch of the newest xid
-#: now (rows read here are far younger than 2^31 transactions).
-_XID8 = ("(pg_snapshot_xmax(pg_current_snapshot())::text::bigint - ((pg_snapshot_xmax(pg_current_snapshot())"
-         "::text::bigint - {t}.xmin::text::bigint) & 4294967295))::text::xid8")
+def _xid8(xid: str) -> str:
+    """A 32-bit transaction id (a row's xmin, a lock's transactionid) as an xid8: placed in the epoch of
+    the newest xid now (the ids read here are far younger than 2^31 transactions)."""
+    return ("(pg_snapshot_xmax(pg_current_snapshot())::text::bigint - ((pg_snapshot_xmax(pg_current_snapshot())"
+            f"::text::bigint - {xid}::text::bigint) & 4294967295))::text::xid8")
+
 
 
 #: No other transaction of this database that was running when the kept snapshot was taken is still
@@ -186,7 +188,7 @@ _XID8 = ("(pg_snapshot_xmax(pg_current_snapshot())::text::bigint - ((pg_snapshot
 _SETTLED = ("NOT EXISTS (SELECT 1 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
             "WHERE l.locktype = 'transactionid' AND l.mode = 'ExclusiveLock' AND l.granted "
             "AND a.datname = current_database() AND l.pid <> pg_backend_pid() "
-            f"AND {_XID8.format(t='l').replace('l.xmin', 'l.transactionid')} "
+            f"AND {_xid8('l.transactionid')} "
             "< pg_snapshot_xmax(CAST(:jprev AS pg_snapshot)))")
 
 
@@ -209,7 +211,7 @@ def _by_id(session: Session, journey: Journey, table: Any, rows: Select, key: st
     pg, kept = _pg(session), journey.cursor_snapshot
     settled = journey.cursor if journey.cursor_settled is None else journey.cursor_settled
     if pg and kept is not None:
-        late = text(f"NOT pg_visible_in_snapshot({_XID8.format(t=table.name)}, CAST(:jsnap AS pg_snapshot))") \
+        late = text(f"NOT pg_visible_in_snapshot({_xid8(table.name + '.xmin')}, CAST(:jsnap AS pg_snapshot))") \
             .bindparams(jsnap=kept)
         after = or_(after, and_(table.c.id > settled, late))
     batch = rows.where(after).order_by(text("src")).limit(ENTRY_BATCH).subquery()
