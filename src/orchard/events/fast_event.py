@@ -206,24 +206,18 @@ def _time(raw: Any) -> tuple[dt.datetime, str] | None:
 def _attributes(value: dict[str, Any], depth: int) -> bool | None:
     """`members.attributes._check` for a dict at `depth`: None where it would refuse (pydantic words it),
     else whether a float occurs (NaN and ±Infinity are left to pydantic too)."""
+    if not all(_KEY.match(key) for key in value):
+        return None
+    return _values(value.values(), depth)
+
+
+def _values(items: Any, depth: int) -> bool | None:
+    """The values of a dict or list at `depth`: None where `_check` would refuse one, else whether a
+    float occurs among them."""
     if depth > MAX_DEPTH:
         return None
     has_float = False
-    for key, item in value.items():
-        if not _KEY.match(key):
-            return None
-        inner = _value(item, depth)
-        if inner is None:
-            return None
-        has_float = has_float or inner
-    return has_float
-
-
-def _list(value: list[Any], depth: int) -> bool | None:
-    if depth > MAX_DEPTH:
-        return None
-    has_float = False
-    for item in value:
+    for item in items:
         inner = _value(item, depth)
         if inner is None:
             return None
@@ -242,7 +236,7 @@ def _value(item: Any, depth: int) -> bool | None:
     if kind is dict:
         return _attributes(item, depth + 1)
     if kind is list:
-        return _list(item, depth + 1)
+        return _values(item, depth + 1)
     return None
 
 
