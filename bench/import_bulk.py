@@ -67,6 +67,16 @@ def make_orders(path: Path, orders: int, members: int, rng: random.Random) -> No
                         rng.choice(STORES), f"SKU{rng.randint(1, 5000)}", rng.choice(["服饰", "美妆", "食品", "家居"])])
 
 
+def make_files(members: int, orders: int, seed: int, prefix: str) -> tuple[Path, Path, Path]:
+    """(temporary folder, members file, orders file) of the given sizes, the same for the same seed."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    rng = random.Random(seed)
+    members_csv, orders_csv = tmp / "members.csv", tmp / "orders.csv"
+    make_members(members_csv, members, rng)
+    make_orders(orders_csv, orders, members, rng)
+    return tmp, members_csv, orders_csv
+
+
 def cli(py: str, env: dict, *args: str) -> None:
     subprocess.run([py, "-m", "orchard.cli", *args], env=env, check=True, stdout=subprocess.DEVNULL)
 
@@ -164,12 +174,8 @@ def main() -> None:
     ap.add_argument("--sqlite", action="store_true")
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="orchard-bench-"))
-    rng = random.Random(args.seed)
-    members_csv, orders_csv = tmp / "members.csv", tmp / "orders.csv"
     t = time.perf_counter()
-    make_members(members_csv, args.members, rng)
-    make_orders(orders_csv, args.orders, args.members, rng)
+    tmp, members_csv, orders_csv = make_files(args.members, args.orders, args.seed, "orchard-bench-")
     print(f"files: {args.members:,} members, {args.orders:,} orders written in {time.perf_counter() - t:.0f} s "
           f"({(members_csv.stat().st_size + orders_csv.stat().st_size) / 2**20:,.0f} MB)")
     py = sys.executable

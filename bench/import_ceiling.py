@@ -21,12 +21,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import shutil
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 from sqlalchemy import create_engine
 
@@ -34,8 +31,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from import_bulk import (  # noqa: E402
     copy_csv,
     drop_pg_database,
-    make_members,
-    make_orders,
+    make_files,
     migrate_with_stores,
     new_pg_database,
     raw_copy,
@@ -112,11 +108,7 @@ def main() -> None:
     ap.add_argument("--rebuild-indexes", action="store_true")
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="orchard-ceiling-"))
-    rng = random.Random(args.seed)
-    members_csv, orders_csv = tmp / "members.csv", tmp / "orders.csv"
-    make_members(members_csv, args.members, rng)
-    make_orders(orders_csv, args.orders, args.members, rng)
+    tmp, members_csv, orders_csv = make_files(args.members, args.orders, args.seed, "orchard-ceiling-")
     admin, name, url = new_pg_database()
     env = {**os.environ, "ORCHARD_DATABASE_URL": url}
     try:

@@ -26,11 +26,9 @@ from __future__ import annotations
 import argparse
 import collections
 import os
-import random
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -39,7 +37,7 @@ from pathlib import Path
 from sqlalchemy import create_engine, text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from import_bulk import STORES, make_members, make_orders  # noqa: E402
+from import_bulk import STORES, make_files  # noqa: E402
 from ingest_http import cpu_seconds  # noqa: E402
 
 PG = os.environ.get("ORCHARD_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
@@ -156,11 +154,7 @@ def main() -> None:
     ap.add_argument("--py-spy", metavar="DIR", help="record the earning import with py-spy into DIR")
     ap.add_argument("--db-prefix", default="orchard_bench", help="names of the two databases (created, dropped)")
     args = ap.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="orchard-bench-earn-"))
-    rng = random.Random(args.seed)
-    members_csv, orders_csv = tmp / "members.csv", tmp / "orders.csv"
-    make_members(members_csv, args.members, rng)
-    make_orders(orders_csv, args.orders, args.members, rng)
+    tmp, members_csv, orders_csv = make_files(args.members, args.orders, args.seed, "orchard-bench-earn-")
     admin = create_engine(PG, isolation_level="AUTOCOMMIT")
     names = {k: f"{args.db_prefix}_{k}_{uuid.uuid4().hex[:8]}" for k in ("plain", "earn")}
     urls = {k: PG.rsplit("/", 1)[0] + "/" + n for k, n in names.items()}
