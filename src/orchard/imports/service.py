@@ -8,9 +8,9 @@ run killed half-way and started again ends in exactly the state of an uninterrup
 batches replay as duplicates). A refund whose order is not imported yet is kept pending by the
 ingestion service and applied when the order arrives; the report warns about it.
 
-Orders and members take the set-based path (imports.pg_bulk: work tables filled with COPY on
-PostgreSQL, executemany on SQLite), proven to end in the same state as the per-row path, which still
-takes the rows whose outcome depends on another row; refunds and events run row by row in batched
+Orders, members, events and tags take the set-based path (imports.pg_bulk: work tables filled with
+COPY on PostgreSQL, executemany on SQLite), proven to end in the same state as the per-row path, which
+still takes the rows whose outcome depends on another row; refunds run row by row in batched
 transactions.
 """
 
@@ -34,7 +34,7 @@ from orchard.events import ingest
 from orchard.events.models import Refund
 from orchard.events.schemas import EventIn, Outcome, RefundIn
 from orchard.identity import resolve as identity_resolve
-from orchard.imports import columns, pg_bulk, pg_members, pg_orders, rows, tags
+from orchard.imports import columns, pg_bulk, pg_events, pg_members, pg_orders, rows, tags
 from orchard.imports.readers import FileUnreadable, open_table
 from orchard.members.consent import set_consent
 from orchard.members.models import Consent, Member
@@ -270,8 +270,8 @@ class _Prepared:
 def _pipelined(kind: str, batches: Iterator[list[_Unit]], mapping: dict[str, int],
                stores: dict[str, int], source: str, result: ImportResult, report: _Report,
                progress: Callable[[int], None] | None, earn: bool = False) -> None:
-    """Orders, members and tags: while one batch is written (work tables and set-based SQL,
-    imports.pg_orders / pg_members / tags) by a writer thread, the next is read and validated here — the
+    """Orders, members, events and tags: while one batch is written (work tables and set-based SQL,
+    imports.pg_orders / pg_members / pg_events / tags) by a writer thread, the next is read and validated here — the
     database works on one core while Python validates on the other (SQLite too: its driver lets go of
     the GIL while a statement runs). Batches still commit one at a time, in file order."""
 
@@ -301,8 +301,8 @@ def _prepare(kind: str, batch: list[_Unit], mapping: dict[str, int], stores: dic
         if errors:
             _reject(result, report, unit, errors)
             continue
-        if kind == "orders":  # hashed here, off the writer thread
-            clean["body_hash"] = pg_orders.order_fingerprint(clean, source)
+        if kind in _FINGERPRINT:  # hashed here, off the writer thread
+            clean["body_hash"] = _FINGERPRINT[kind](clean, source)
         key = unit.rows[0][0]
         prepared.items.append((key, clean))
         prepared.unit_of[key] = unit
@@ -398,9 +398,7 @@ def _refund(session: Session, clean: dict[str, Any], source: str) -> tuple[str, 
 
 
 def _event(session: Session, clean: dict[str, Any], source: str) -> tuple[str, str | None]:
-    fields = {"source": source, "external_id": clean["event_id"], "name": clean["name"],
-              "member": {"identities": dict(clean["keys"])}, "occurred_at": clean["occurred_at"],
-              "store_code": clean["store_code"], "properties": clean["properties"]}
+    fields = pg_events.event_fields(clean, source)
     column_of = {"external_id": "event_id", "name": "name", "occurred_at": "occurred_at", "store_code": "store_code",
                 "properties": "properties", "member": "member_phone", "member.identities.phone": "member_phone",
                 "member.identities.external_id": "member_external_id",
@@ -428,7 +426,9 @@ def _ingest(session: Session, kind: str, schema: type[RefundIn | EventIn], field
 
 #: Kinds with a set-based fast path (both databases): kind → its batch writer.
 _FAST: dict[str, pg_bulk.FastWriter] = {"orders": pg_orders.write_orders, "members": pg_members.write_members,
-                                        "tags": tags.write_tags}
+                                        "events": pg_events.write_events, "tags": tags.write_tags}
+#: Kinds whose replay fingerprint `_prepare` computes on the reading thread.
+_FINGERPRINT = {"orders": pg_orders.order_fingerprint, "events": pg_events.event_fingerprint}
 
 #: kind → (row validator, writer, report column of the writer's warnings)
 _KINDS: dict[str, tuple[Callable[..., dict[str, Any]], Callable[..., tuple[str, str | None]], str]] = {
