@@ -103,12 +103,16 @@ def load_demo(*, members: int = 300, seed: int = 7, months: int = 12, industry: 
         if not keep_files:
             for path in files.paths.values():
                 path.unlink(missing_ok=True)
+    done = tracker.start("查重 duplicate scan", 1)
     with transaction() as session:
         result.new_candidates = candidates.scan_name_birthday(session)
+    done(1)
+    done = tracker.start("等级 tiers", 1)
     with transaction() as session:
         from orchard.loyalty import tiers
 
         tiers.evaluate(session, actor="demo")  # place the imported history in the demo's tiers
+    done(1)
     with transaction() as session:
         ensure_segments(session)
         from orchard.journeys import ready
