@@ -27,8 +27,8 @@ from orchard.db import UTCDateTime
 from orchard.events.models import Event, Order
 from orchard.members.models import MemberAggregate
 
-#: Behaviour events that also move a dedicated "last …" column.
-_LAST_COLUMN = {"store_visit": "last_visit_at", "login": "last_login_at"}
+#: Behaviour events that also move a dedicated "last …" column (also read by imports.pg_events).
+LAST_COLUMN = {"store_visit": "last_visit_at", "login": "last_login_at"}
 
 
 def _later(col, value):
@@ -189,14 +189,14 @@ def on_order(session: Session, *, member_id: int, amount_fen: int, paid_at: dt.d
 
 def on_event(session: Session, *, member_id: int, name: str, occurred_at: dt.datetime) -> None:
     delta = _Delta(last_event_at=occurred_at)
-    if name in _LAST_COLUMN:
-        setattr(delta, _LAST_COLUMN[name], occurred_at)
+    if name in LAST_COLUMN:
+        setattr(delta, LAST_COLUMN[name], occurred_at)
     if _stage(session, member_id, delta):
         return
     A = MemberAggregate
     values = {"last_event_at": _later(A.last_event_at, occurred_at)}
-    if name in _LAST_COLUMN:
-        col = _LAST_COLUMN[name]
+    if name in LAST_COLUMN:
+        col = LAST_COLUMN[name]
         values[col] = _later(getattr(A, col), occurred_at)
     session.execute(update(A).where(A.member_id == member_id).values(**values))
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import text
@@ -176,6 +177,35 @@ class WorkTables:
             for name in self.names:
                 self.session.execute(text(f"DROP TABLE {name}"))
         self.names = []
+
+
+@dataclass
+class Received:
+    """What a batch of orders or events knows before it writes (`received`)."""
+
+    repeats: set[int]  # rows whose id an earlier row of the batch has: the per-row path replays them
+    hashes: dict[int, str]  # each row's replay fingerprint
+    stored: dict[str, str]  # ids already stored under the source → their fingerprints
+    ids: list[Any]  # the batch's ids, as an array parameter (`WorkTables.array`)
+
+
+def received(work: WorkTables, items: list[tuple[int, dict[str, Any]]], source: str, table: str, id_key: str,
+             fingerprint: Callable[[dict[str, Any], str], str]) -> Received:
+    """Repeated ids, fingerprints (the reading thread may have computed them: `body_hash`), and one
+    look-up of the ids `table` already holds under `source`."""
+    repeats: set[int] = set()
+    seen: set[str] = set()
+    hashes: dict[int, str] = {}
+    for i, clean in items:
+        if clean[id_key] in seen:
+            repeats.add(i)
+        seen.add(clean[id_key])
+        hashes[i] = clean.get("body_hash") or fingerprint(clean, source)
+    ids = work.array(sorted(seen))
+    stored = {r.external_id: r.body_hash for r in work.execute(
+        f"SELECT external_id, body_hash FROM {table} WHERE source = :s AND {work.any('external_id', 'ids')}",
+        {"s": source, "ids": ids})}
+    return Received(repeats, hashes, stored, ids)
 
 
 def run_batch(session: Session, items: list[tuple[int, dict[str, Any]]], source: str, fast: FastWriter,

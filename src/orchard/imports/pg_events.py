@@ -31,8 +31,9 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from orchard.config import get_settings
+from orchard.events import aggregates
 from orchard.identity.resolve import owners_of
-from orchard.imports.pg_bulk import DIRTY, RowOutcome, WorkTables
+from orchard.imports.pg_bulk import DIRTY, RowOutcome, WorkTables, received
 from orchard.imports.rows import RowError
 from orchard.kit.clock import utcnow
 from orchard.kit.hashing import fingerprint
@@ -67,18 +68,9 @@ def write_events(session: Session, items: list[tuple[int, dict[str, Any]]], sour
     """items: (index, clean row) in file order. Returns ({index: (status, None) | RowError},
     indexes to run on the per-row path, in file order)."""
     outcome: dict[int, RowOutcome | RowError] = {}
-    slow: set[int] = set()
-    seen: set[str] = set()
-    hashes: dict[int, str] = {}
-    for i, clean in items:
-        if clean["event_id"] in seen:
-            slow.add(i)
-        seen.add(clean["event_id"])
-        hashes[i] = clean.get("body_hash") or event_fingerprint(clean, source)
     work = WorkTables(session)
-    stored = {r.external_id: r.body_hash for r in work.execute(
-        f"SELECT external_id, body_hash FROM events WHERE source = :s AND {work.any('external_id', 'ids')}",
-        {"s": source, "ids": work.array(sorted(seen))})}
+    known = received(work, items, source, "events", "event_id", event_fingerprint)
+    slow, hashes, stored = known.repeats, known.hashes, known.stored
     releasing = get_settings().points_order_pending_event
     todo = []
     for i, clean in items:
@@ -122,15 +114,13 @@ def _write(work: WorkTables, source: str, rows: list[tuple[int, int, dict[str, A
         "received_at, properties) SELECT :src, external_id, body_hash, member_id, NULL, name, store_id, occurred_at, "
         ":now, properties FROM _imp_events ORDER BY idx", params)
     # One row per member: its latest event, visit and login of the batch (aggregates.on_event per row).
-    work.create_as("_imp_event_sums", "SELECT member_id, max(occurred_at) AS last_at, "
-                   "max(CASE WHEN name = 'store_visit' THEN occurred_at END) AS visit_at, "
-                   "max(CASE WHEN name = 'login' THEN occurred_at END) AS login_at "
+    # (event names are identifiers: events.schemas.EVENT_NAME)
+    lasts = "".join(f", max(CASE WHEN name = '{name}' THEN occurred_at END) AS {column}"
+                    for name, column in aggregates.LAST_COLUMN.items())
+    work.create_as("_imp_event_sums", f"SELECT member_id, max(occurred_at) AS last_event_at{lasts} "
                    "FROM _imp_events GROUP BY member_id")
-    work.execute(
-        "UPDATE member_aggregates AS a SET "
-        f"last_event_at = {work.latest('a.last_event_at', 's.last_at')}, "
-        f"last_visit_at = {work.latest('a.last_visit_at', 's.visit_at')}, "
-        f"last_login_at = {work.latest('a.last_login_at', 's.login_at')} "
-        "FROM _imp_event_sums s WHERE a.member_id = s.member_id")
+    moves = ", ".join(f"{column} = {work.latest(f'a.{column}', f's.{column}')}"
+                      for column in ("last_event_at", *aggregates.LAST_COLUMN.values()))
+    work.execute(f"UPDATE member_aggregates AS a SET {moves} FROM _imp_event_sums s WHERE a.member_id = s.member_id")
     work.execute(DIRTY.format(table="_imp_event_sums"), params)
     work.close()

@@ -35,7 +35,7 @@ from sqlalchemy.orm import Session
 from orchard.errors import Conflict
 from orchard.events.schemas import OrderIn
 from orchard.identity.resolve import owners_of
-from orchard.imports.pg_bulk import DIRTY, Clusters, RowOutcome, WorkTables
+from orchard.imports.pg_bulk import DIRTY, Clusters, RowOutcome, WorkTables, received
 from orchard.imports.pg_earn import BatchEarning
 from orchard.kit.clock import utcnow
 from orchard.kit.hashing import fingerprint
@@ -82,21 +82,12 @@ def write_orders(session: Session, items: list[tuple[int, dict[str, Any]]], sour
     """items: (index, clean row) in file order. Returns ({index: (status, None) | Conflict},
     indexes to run on the per-row path, in file order). `earn`: created orders earn points."""
     outcome: dict[int, RowOutcome | Conflict] = {}
-    slow: set[int] = set()
-    seen: set[str] = set()
-    hashes: dict[int, str] = {}
-    for i, clean in items:
-        if clean["order_id"] in seen:
-            slow.add(i)
-        seen.add(clean["order_id"])
-        hashes[i] = clean.get("body_hash") or order_fingerprint(clean, source)
     work = WorkTables(session)
-    ids = {"s": source, "ids": work.array(sorted(seen))}
-    stored = {r.external_id: r.body_hash for r in work.execute(
-        f"SELECT external_id, body_hash FROM orders WHERE source = :s AND {work.any('external_id', 'ids')}", ids)}
+    known = received(work, items, source, "orders", "order_id", order_fingerprint)
+    slow, hashes, stored = known.repeats, known.hashes, known.stored
     waiting = set(work.execute(
         "SELECT DISTINCT order_external_id FROM refunds WHERE status = 'pending' AND order_source = :s "
-        f"AND {work.any('order_external_id', 'ids')}", ids).scalars())
+        f"AND {work.any('order_external_id', 'ids')}", {"s": source, "ids": known.ids}).scalars())
     todo = []
     for i, clean in items:
         if i in slow:
