@@ -133,3 +133,47 @@ def test_the_cli_imports_events_and_reports_bad_rows_with_exit_code_zero(clean_d
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "created 1" in done.stdout and "errors 1" in done.stdout and "e.csv.errors.csv" in done.stdout
+
+
+def test_a_killed_event_import_rerun_ends_as_an_uninterrupted_run(clean_db, tmp_path):
+    """Events of known members take the set-based path, a batch per transaction: a run killed between
+    batches and started again writes the rest and replays the committed ones."""
+    import os
+    import signal
+    import time
+
+    from tests.conftest import wipe_tables
+    from tests.imports import every_table
+
+    def members():
+        make_org()
+        run_import("members", _file(tmp_path, "m", [["手机号", "注册时间"],
+                                                    *([f"1380000{i:04d}", "2025-01-01"] for i in range(50))]))
+
+    rows = [["事件ID", "事件", "手机号", "发生时间", "门店编码"]]
+    rows += [[f"V{i}", ("到店", "登录", "浏览商品")[i % 3], f"1380000{i % 50:04d}",
+              f"2026-{i % 9 + 1:02d}-{i % 27 + 1:02d} 10:{i % 60:02d}", ("", "SH001")[i % 2]] for i in range(3000)]
+    f = _file(tmp_path, "big", rows)
+    members()
+    cmd = [sys.executable, "-m", "orchard.cli", "import", "events", str(f), "--batch-size", "100"]
+    proc = subprocess.Popen(cmd, env={**os.environ, "COLUMNS": "200"}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+    def stored():
+        with db.transaction(readonly=True) as s:
+            return s.scalar(select(func.count()).select_from(Event))
+    deadline = time.time() + 60
+    while stored() < 300:
+        assert time.time() < deadline and proc.poll() is None, "import finished before it could be killed"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert 0 < stored() < 3000
+    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert stored() == 3000
+    rerun_state = every_table.dump()
+    wipe_tables()
+    members()
+    assert run_import("events", f, batch_size=100).created == 3000
+    assert every_table.dump() == rerun_state
