@@ -181,7 +181,6 @@ def _xid8(xid: str) -> str:
             f"::text::bigint - {xid}::text::bigint) & 4294967295))::text::xid8")
 
 
-
 #: No other transaction of this database that was running when the kept snapshot was taken is still
 #: running (transaction-id locks are visible to every role; a snapshot's xmin would also wait for
 #: other databases of the cluster, which cannot write these tables).

@@ -54,7 +54,7 @@ def preview(body: PreviewIn, session: SessionDep, principal: Actor(Perm.segments
     """Live count of a definition being edited, each condition's own count, and a sample (masked as
     the caller's member reads are). Store staff count only their stores' members."""
     return PreviewOut(**P.preview(session, principal=principal, definition=body.definition,
-                                         sample_size=body.sample_size))
+                                  sample_size=body.sample_size))
 
 
 @router.get("/segments", response_model=list[SegmentRead], operation_id="listSegments")
